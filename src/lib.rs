@@ -1,0 +1,1 @@
+//! keyward: Kubernetes-native key management.
