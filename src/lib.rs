@@ -1,1 +1,10 @@
 //! keyward: Kubernetes-native key management.
+//!
+//! Data-encryption keys (DEKs) are generated, stored only wrapped under a key-encryption key
+//! (KEK), rotated on schedule, tracked through the NIST SP 800-57 lifecycle, audited, and
+//! delivered to the pods allowed to have them through the Secrets Store CSI Driver.
+
+pub mod crd;
+pub mod crypto;
+pub mod duration;
+pub mod lifecycle;

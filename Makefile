@@ -1,0 +1,32 @@
+# keyward developer targets. `make test` is the whole suite on a fresh machine.
+.PHONY: test setup unit demo image kind-load e2e crds
+
+IMAGE ?= keyward:dev
+KIND_CLUSTER ?= keyward
+
+# Install what the tests need (idempotent), then run every test.
+test: setup
+	KEYWARD_PYTHON=$(CURDIR)/.venv/bin/python cargo test --all-targets
+
+setup:
+	tests/setup.sh
+
+unit:
+	cargo test --lib
+
+# The main job: the whole user story as a watchable demo (kind cluster if reachable,
+# otherwise the embedded test apiserver).
+demo: setup
+	KEYWARD_PYTHON=$(CURDIR)/.venv/bin/python cargo run --release -- demo
+
+crds:
+	cargo run -- crdgen
+
+image:
+	docker build -t $(IMAGE) .
+
+kind-load: image
+	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+
+e2e:
+	tests/e2e/kind-e2e.sh

@@ -1,0 +1,231 @@
+use super::Condition;
+use crate::lifecycle::{KeyState, TransitionRecord};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Annotation that asks for an immediate rotation; its value is a request id (any string),
+/// handled once (the controller records the last handled id in status).
+pub const ROTATE_NOW_ANNOTATION: &str = "keyward.io/rotate-now";
+/// Finalizer that keeps material through the deletion window.
+pub const FINALIZER: &str = "keyward.io/deletion-window";
+
+/// A data key keyward generates, wraps, rotates and serves.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "keyward.io",
+    version = "v1alpha1",
+    kind = "ManagedKey",
+    namespaced,
+    status = "ManagedKeyStatus",
+    shortname = "mk",
+    category = "keyward",
+    printcolumn = r#"{"name":"Algorithm","type":"string","jsonPath":".spec.algorithm"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Current","type":"integer","jsonPath":".status.currentVersion"}"#,
+    printcolumn = r#"{"name":"Versions","type":"integer","jsonPath":".status.versionCount"}"#,
+    printcolumn = r#"{"name":"Next-Rotation","type":"string","jsonPath":".status.nextRotation"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = r#"!has(self.spec.algorithm) || !has(oldSelf.spec) || !has(oldSelf.spec.algorithm) || self.spec.algorithm == oldSelf.spec.algorithm"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedKeySpec {
+    /// Key type; immutable once set (a new algorithm is a new key).
+    #[serde(default)]
+    pub algorithm: KeyAlgorithm,
+    /// The RotationPolicy (same namespace) that schedules rotation; none = never rotates
+    /// on a schedule (rotate-now still works).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_ref: Option<PolicyRef>,
+    /// What the owner wants the key to be. Compromised rotates at once and never serves the
+    /// old version again.
+    #[serde(default)]
+    pub desired_state: DesiredState,
+    /// Who may receive the key through the CSI provider.
+    #[serde(default)]
+    pub access: AccessPolicy,
+    /// Schedule destruction (like AWS KMS ScheduleKeyDeletion); remove to cancel within the
+    /// window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<DeletionRequest>,
+}
+
+/// Key algorithms.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum KeyAlgorithm {
+    /// 256-bit AES data key (default).
+    #[default]
+    #[serde(rename = "aes-256")]
+    Aes256,
+    /// HMAC-SHA256 secret (JWT HS256).
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    /// HMAC-SHA384 secret.
+    #[serde(rename = "hmac-sha384")]
+    HmacSha384,
+    /// HMAC-SHA512 secret.
+    #[serde(rename = "hmac-sha512")]
+    HmacSha512,
+}
+
+impl KeyAlgorithm {
+    /// Name as written in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aes256 => "aes-256",
+            Self::HmacSha256 => "hmac-sha256",
+            Self::HmacSha384 => "hmac-sha384",
+            Self::HmacSha512 => "hmac-sha512",
+        }
+    }
+
+    /// Length of generated material in bytes.
+    pub fn material_len(self) -> usize {
+        match self {
+            Self::Aes256 | Self::HmacSha256 => 32,
+            Self::HmacSha384 => 48,
+            Self::HmacSha512 => 64,
+        }
+    }
+}
+
+/// Reference to a RotationPolicy in the key's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct PolicyRef {
+    /// RotationPolicy name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The owner's wish for the key as a whole.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DesiredState {
+    /// Served and rotated.
+    #[default]
+    Active,
+    /// Temporarily not served as current; older material still processes.
+    Suspended,
+    /// Retired: no new use, existing data may still be processed.
+    Deactivated,
+    /// Rotate at once; the old version is never served again.
+    Compromised,
+}
+
+/// Which workloads may receive the key.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessPolicy {
+    /// Service accounts allowed to mount the key.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub service_accounts: Vec<ServiceAccountRef>,
+}
+
+/// One allowed service account.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountRef {
+    /// Namespace of the service account (usually the key's own; another namespace shares
+    /// the key with it explicitly).
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Service account name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A scheduled destruction.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletionRequest {
+    /// Must be true; present so that the field can be removed to cancel.
+    pub scheduled: bool,
+}
+
+/// Observed state. Metadata and fingerprints only: never key bytes.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedKeyStatus {
+    /// Version served as current (the Active one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u32>,
+    /// Key-level state: the current version's state, or Suspended/Deactivated/PendingDeletion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Number of versions recorded.
+    #[serde(default)]
+    pub version_count: u32,
+    /// Every version, newest first.
+    #[serde(default)]
+    pub versions: Vec<KeyVersionStatus>,
+    /// When the next rotation is due (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation: Option<String>,
+    /// When the last rotation happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation: Option<String>,
+    /// Last rotate-now request id handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotate_request: Option<String>,
+    /// Pending destruction, if scheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_deletion: Option<PendingDeletion>,
+    /// KEK (backend/id/version) that wraps the newest version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek: Option<String>,
+    /// Conditions with reasons.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Generation this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Destruction scheduled for the whole key.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingDeletion {
+    /// When destruction was scheduled.
+    pub scheduled_at: String,
+    /// When material will be destroyed.
+    pub destroy_at: String,
+}
+
+/// One key version's metadata.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyVersionStatus {
+    /// Version number, from 1.
+    pub version: u32,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// Creation time.
+    pub created: String,
+    /// Activation time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated: Option<String>,
+    /// Deactivation time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivated: Option<String>,
+    /// Expiry time (policy expireAfter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// Destruction time, once destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed: Option<String>,
+    /// One-way fingerprint of the material (`sha256:` + 32 hex).
+    pub fingerprint: String,
+    /// KEK that wraps this version (`backend/id@version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek: Option<String>,
+    /// Lifecycle history.
+    #[serde(default)]
+    pub transitions: Vec<TransitionRecord>,
+}
+
+impl ManagedKeyStatus {
+    /// The version record with number `v`.
+    pub fn version(&self, v: u32) -> Option<&KeyVersionStatus> {
+        self.versions.iter().find(|x| x.version == v)
+    }
+}

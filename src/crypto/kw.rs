@@ -1,0 +1,153 @@
+//! AES key wrap: KW (RFC 3394) and KWP (RFC 5649), per SP 800-38F.
+//!
+//! Length rules are enforced here before the library is called, because some implementations
+//! accept inputs SP 800-38F forbids (an empty key wraps to the same bytes under every KEK).
+
+use super::{CryptoError, SecretBytes};
+use aes_kw::{KekAes128, KekAes192, KekAes256};
+
+/// Largest plaintext keyward wraps (a 4096-bit RSA PKCS#8 key is ~2.4 KiB).
+pub const MAX_PLAINTEXT: usize = 64 * 1024;
+
+enum Kek {
+    A128(KekAes128),
+    A192(KekAes192),
+    A256(KekAes256),
+}
+
+fn kek(key: &[u8]) -> Result<Kek, CryptoError> {
+    let bad = || CryptoError::Length {
+        what: "KEK",
+        detail: format!("must be 16, 24 or 32 bytes, got {}", key.len()),
+    };
+    Ok(match key.len() {
+        16 => Kek::A128(KekAes128::try_from(key).map_err(|_| bad())?),
+        24 => Kek::A192(KekAes192::try_from(key).map_err(|_| bad())?),
+        32 => Kek::A256(KekAes256::try_from(key).map_err(|_| bad())?),
+        _ => return Err(bad()),
+    })
+}
+
+fn check_kw_plaintext(len: usize) -> Result<(), CryptoError> {
+    if len < 16 || len % 8 != 0 || len > MAX_PLAINTEXT {
+        return Err(CryptoError::Length {
+            what: "KW plaintext",
+            detail: format!(
+                "must be at least 16 bytes, a multiple of 8 and at most {MAX_PLAINTEXT}, got {len}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn check_kw_ciphertext(len: usize) -> Result<(), CryptoError> {
+    if len < 24 || len % 8 != 0 || len > MAX_PLAINTEXT + 8 {
+        return Err(CryptoError::Length {
+            what: "KW ciphertext",
+            detail: format!("must be at least 24 bytes and a multiple of 8, got {len}"),
+        });
+    }
+    Ok(())
+}
+
+/// AES-KW wrap (RFC 3394, SP 800-38F W with ICV1).
+pub fn wrap(kek_bytes: &[u8], plaintext: &SecretBytes) -> Result<Vec<u8>, CryptoError> {
+    check_kw_plaintext(plaintext.len())?;
+    let pt = plaintext.expose();
+    let r = match kek(kek_bytes)? {
+        Kek::A128(k) => k.wrap_vec(pt),
+        Kek::A192(k) => k.wrap_vec(pt),
+        Kek::A256(k) => k.wrap_vec(pt),
+    };
+    r.map_err(|_| CryptoError::Integrity)
+}
+
+/// AES-KW unwrap; fails on any integrity or length error.
+pub fn unwrap(kek_bytes: &[u8], ciphertext: &[u8]) -> Result<SecretBytes, CryptoError> {
+    check_kw_ciphertext(ciphertext.len())?;
+    let r = match kek(kek_bytes)? {
+        Kek::A128(k) => k.unwrap_vec(ciphertext),
+        Kek::A192(k) => k.unwrap_vec(ciphertext),
+        Kek::A256(k) => k.unwrap_vec(ciphertext),
+    };
+    r.map(SecretBytes::new).map_err(|_| CryptoError::Integrity)
+}
+
+/// AES-KWP wrap (RFC 5649, SP 800-38F KWP-AE). Plaintext 1..=MAX_PLAINTEXT bytes.
+pub fn wrap_pad(kek_bytes: &[u8], plaintext: &SecretBytes) -> Result<Vec<u8>, CryptoError> {
+    let len = plaintext.len();
+    if len == 0 || len > MAX_PLAINTEXT {
+        return Err(CryptoError::Length {
+            what: "KWP plaintext",
+            detail: format!("must be 1 to {MAX_PLAINTEXT} bytes, got {len}"),
+        });
+    }
+    let pt = plaintext.expose();
+    let r = match kek(kek_bytes)? {
+        Kek::A128(k) => k.wrap_with_padding_vec(pt),
+        Kek::A192(k) => k.wrap_with_padding_vec(pt),
+        Kek::A256(k) => k.wrap_with_padding_vec(pt),
+    };
+    r.map_err(|_| CryptoError::Integrity)
+}
+
+/// AES-KWP unwrap; fails on any integrity, padding or length error.
+pub fn unwrap_pad(kek_bytes: &[u8], ciphertext: &[u8]) -> Result<SecretBytes, CryptoError> {
+    let len = ciphertext.len();
+    if len < 16 || len % 8 != 0 || len > MAX_PLAINTEXT + 16 {
+        return Err(CryptoError::Length {
+            what: "KWP ciphertext",
+            detail: format!("must be at least 16 bytes and a multiple of 8, got {len}"),
+        });
+    }
+    let r = match kek(kek_bytes)? {
+        Kek::A128(k) => k.unwrap_with_padding_vec(ciphertext),
+        Kek::A192(k) => k.unwrap_with_padding_vec(ciphertext),
+        Kek::A256(k) => k.unwrap_with_padding_vec(ciphertext),
+    };
+    let out = r
+        .map(SecretBytes::new)
+        .map_err(|_| CryptoError::Integrity)?;
+    if out.is_empty() {
+        return Err(CryptoError::Integrity);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kw_refuses_empty_and_eight_byte_keys() {
+        let kek = [7u8; 32];
+        assert!(wrap(&kek, &SecretBytes::new(vec![])).is_err());
+        assert!(wrap(&kek, &SecretBytes::new(vec![1; 8])).is_err());
+        assert!(wrap(&kek, &SecretBytes::new(vec![1; 20])).is_err());
+        // the "empty key" ciphertext: just the default IV
+        assert!(unwrap(&kek, &hex::decode("a6a6a6a6a6a6a6a6").unwrap()).is_err());
+        assert!(unwrap(&kek, &[0u8; 16]).is_err());
+    }
+
+    #[test]
+    fn kwp_refuses_empty_plaintext() {
+        assert!(wrap_pad(&[7u8; 32], &SecretBytes::new(vec![])).is_err());
+    }
+
+    #[test]
+    fn kw_and_kwp_round_trip() {
+        let kek = SecretBytes::random(32);
+        let dek = SecretBytes::random(32);
+        let w = wrap(kek.expose(), &dek).unwrap();
+        assert_eq!(unwrap(kek.expose(), &w).unwrap(), dek);
+        let odd = SecretBytes::random(13);
+        let w = wrap_pad(kek.expose(), &odd).unwrap();
+        assert_eq!(unwrap_pad(kek.expose(), &w).unwrap(), odd);
+    }
+
+    #[test]
+    fn errors_name_the_input_and_carry_no_bytes() {
+        let e = wrap(&[1u8; 31], &SecretBytes::random(32)).unwrap_err();
+        assert!(e.to_string().contains("KEK"), "{e}");
+    }
+}

@@ -1,0 +1,66 @@
+//! Envelope crypto core: key-material types, AES key wrap (KW/KWP), AES-256-GCM, and the
+//! self-describing envelope that stores a wrapped DEK.
+//!
+//! Key hierarchy: a root key-encryption key (KEK, held by a `kek` backend) wraps every
+//! data-encryption key (DEK). DEKs are generated here, stored only inside envelopes, and
+//! unwrapped only in memory that is zeroized on drop.
+
+pub mod envelope;
+pub mod gcm;
+pub mod kw;
+pub mod material;
+
+pub use envelope::{Algorithm, Envelope, KeyContext};
+pub use material::SecretBytes;
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+/// Errors of the crypto core. Messages never carry key bytes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    /// Input length is outside what the algorithm permits.
+    #[error("{what}: {detail}")]
+    Length {
+        /// Which input was wrong.
+        what: &'static str,
+        /// What is allowed.
+        detail: String,
+    },
+    /// Authentication or integrity check failed: wrong key, wrong context, or tampering.
+    #[error(
+        "integrity check failed: wrong key, wrong key context (namespace/name/version), or modified data"
+    )]
+    Integrity,
+    /// The envelope bytes are not a well-formed envelope.
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+}
+
+/// SHA-256 fingerprint of key material, truncated to 16 bytes hex, for status and logs.
+///
+/// A fingerprint identifies a version without revealing the key: it is a one-way hash over a
+/// domain-separated input, so it cannot be confused with any other hash of the key.
+pub fn fingerprint(material: &SecretBytes) -> String {
+    let mut h = Sha256::new();
+    h.update(b"keyward-fingerprint-v1\0");
+    h.update(material.expose());
+    let d = h.finalize();
+    format!("sha256:{}", hex::encode(&d[..16]))
+}
+
+/// HMAC-SHA256 helper used for key derivation and opaque version ids.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    for p in parts {
+        mac.update(&(p.len() as u64).to_be_bytes());
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Constant-time equality for tags and checks keyward itself compares.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
