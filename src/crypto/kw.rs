@@ -29,7 +29,7 @@ fn kek(key: &[u8]) -> Result<Kek, CryptoError> {
 }
 
 fn check_kw_plaintext(len: usize) -> Result<(), CryptoError> {
-    if len < 16 || len % 8 != 0 || len > MAX_PLAINTEXT {
+    if len < 16 || !len.is_multiple_of(8) || len > MAX_PLAINTEXT {
         return Err(CryptoError::Length {
             what: "KW plaintext",
             detail: format!(
@@ -41,7 +41,7 @@ fn check_kw_plaintext(len: usize) -> Result<(), CryptoError> {
 }
 
 fn check_kw_ciphertext(len: usize) -> Result<(), CryptoError> {
-    if len < 24 || len % 8 != 0 || len > MAX_PLAINTEXT + 8 {
+    if len < 24 || !len.is_multiple_of(8) || len > MAX_PLAINTEXT + 8 {
         return Err(CryptoError::Length {
             what: "KW ciphertext",
             detail: format!("must be at least 24 bytes and a multiple of 8, got {len}"),
@@ -94,7 +94,7 @@ pub fn wrap_pad(kek_bytes: &[u8], plaintext: &SecretBytes) -> Result<Vec<u8>, Cr
 /// AES-KWP unwrap; fails on any integrity, padding or length error.
 pub fn unwrap_pad(kek_bytes: &[u8], ciphertext: &[u8]) -> Result<SecretBytes, CryptoError> {
     let len = ciphertext.len();
-    if len < 16 || len % 8 != 0 || len > MAX_PLAINTEXT + 16 {
+    if len < 16 || !len.is_multiple_of(8) || len > MAX_PLAINTEXT + 16 {
         return Err(CryptoError::Length {
             what: "KWP ciphertext",
             detail: format!("must be at least 16 bytes and a multiple of 8, got {len}"),
