@@ -7,4 +7,5 @@
 pub mod crd;
 pub mod crypto;
 pub mod duration;
+pub mod kek;
 pub mod lifecycle;

@@ -1,0 +1,149 @@
+//! KEK backends: where the root of the key hierarchy lives.
+//!
+//! Every backend wraps a DEK into an [`Envelope`] that records the backend kind, KEK id and
+//! KEK version, so envelopes from several backends or KEK versions coexist during a migration
+//! or KEK rotation. A [`Keyring`] wraps with its primary backend and unwraps with whichever
+//! backend an envelope names.
+
+pub mod local;
+
+use crate::crypto::{CryptoError, Envelope, KeyContext, SecretBytes};
+use std::sync::Arc;
+
+/// Errors at the KEK boundary. Messages name the setting to fix; never key bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum KekError {
+    /// The backend cannot be reached or refused us.
+    #[error("KEK backend {backend} unavailable: {detail} (check {setting})")]
+    Unavailable {
+        /// Backend kind.
+        backend: &'static str,
+        /// Flag or env var to check.
+        setting: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The configuration is wrong.
+    #[error("KEK backend misconfigured: {setting}: {detail}")]
+    Misconfigured {
+        /// Flag or env var to fix.
+        setting: &'static str,
+        /// What is wrong and how to fix it.
+        detail: String,
+    },
+    /// The envelope names a backend or KEK version this keyring does not hold.
+    #[error(
+        "no KEK for envelope: backend {backend}, KEK {kek_id} version {version} (configure that backend as a secondary KEK, or finish the migration before removing it)"
+    )]
+    UnknownKek {
+        /// Backend kind in the envelope.
+        backend: String,
+        /// KEK id in the envelope.
+        kek_id: String,
+        /// KEK version in the envelope.
+        version: u32,
+    },
+    /// Wrapping or unwrapping failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// Kubernetes API error while reading or storing KEK material.
+    #[error("KEK storage in Kubernetes failed: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// One KEK backend.
+#[async_trait::async_trait]
+pub trait KekBackend: Send + Sync + 'static {
+    /// Backend kind recorded in envelopes (`local`, `passphrase`, `pkcs11`, `awskms`).
+    fn kind(&self) -> &'static str;
+    /// KEK identifier within the backend.
+    fn kek_id(&self) -> String;
+    /// KEK version that new wraps use.
+    fn kek_version(&self) -> u32;
+    /// Wrap `dek` for `ctx` under the current KEK version.
+    async fn wrap(&self, ctx: &KeyContext, dek: &SecretBytes) -> Result<Envelope, KekError>;
+    /// Unwrap an envelope this backend made, after checking it belongs to `ctx`.
+    async fn unwrap(&self, env: &Envelope, ctx: &KeyContext) -> Result<SecretBytes, KekError>;
+    /// Cheap reachability check for readiness probes and start-up.
+    async fn health(&self) -> Result<(), KekError>;
+    /// Create a new KEK version and make it current; old versions keep unwrapping.
+    async fn rotate(&self) -> Result<u32, KekError>;
+}
+
+/// The primary backend plus any others whose envelopes must still unwrap.
+#[derive(Clone)]
+pub struct Keyring {
+    primary: Arc<dyn KekBackend>,
+    others: Vec<Arc<dyn KekBackend>>,
+}
+
+impl Keyring {
+    /// A keyring with one backend.
+    pub fn new(primary: Arc<dyn KekBackend>) -> Self {
+        Self {
+            primary,
+            others: Vec::new(),
+        }
+    }
+
+    /// Add a backend that only unwraps (the source of a migration).
+    pub fn with_secondary(mut self, b: Arc<dyn KekBackend>) -> Self {
+        self.others.push(b);
+        self
+    }
+
+    /// The backend new wraps use.
+    pub fn primary(&self) -> &Arc<dyn KekBackend> {
+        &self.primary
+    }
+
+    /// `backend/id@version` of the primary KEK, for status.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}/{}@{}",
+            self.primary.kind(),
+            self.primary.kek_id(),
+            self.primary.kek_version()
+        )
+    }
+
+    /// Wrap with the primary backend.
+    pub async fn wrap(&self, ctx: &KeyContext, dek: &SecretBytes) -> Result<Envelope, KekError> {
+        self.primary.wrap(ctx, dek).await
+    }
+
+    /// Unwrap with the backend the envelope names.
+    pub async fn unwrap(&self, env: &Envelope, ctx: &KeyContext) -> Result<SecretBytes, KekError> {
+        let b = std::iter::once(&self.primary)
+            .chain(self.others.iter())
+            .find(|b| b.kind() == env.backend && b.kek_id() == env.kek_id)
+            .ok_or_else(|| KekError::UnknownKek {
+                backend: env.backend.clone(),
+                kek_id: env.kek_id.clone(),
+                version: env.kek_version,
+            })?;
+        b.unwrap(env, ctx).await
+    }
+
+    /// Whether an envelope should be rewrapped (other backend or an older KEK version).
+    pub fn needs_rewrap(&self, env: &Envelope) -> bool {
+        env.backend != self.primary.kind()
+            || env.kek_id != self.primary.kek_id()
+            || env.kek_version != self.primary.kek_version()
+    }
+
+    /// Unwrap with whatever made `env`, wrap again with the primary's current KEK.
+    pub async fn rewrap(&self, env: &Envelope, ctx: &KeyContext) -> Result<Envelope, KekError> {
+        let dek = self.unwrap(env, ctx).await?;
+        self.wrap(ctx, &dek).await
+    }
+
+    /// Health of every backend.
+    pub async fn health(&self) -> Result<(), KekError> {
+        self.primary.health().await?;
+        for b in &self.others {
+            b.health().await?;
+        }
+        Ok(())
+    }
+}
