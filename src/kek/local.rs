@@ -21,7 +21,7 @@ const CURRENT_KEY: &str = "current";
 /// Where the root key lives.
 #[derive(Clone)]
 enum Source {
-    Secret { api: Api<Secret>, name: String },
+    Secret { api: Box<Api<Secret>>, name: String },
     Fixed,
 }
 
