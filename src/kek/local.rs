@@ -183,7 +183,7 @@ impl LocalKek {
             id: format!("{namespace}/{name}"),
             algorithm,
             source: Source::Secret {
-                api,
+                api: Box::new(api),
                 name: name.into(),
             },
             versions: RwLock::new(versions),
