@@ -9,3 +9,4 @@ pub mod crypto;
 pub mod duration;
 pub mod kek;
 pub mod lifecycle;
+pub mod rotation;

@@ -11,7 +11,7 @@ pub const ROTATE_NOW_ANNOTATION: &str = "keyward.io/rotate-now";
 pub const FINALIZER: &str = "keyward.io/deletion-window";
 
 /// A data key keyward generates, wraps, rotates and serves.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "keyward.io",
     version = "v1alpha1",

@@ -1,0 +1,404 @@
+use super::*;
+use crate::crd::{DeletionRequest, ManagedKeySpec};
+use proptest::prelude::*;
+
+const DAY: i64 = 86_400;
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+fn policy(period: &str) -> Policy {
+    Policy::from_spec(&RotationPolicySpec {
+        rotation_period: Some(period.into()),
+        retain_versions: 2,
+        grace_period: "1d".into(),
+        deletion_window_days: 7,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// Run one reconcile: plan, then apply to the state. Returns the plan.
+fn step(
+    spec: &ManagedKeySpec,
+    p: Option<&Policy>,
+    st: &mut StoredState,
+    rotate: Option<&str>,
+    now: Timestamp,
+) -> Plan {
+    let input = PlanInput {
+        spec,
+        policy: p,
+        state: st,
+        rotate_request: rotate,
+        deleting_since: None,
+        now,
+    };
+    let plan = plan(&input);
+    apply(
+        st,
+        &plan.actions,
+        now,
+        &|v| (format!("fp{v}"), "local/k@1".into()),
+        None,
+    )
+    .unwrap();
+    plan
+}
+
+fn states(st: &StoredState) -> Vec<(u32, KeyState)> {
+    st.versions.iter().map(|v| (v.version, v.state)).collect()
+}
+
+#[test]
+fn first_reconcile_creates_and_activates_version_one() {
+    let spec = ManagedKeySpec::default();
+    let p = policy("30d");
+    let mut st = StoredState::default();
+    let plan = step(&spec, Some(&p), &mut st, None, t(0));
+    assert_eq!(plan.actions[0], Action::CreateVersion { version: 1 });
+    assert_eq!(states(&st), vec![(1, KeyState::Active)]);
+    assert_eq!(plan.next_rotation, Some(t(30 * DAY)));
+    assert_eq!(plan.requeue_at, Some(t(30 * DAY)));
+    // Re-planning the same state does nothing: a repeat after a crash creates no second version.
+    let again = step(&spec, Some(&p), &mut st, None, t(5));
+    assert!(again.actions.is_empty(), "{:?}", again.actions);
+}
+
+#[test]
+fn rotation_happens_when_the_period_elapses() {
+    let spec = ManagedKeySpec::default();
+    let p = policy("30d");
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    assert!(
+        step(&spec, Some(&p), &mut st, None, t(30 * DAY - 1))
+            .actions
+            .is_empty()
+    );
+    let plan = step(&spec, Some(&p), &mut st, None, t(30 * DAY));
+    assert_eq!(
+        states(&st),
+        vec![(1, KeyState::Deactivated), (2, KeyState::Active)]
+    );
+    assert_eq!(plan.next_rotation, Some(t(60 * DAY)));
+}
+
+#[test]
+fn rotation_keeps_previous_version_for_grace_period() {
+    let spec = ManagedKeySpec::default();
+    let p = policy("30d");
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    let plan = step(&spec, Some(&p), &mut st, None, t(30 * DAY));
+    // The planner asks to look again when the grace period ends.
+    assert_eq!(plan.requeue_at, Some(t(31 * DAY)));
+    assert_eq!(
+        st.previous_in_grace(p.grace_secs, t(31 * DAY - 1))
+            .map(|v| v.version),
+        Some(1)
+    );
+    assert_eq!(st.previous_in_grace(p.grace_secs, t(31 * DAY)), None);
+    // Still holds material: retainVersions=2 keeps it.
+    assert!(st.versions[0].state.has_material());
+}
+
+#[test]
+fn old_versions_destroyed_only_after_retain_grace_and_window() {
+    let spec = ManagedKeySpec::default();
+    let p = policy("30d");
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    step(&spec, Some(&p), &mut st, None, t(30 * DAY)); // v2
+    step(&spec, Some(&p), &mut st, None, t(60 * DAY)); // v3; v1 outside retain=2
+    // v1 deactivated at day 30: eligible at 30 + 1 (grace) + 7 (window) = day 38, already past.
+    assert_eq!(
+        states(&st),
+        vec![
+            (1, KeyState::Destroyed),
+            (2, KeyState::Deactivated),
+            (3, KeyState::Active)
+        ]
+    );
+    let plan = step(&spec, Some(&p), &mut st, None, t(90 * DAY));
+    assert!(plan.actions.contains(&Action::EraseMaterial { version: 2 }));
+}
+
+#[test]
+fn destruction_waits_for_the_deletion_window() {
+    let spec = ManagedKeySpec::default();
+    let p = policy("1d");
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    step(&spec, Some(&p), &mut st, None, t(DAY)); // v2
+    let plan = step(&spec, Some(&p), &mut st, None, t(2 * DAY)); // v3; v1 deactivated at day 1
+    assert_eq!(st.versions[0].state, KeyState::Deactivated);
+    assert_eq!(plan.requeue_at, Some(t(3 * DAY)), "grace of v2 ends first");
+    // eligible at day 1 + 1 + 7 = 9; rotations continue daily meanwhile
+    for d in 3..9 {
+        step(&spec, Some(&p), &mut st, None, t(d * DAY));
+        assert_ne!(st.versions[0].state, KeyState::Destroyed, "day {d}");
+    }
+    step(&spec, Some(&p), &mut st, None, t(9 * DAY));
+    assert_eq!(st.versions[0].state, KeyState::Destroyed);
+}
+
+#[test]
+fn rotate_now_request_rotates_exactly_once() {
+    let spec = ManagedKeySpec::default();
+    let p = policy("90d");
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    step(&spec, Some(&p), &mut st, Some("req-1"), t(10));
+    assert_eq!(st.max_version(), 2);
+    assert_eq!(st.last_rotate_request.as_deref(), Some("req-1"));
+    assert!(
+        step(&spec, Some(&p), &mut st, Some("req-1"), t(20))
+            .actions
+            .is_empty()
+    );
+    step(&spec, Some(&p), &mut st, Some("req-2"), t(30));
+    assert_eq!(st.max_version(), 3);
+}
+
+#[test]
+fn suspend_and_resume_keep_the_same_version() {
+    let mut spec = ManagedKeySpec::default();
+    let p = policy("90d");
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    spec.desired_state = DesiredState::Suspended;
+    step(&spec, Some(&p), &mut st, None, t(10));
+    assert_eq!(states(&st), vec![(1, KeyState::Suspended)]);
+    assert_eq!(st.current().map(|v| v.version), Some(1));
+    spec.desired_state = DesiredState::Active;
+    step(&spec, Some(&p), &mut st, None, t(20));
+    assert_eq!(
+        states(&st),
+        vec![(1, KeyState::Active)],
+        "resume keeps the same version"
+    );
+    spec.desired_state = DesiredState::Suspended;
+    step(&spec, Some(&p), &mut st, None, t(30));
+    // No rotation while suspended, even past the period.
+    assert!(
+        step(&spec, Some(&p), &mut st, None, t(100 * DAY))
+            .actions
+            .is_empty()
+    );
+    spec.desired_state = DesiredState::Active;
+    step(&spec, Some(&p), &mut st, None, t(100 * DAY + 1));
+    // Suspension did not extend its life, so the overdue version rotates at once on resume.
+    assert_eq!(
+        states(&st),
+        vec![(1, KeyState::Deactivated), (2, KeyState::Active)]
+    );
+}
+
+#[test]
+fn compromise_rotates_at_once_and_never_reactivates_the_old_version() {
+    let mut spec = ManagedKeySpec::default();
+    let p = policy("90d");
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    step(&spec, Some(&p), &mut st, Some("r"), t(5)); // v2 active, v1 deactivated
+    spec.desired_state = DesiredState::Compromised;
+    step(&spec, Some(&p), &mut st, Some("r"), t(10));
+    assert_eq!(
+        states(&st),
+        vec![
+            (1, KeyState::Compromised),
+            (2, KeyState::Compromised),
+            (3, KeyState::Active)
+        ]
+    );
+    // Handled once: a second reconcile with the same spec changes nothing.
+    assert!(
+        step(&spec, Some(&p), &mut st, Some("r"), t(20))
+            .actions
+            .is_empty()
+    );
+    spec.desired_state = DesiredState::Active;
+    let plan = step(&spec, Some(&p), &mut st, Some("r"), t(30));
+    assert_eq!(plan.actions, vec![Action::MarkCompromise(None)]);
+}
+
+#[test]
+fn deletion_can_be_cancelled_within_the_window() {
+    let mut spec = ManagedKeySpec::default();
+    let p = policy("90d");
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    spec.deletion = Some(DeletionRequest { scheduled: true });
+    let plan = step(&spec, Some(&p), &mut st, None, t(10));
+    assert_eq!(
+        st.pending_deletion.as_ref().unwrap().destroy_at,
+        t(10 + 7 * DAY).to_string()
+    );
+    assert_eq!(plan.requeue_at, Some(t(10 + 7 * DAY)));
+    spec.deletion = None;
+    step(&spec, Some(&p), &mut st, None, t(20));
+    assert!(st.pending_deletion.is_none());
+    assert_eq!(st.active().map(|v| v.version), Some(1));
+}
+
+#[test]
+fn deleting_the_object_keeps_material_until_the_window_ends() {
+    let spec = ManagedKeySpec::default();
+    let p = policy("90d");
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    let del = t(100);
+    let mut run = |now| {
+        let input = PlanInput {
+            spec: &spec,
+            policy: Some(&p),
+            state: &st,
+            rotate_request: None,
+            deleting_since: Some(del),
+            now,
+        };
+        let plan = plan(&input);
+        apply(
+            &mut st,
+            &plan.actions,
+            now,
+            &|_| (String::new(), String::new()),
+            None,
+        )
+        .unwrap();
+        plan
+    };
+    let p1 = run(t(200));
+    assert!(!p1.actions.contains(&Action::Finalize));
+    assert_eq!(p1.requeue_at, Some(t(100 + 7 * DAY)));
+    let p2 = run(t(100 + 7 * DAY));
+    assert!(p2.actions.contains(&Action::EraseMaterial { version: 1 }));
+    assert_eq!(p2.actions.last(), Some(&Action::Finalize));
+    assert_eq!(st.versions[0].state, KeyState::Destroyed);
+    // Active -> Deactivated -> Destroyed: the lifecycle is respected on the way.
+    let path: Vec<_> = st.versions[0].transitions.iter().map(|r| r.to).collect();
+    assert!(
+        path.ends_with(&[KeyState::Active, KeyState::Deactivated, KeyState::Destroyed]),
+        "{path:?}"
+    );
+}
+
+#[test]
+fn cron_schedule_rotates_at_each_firing() {
+    let p = Policy::from_spec(&RotationPolicySpec {
+        rotation_period: None,
+        schedule: Some("0 3 * * *".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let spec = ManagedKeySpec::default();
+    let mut st = StoredState::default();
+    let start: Timestamp = "2027-01-10T12:00:00Z".parse().unwrap();
+    let plan = step(&spec, Some(&p), &mut st, None, start);
+    assert_eq!(
+        plan.next_rotation,
+        Some("2027-01-11T03:00:00Z".parse().unwrap())
+    );
+    step(
+        &spec,
+        Some(&p),
+        &mut st,
+        None,
+        "2027-01-11T03:00:00Z".parse().unwrap(),
+    );
+    assert_eq!(st.max_version(), 2);
+}
+
+#[test]
+fn policy_errors_name_the_field_and_the_fix() {
+    let bad = |s: RotationPolicySpec| Policy::from_spec(&s).unwrap_err();
+    let e = bad(RotationPolicySpec {
+        rotation_period: Some("3 months".into()),
+        ..Default::default()
+    });
+    assert!(
+        e.starts_with("spec.rotationPeriod:") && e.contains("P90D"),
+        "{e}"
+    );
+    let e = bad(RotationPolicySpec {
+        schedule: Some("every day".into()),
+        ..Default::default()
+    });
+    assert!(e.starts_with("spec.schedule:"), "{e}");
+    let e = bad(RotationPolicySpec {
+        deletion_window_days: 3,
+        ..Default::default()
+    });
+    assert!(e.starts_with("spec.deletionWindowDays:"), "{e}");
+    let e = bad(RotationPolicySpec {
+        rotation_period: None,
+        ..Default::default()
+    });
+    assert!(
+        e.contains("rotationPeriod") && e.contains("schedule"),
+        "{e}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Random time steps and rotate-now requests never break the invariants.
+    #[test]
+    fn planner_invariants_hold(
+        period_h in 1i64..200,
+        retain in 1u32..5,
+        grace_h in 0i64..100,
+        window_d in 7u32..31,
+        steps in prop::collection::vec((1i64..400, any::<bool>()), 1..60),
+    ) {
+        let p = Policy::from_spec(&RotationPolicySpec {
+            rotation_period: Some(format!("{period_h}h")),
+            retain_versions: retain,
+            grace_period: format!("{grace_h}h"),
+            deletion_window_days: window_d,
+            ..Default::default()
+        }).unwrap();
+        let spec = ManagedKeySpec::default();
+        let mut st = StoredState::default();
+        let mut now = t(0);
+        for (i, (adv_h, rotate)) in steps.into_iter().enumerate() {
+            now += SignedDuration::from_hours(adv_h);
+            let req = if rotate { Some(format!("r{i}")) } else { None };
+            let input = PlanInput { spec: &spec, policy: Some(&p), state: &st, rotate_request: req.as_deref(), deleting_since: None, now };
+            let plan1 = plan(&input);
+            // Deterministic.
+            prop_assert_eq!(&plan1, &plan(&input));
+            apply(&mut st, &plan1.actions, now, &|v| (format!("fp{v}"), String::new()), None).unwrap();
+
+            // Never two Active versions, and always one.
+            prop_assert_eq!(st.versions.iter().filter(|v| v.state == KeyState::Active).count(), 1);
+            // The current version is never older than the period.
+            let act: Timestamp = st.active().unwrap().activated.as_ref().unwrap().parse().unwrap();
+            prop_assert!(now.duration_since(act) < SignedDuration::from_hours(period_h));
+            // Versions are numbered without gaps or repeats.
+            let nums: Vec<u32> = st.versions.iter().map(|v| v.version).collect();
+            prop_assert_eq!(nums, (1..=st.versions.len() as u32).collect::<Vec<_>>());
+            for (idx, v) in st.versions.iter().enumerate() {
+                let newer = (st.versions.len() - idx - 1) as u32;
+                if v.state == KeyState::Destroyed {
+                    // Within retainVersions nothing is destroyed...
+                    prop_assert!(newer >= retain, "v{} destroyed with only {} newer", v.version, newer);
+                    // ...and nothing before grace + deletion window after deactivation.
+                    let d: Timestamp = v.deactivated.as_ref().unwrap().parse().unwrap();
+                    let gone: Timestamp = v.destroyed.as_ref().unwrap().parse().unwrap();
+                    prop_assert!(gone >= d + SignedDuration::from_hours(grace_h) + SignedDuration::from_hours(24 * window_d as i64));
+                }
+                // A version still in grace is available (has material).
+                if let Some(d) = &v.deactivated {
+                    let d: Timestamp = d.parse().unwrap();
+                    if now < d + SignedDuration::from_hours(grace_h) {
+                        prop_assert!(v.state.has_material());
+                    }
+                }
+            }
+        }
+    }
+}
