@@ -10,3 +10,4 @@ pub mod duration;
 pub mod kek;
 pub mod lifecycle;
 pub mod rotation;
+pub mod storage;
