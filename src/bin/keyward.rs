@@ -11,6 +11,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the ManagedKey controller.
+    Controller(keyward::controller::cli::ControllerArgs),
     /// Write the CRD YAML files (default: ./crds).
     Crdgen {
         /// Output directory.
@@ -22,7 +24,15 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cli.cmd {
+        Cmd::Controller(args) => keyward::controller::cli::run(args).await?,
         Cmd::Crdgen { out } => {
             std::fs::create_dir_all(&out)?;
             for (file, yaml) in keyward::crd::crds_yaml() {

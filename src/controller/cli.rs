@@ -1,0 +1,219 @@
+//! `keyward controller`: flags, leader election, `/healthz`, `/readyz`, `/metrics`.
+
+use super::{Context, Metrics, SystemClock};
+use crate::crypto::Algorithm;
+use crate::kek::{Keyring, local::LocalKek};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use kube_lease_manager::LeaseManagerBuilder;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Controller flags; every flag also reads an environment variable.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Namespace the controller runs in (root-key Secret and Lease live here).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "keyward-system")]
+    pub namespace: String,
+    /// This replica's identity for leader election and Events.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "KEYWARD_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease so two replicas never rotate at once.
+    #[arg(long, env = "KEYWARD_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Lease name for leader election.
+    #[arg(long, env = "KEYWARD_LEASE_NAME", default_value = "keyward-controller")]
+    pub lease_name: String,
+    /// Lease duration in seconds (a new leader takes over at most this long after a crash).
+    #[arg(long, env = "KEYWARD_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// Longest wait between two reconciles of one key, in seconds.
+    #[arg(long, env = "KEYWARD_MAX_REQUEUE_SECONDS", default_value_t = 300)]
+    pub max_requeue_seconds: u64,
+    /// Local backend: Secret (in --namespace) holding the root KEK; created on first start.
+    #[arg(
+        long,
+        env = "KEYWARD_LOCAL_KEK_SECRET",
+        default_value = "keyward-root-key"
+    )]
+    pub local_kek_secret: String,
+    /// Local backend: read the root KEK from this file instead of a Secret.
+    #[arg(long, env = "KEYWARD_LOCAL_KEK_FILE")]
+    pub local_kek_file: Option<PathBuf>,
+    /// Wrap algorithm for new envelopes: aes-256-kwp, aes-256-kw or aes-256-gcm.
+    #[arg(long, env = "KEYWARD_KEK_WRAP_ALGORITHM", default_value = "aes-256-kwp", value_parser = Algorithm::parse)]
+    pub kek_wrap_algorithm: Algorithm,
+}
+
+/// Build the keyring the flags describe; errors name the flag to fix.
+pub async fn build_keyring(
+    args: &ControllerArgs,
+    client: &kube::Client,
+) -> anyhow::Result<Keyring> {
+    let local = match &args.local_kek_file {
+        Some(p) => LocalKek::from_file(p, args.kek_wrap_algorithm)?,
+        None => {
+            LocalKek::from_secret(
+                client.clone(),
+                &args.namespace,
+                &args.local_kek_secret,
+                args.kek_wrap_algorithm,
+            )
+            .await?
+        }
+    };
+    let ring = Keyring::new(Arc::new(local));
+    ring.health().await?;
+    Ok(ring)
+}
+
+#[derive(Clone)]
+struct Http {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    keyring: Keyring,
+}
+
+async fn metrics(State(h): State<Http>) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    (
+        StatusCode::OK,
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        h.metrics.encode(),
+    )
+}
+
+async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
+    if !h.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting".into());
+    }
+    match h.keyring.health().await {
+        Ok(()) => (StatusCode::OK, "ok".into()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Serve health and metrics.
+pub async fn serve_http(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    keyring: Keyring,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(self::metrics))
+        .with_state(Http {
+            metrics,
+            ready,
+            keyring,
+        });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /healthz /readyz /metrics");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Run the controller process.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let keyring = build_keyring(&args, &client).await?;
+    tracing::info!(kek = %keyring.describe(), "KEK ready");
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("keyward-{}", uuid::Uuid::new_v4()));
+    let mut ctx = Context::new(
+        client.clone(),
+        keyring.clone(),
+        metrics.clone(),
+        Arc::new(SystemClock),
+        Some(identity.clone()),
+    );
+    ctx.max_requeue = std::time::Duration::from_secs(args.max_requeue_seconds.max(1));
+    let ctx = Arc::new(ctx);
+    let http = tokio::spawn(serve_http(
+        args.metrics_addr,
+        metrics,
+        ready.clone(),
+        keyring,
+    ));
+
+    if !args.leader_election {
+        super::run(ctx, shutdown_signal(), None, ready).await;
+        http.abort();
+        return Ok(());
+    }
+    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_seconds)
+        .with_grace(args.lease_seconds.div_ceil(3).max(1))
+        .build()
+        .await?;
+    let (mut leader, task) = lease.watch().await;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.notify_waiters();
+        });
+    }
+    // Standby replicas are ready (healthy) but do not reconcile.
+    ready.store(true, Ordering::SeqCst);
+    loop {
+        tracing::info!(%identity, "waiting for leadership");
+        tokio::select! {
+            r = leader.wait_for(|l| *l) => { r?; }
+            _ = stop.notified() => break,
+        }
+        tracing::info!(%identity, "leader: starting controller");
+        let mut lost_rx = leader.clone();
+        let stop2 = stop.clone();
+        let lost = async move {
+            tokio::select! {
+                _ = lost_rx.wait_for(|l| !*l) => {}
+                _ = stop2.notified() => {}
+            }
+        };
+        super::run(ctx.clone(), lost, None, ready.clone()).await;
+        if !*leader.borrow() {
+            tracing::warn!(%identity, "lost leadership: controller stopped");
+            continue;
+        }
+        break;
+    }
+    drop(leader);
+    let _ = task.await;
+    http.abort();
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The ManagedKey controller: kube-runtime `Controller`, leader election, health and metrics.
+
+pub mod cli;
+pub mod clock;
+pub mod metrics;
+pub mod reconcile;
+
+use crate::crd::{ManagedKey, RotationPolicy};
+use crate::kek::{KekError, Keyring};
+use crate::storage::{KEY_LABEL, StorageError};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Client, ResourceExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use metrics::Metrics;
+
+/// Errors of one reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Kubernetes API failure.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Storage Secret failure.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// KEK backend failure.
+    #[error(transparent)]
+    Kek(#[from] KekError),
+    /// Crypto failure.
+    #[error("crypto: {0}")]
+    Crypto(#[from] crate::crypto::CryptoError),
+    /// Input the controller cannot act on.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// A write lost an optimistic-concurrency race (HTTP 409): retry from a fresh read.
+    pub fn is_conflict(&self) -> bool {
+        let code = match self {
+            Error::Kube(kube::Error::Api(e)) => Some(e.code),
+            Error::Storage(StorageError::Kube {
+                source: kube::Error::Api(e),
+                ..
+            }) => Some(e.code),
+            _ => None,
+        };
+        code == Some(409)
+    }
+
+    /// Short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            _ if self.is_conflict() => "conflict",
+            Error::Kube(_) => "kube",
+            Error::Storage(_) => "storage",
+            Error::Kek(_) => "kek",
+            Error::Crypto(_) => "crypto",
+            Error::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// Shared state of every reconcile.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// KEK backends.
+    pub keyring: Keyring,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Longest wait between reconciles of one key (bounds drift and missed watch events).
+    pub max_requeue: Duration,
+}
+
+impl Context {
+    /// A context with the system clock.
+    pub fn new(
+        client: Client,
+        keyring: Keyring,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "keyward-controller".into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            keyring,
+            clock,
+            metrics,
+            max_requeue: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Run the controller until `shutdown` resolves. `trigger` re-plans every key (tests use it
+/// after moving their clock).
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    trigger: Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
+    ready: Arc<AtomicBool>,
+) {
+    let client = ctx.client.clone();
+    let keys: Api<ManagedKey> = Api::all(client.clone());
+    let secrets: Api<Secret> = Api::all(client.clone());
+    let policies: Api<RotationPolicy> = Api::all(client.clone());
+    let controller = Controller::new(keys, watcher::Config::default());
+    let store = controller.store();
+    let mut controller = controller
+        .owns(secrets, watcher::Config::default().labels(KEY_LABEL))
+        .watches(
+            policies,
+            watcher::Config::default(),
+            move |rp: RotationPolicy| {
+                // A policy change re-plans every key that uses it.
+                let ns = rp.namespace();
+                let name = rp.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|mk| {
+                        mk.namespace() == ns
+                            && mk.spec.policy_ref.as_ref().is_some_and(|r| r.name == name)
+                    })
+                    .map(|mk| ObjectRef::from_obj(&*mk))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown);
+    if let Some(rx) = trigger {
+        controller =
+            controller.reconcile_all_on(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+    }
+    ready.store(true, Ordering::SeqCst);
+    controller
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,463 @@
+//! The thin I/O shell around the planner: read, plan, apply in one Secret write, project status.
+
+use super::{Context, Error};
+use crate::crd::{
+    Condition, FINALIZER, KeyVersionStatus, ManagedKey, ManagedKeyStatus, ROTATE_NOW_ANNOTATION,
+    RotationPolicy,
+};
+use crate::crypto::{KeyContext, SecretBytes, fingerprint};
+use crate::lifecycle::KeyState;
+use crate::rotation::{self, Action as PlanAction, Plan, PlanInput, Policy, StoredState};
+use crate::storage;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Field manager for everything the controller writes.
+pub const MANAGER: &str = "keyward-controller";
+
+/// Reconcile one ManagedKey. Errors are reported as Warning Events and counted.
+pub async fn reconcile(mk: Arc<ManagedKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    ctx.metrics.reconciles.inc();
+    let r = reconcile_inner(&mk, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(e) = &r {
+        ctx.metrics
+            .errors
+            .get_or_create(&super::metrics::ErrorLabels {
+                reason: e.reason().into(),
+            })
+            .inc();
+        tracing::warn!(key = %format!("{}/{}", mk.namespace().unwrap_or_default(), mk.name_any()), error = %e, "reconcile failed");
+        if !e.is_conflict() {
+            publish(
+                &ctx,
+                &mk,
+                EventType::Warning,
+                "ReconcileFailed",
+                "Reconcile",
+                e.to_string(),
+            )
+            .await;
+        }
+    }
+    r
+}
+
+/// Requeue policy after an error: conflicts retry at once, others back off briefly.
+pub fn error_policy(_mk: Arc<ManagedKey>, err: &Error, _ctx: Arc<Context>) -> Action {
+    if err.is_conflict() {
+        Action::requeue(Duration::from_millis(200))
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    mk: &ManagedKey,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &mk.object_ref(&())).await {
+        tracing::debug!(error = %e, "event not published");
+    }
+}
+
+async fn load_policy(
+    ctx: &Context,
+    ns: &str,
+    mk: &ManagedKey,
+) -> Result<(Option<Policy>, Option<(String, String)>), Error> {
+    let Some(r) = &mk.spec.policy_ref else {
+        return Ok((None, None));
+    };
+    let api: Api<RotationPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(match api.get_opt(&r.name).await? {
+        None => (
+            None,
+            Some((
+                "PolicyNotFound".into(),
+                format!(
+                    "RotationPolicy {ns}/{} does not exist: create it or fix spec.policyRef.name",
+                    r.name
+                ),
+            )),
+        ),
+        Some(rp) => match Policy::from_spec(&rp.spec) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (
+                None,
+                Some((
+                    "PolicyInvalid".into(),
+                    format!("RotationPolicy {ns}/{}: {e}", r.name),
+                )),
+            ),
+        },
+    })
+}
+
+async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error> {
+    let ns = mk
+        .namespace()
+        .ok_or_else(|| Error::Invalid("ManagedKey has no namespace".into()))?;
+    let name = mk.name_any();
+    let now = ctx.clock.now();
+    let keys: Api<ManagedKey> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let deleting_since: Option<Timestamp> = mk.metadata.deletion_timestamp.as_ref().map(|t| t.0);
+    let has_finalizer = mk.finalizers().iter().any(|f| f == FINALIZER);
+
+    if deleting_since.is_some() && !has_finalizer {
+        ctx.metrics.forget_key(&ns, &name);
+        return Ok(Action::await_change());
+    }
+    if deleting_since.is_none() && !has_finalizer {
+        // Added before any material exists, so deletion always passes through the window.
+        let mut finalizers = mk.finalizers().to_vec();
+        finalizers.push(FINALIZER.into());
+        let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": mk.resource_version()}});
+        keys.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+
+    let (policy, policy_problem) = load_policy(ctx, &ns, mk).await?;
+    let mut stored = storage::load(&secrets, &name).await?;
+    let rotate_request = mk
+        .annotations()
+        .get(ROTATE_NOW_ANNOTATION)
+        .map(String::as_str);
+    let plan = rotation::plan(&PlanInput {
+        spec: &mk.spec,
+        policy: policy.as_ref(),
+        state: &stored.state,
+        rotate_request,
+        deleting_since,
+        now,
+    });
+
+    if !plan.actions.is_empty() {
+        let mut made: BTreeMap<u32, (String, String)> = BTreeMap::new();
+        for a in &plan.actions {
+            match a {
+                PlanAction::CreateVersion { version } => {
+                    let dek = generate(mk, ctx).await?;
+                    let env = ctx
+                        .keyring
+                        .wrap(&KeyContext::new(&ns, &name, *version), &dek)
+                        .await?;
+                    let kek = format!("{}/{}@{}", env.backend, env.kek_id, env.kek_version);
+                    stored.envelopes.insert(*version, env.encode()?);
+                    made.insert(*version, (fingerprint(&dek), kek));
+                }
+                PlanAction::EraseMaterial { version } => {
+                    stored.envelopes.remove(version);
+                }
+                _ => {}
+            }
+        }
+        let expire = policy.as_ref().and_then(|p| p.expire_after_secs);
+        rotation::apply(
+            &mut stored.state,
+            &plan.actions,
+            now,
+            &|v| made.get(&v).cloned().unwrap_or_default(),
+            expire,
+        )
+        .map_err(Error::Invalid)?;
+        storage::save(&secrets, mk, &stored).await?;
+        report_actions(ctx, mk, &plan, &stored.state).await;
+    }
+
+    if plan.actions.contains(&PlanAction::Finalize) {
+        if deleting_since.is_some() {
+            let patch = serde_json::json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": mk.finalizers()},
+                {"op": "replace", "path": "/metadata/finalizers", "value": mk.finalizers().iter().filter(|f| *f != FINALIZER).collect::<Vec<_>>()},
+            ]);
+            keys.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Json::<()>(serde_json::from_value(patch).expect("json patch")),
+            )
+            .await?;
+            ctx.metrics.forget_key(&ns, &name);
+            return Ok(Action::await_change());
+        }
+        // Scheduled deletion finished: every version is destroyed; delete the object itself.
+        keys.delete(&name, &Default::default()).await?;
+    }
+
+    let status = project(mk, &stored.state, &plan, policy_problem, ctx, now);
+    if mk.status.as_ref() != Some(&status) {
+        let patch = serde_json::json!({"apiVersion": "keyward.io/v1alpha1", "kind": "ManagedKey", "status": status});
+        keys.patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    let secs = plan
+        .next_rotation
+        .map(|t| t.duration_since(now).as_secs_f64());
+    ctx.metrics.observe_key(
+        &ns,
+        &name,
+        status.state.as_deref().unwrap_or("Unknown"),
+        secs,
+    );
+
+    let wait = plan
+        .requeue_at
+        .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or(Duration::from_secs(1)))
+        .unwrap_or(ctx.max_requeue)
+        .min(ctx.max_requeue)
+        .max(Duration::from_millis(500));
+    Ok(Action::requeue(wait))
+}
+
+/// Generate material for the key's algorithm. CPU-heavy generation runs off the reactor.
+async fn generate(mk: &ManagedKey, _ctx: &Context) -> Result<SecretBytes, Error> {
+    let len = mk.spec.algorithm.material_len();
+    tokio::task::spawn_blocking(move || SecretBytes::random(len))
+        .await
+        .map_err(|e| Error::Invalid(format!("key generation task failed: {e}")))
+}
+
+async fn report_actions(ctx: &Context, mk: &ManagedKey, plan: &Plan, state: &StoredState) {
+    let fp = |v: u32| {
+        state
+            .versions
+            .iter()
+            .find(|x| x.version == v)
+            .map(|x| x.fingerprint.clone())
+            .unwrap_or_default()
+    };
+    for a in &plan.actions {
+        match a {
+            PlanAction::Transition {
+                version,
+                to: KeyState::Active,
+                reason,
+            } => {
+                let first = *version == 1;
+                if !first && reason != "resumed" {
+                    ctx.metrics.rotations.inc();
+                }
+                let (r, verb) = if first {
+                    ("KeyCreated", "created")
+                } else if reason == "resumed" {
+                    ("KeyResumed", "resumed")
+                } else {
+                    ("KeyRotated", "activated")
+                };
+                publish(
+                    ctx,
+                    mk,
+                    EventType::Normal,
+                    r,
+                    "Rotate",
+                    format!(
+                        "version {version} {verb} ({reason}); fingerprint {}",
+                        fp(*version)
+                    ),
+                )
+                .await;
+                tracing::info!(target: "keyward::audit", action = "activate", key = %format!("{}/{}", mk.namespace().unwrap_or_default(), mk.name_any()), version, reason = %reason, actor = "controller", outcome = "ok");
+            }
+            PlanAction::Transition {
+                version,
+                to,
+                reason,
+            } => {
+                let t = if *to == KeyState::Compromised {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                publish(
+                    ctx,
+                    mk,
+                    t,
+                    "KeyStateChanged",
+                    "Transition",
+                    format!("version {version} -> {} ({reason})", to.as_str()),
+                )
+                .await;
+                tracing::info!(target: "keyward::audit", action = "transition", key = %format!("{}/{}", mk.namespace().unwrap_or_default(), mk.name_any()), version, to = to.as_str(), reason = %reason, actor = "controller", outcome = "ok");
+            }
+            PlanAction::ScheduleDeletion { destroy_at, .. } => {
+                publish(
+                    ctx,
+                    mk,
+                    EventType::Warning,
+                    "DeletionScheduled",
+                    "ScheduleDeletion",
+                    format!(
+                        "material will be destroyed at {destroy_at}; remove spec.deletion to cancel"
+                    ),
+                )
+                .await;
+            }
+            PlanAction::CancelDeletion => {
+                publish(
+                    ctx,
+                    mk,
+                    EventType::Normal,
+                    "DeletionCancelled",
+                    "CancelDeletion",
+                    "scheduled deletion cancelled".into(),
+                )
+                .await;
+            }
+            PlanAction::EraseMaterial { version } => {
+                publish(
+                    ctx,
+                    mk,
+                    EventType::Normal,
+                    "MaterialDestroyed",
+                    "Destroy",
+                    format!("version {version} material erased"),
+                )
+                .await;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn condition(
+    old: Option<&ManagedKeyStatus>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = old
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+        })
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+/// Status as a projection of stored state (no key bytes: fingerprints only).
+fn project(
+    mk: &ManagedKey,
+    st: &StoredState,
+    plan: &Plan,
+    policy_problem: Option<(String, String)>,
+    ctx: &Context,
+    now: Timestamp,
+) -> ManagedKeyStatus {
+    let old = mk.status.as_ref();
+    let generation = mk.metadata.generation;
+    let current = st.current();
+    let state = if st.pending_deletion.is_some() {
+        "PendingDeletion".to_string()
+    } else if let Some(c) = current {
+        c.state.as_str().to_string()
+    } else if st.versions.iter().any(|v| v.state == KeyState::Deactivated) {
+        "Deactivated".into()
+    } else if st.versions.iter().all(|v| v.state == KeyState::Destroyed) && !st.versions.is_empty()
+    {
+        "Destroyed".into()
+    } else {
+        "Pending".into()
+    };
+    let mut versions: Vec<KeyVersionStatus> = st.versions.iter().rev().cloned().collect();
+    for v in &mut versions {
+        // Status keeps the last few transitions per version; the Secret keeps all of them.
+        if v.transitions.len() > 5 {
+            v.transitions.drain(..v.transitions.len() - 5);
+        }
+    }
+    let mut conditions = Vec::new();
+    let ready =
+        current.is_some_and(|c| c.state == KeyState::Active) && st.pending_deletion.is_none();
+    let (r, m) = if ready {
+        (
+            "KeyActive".to_string(),
+            format!(
+                "version {} is active",
+                current.map(|c| c.version).unwrap_or(0)
+            ),
+        )
+    } else {
+        (
+            format!("Key{state}"),
+            format!("no active version is served (state {state})"),
+        )
+    };
+    conditions.push(condition(old, "Ready", ready, &r, m, generation, now));
+    let (ok, r, m) = match &policy_problem {
+        Some((r, m)) => (false, r.clone(), m.clone()),
+        None => (
+            true,
+            "AsExpected".into(),
+            "policy and storage are healthy".into(),
+        ),
+    };
+    // Degraded is True when something needs the owner's attention.
+    let mut d = condition(old, "Degraded", !ok, &r, m, generation, now);
+    if ok {
+        d.status = "False".into();
+    }
+    conditions.push(d);
+    if let Some(pd) = &st.pending_deletion {
+        conditions.push(condition(
+            old,
+            "PendingDeletion",
+            true,
+            "DeletionScheduled",
+            format!("material will be destroyed at {}", pd.destroy_at),
+            generation,
+            now,
+        ));
+    }
+    ManagedKeyStatus {
+        current_version: current.map(|c| c.version),
+        state: Some(state),
+        version_count: st.versions.len() as u32,
+        versions,
+        next_rotation: plan.next_rotation.map(|t| t.to_string()),
+        last_rotation: st.versions.iter().rev().find_map(|v| v.activated.clone()),
+        last_rotate_request: st.last_rotate_request.clone(),
+        pending_deletion: st.pending_deletion.clone(),
+        kek: Some(ctx.keyring.describe()),
+        conditions,
+        observed_generation: generation,
+    }
+}
