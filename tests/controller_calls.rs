@@ -1,0 +1,206 @@
+//! Exact-call tests: the reconciler's HTTP conversation with the API server, checked call by
+//! call with a tower-test mock (an `ApiServerVerifier`).
+
+use http::{Method, Request, Response, StatusCode};
+use jiff::Timestamp;
+use keyward::controller::{Context, ManualClock, Metrics, reconcile::reconcile};
+use keyward::crd::{FINALIZER, ManagedKey, ManagedKeySpec, PolicyRef};
+use keyward::crypto::{Algorithm, SecretBytes};
+use keyward::kek::{Keyring, local::LocalKek};
+use kube::client::Body;
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+struct ApiServerVerifier(Handle);
+
+impl ApiServerVerifier {
+    /// Expect one request; return its body as JSON (or Null) and answer `reply`.
+    async fn expect(
+        &mut self,
+        method: Method,
+        path: &str,
+        status: StatusCode,
+        reply: Value,
+    ) -> Value {
+        let (req, send) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.0.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+                .expect("service not called");
+        assert_eq!(req.method(), method, "method for {}", req.uri());
+        assert_eq!(req.uri().path(), path, "path");
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+        body
+    }
+}
+
+fn not_found(what: &str) -> Value {
+    json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":format!("{what} not found")})
+}
+
+fn key(finalizer: bool) -> ManagedKey {
+    let mut mk = ManagedKey::new(
+        "payments",
+        ManagedKeySpec {
+            policy_ref: Some(PolicyRef {
+                name: "quarterly".into(),
+            }),
+            ..Default::default()
+        },
+    );
+    mk.meta_mut().namespace = Some("team-a".into());
+    mk.meta_mut().uid = Some("uid-1".into());
+    mk.meta_mut().resource_version = Some("10".into());
+    mk.meta_mut().generation = Some(1);
+    if finalizer {
+        mk.meta_mut().finalizers = Some(vec![FINALIZER.into()]);
+    }
+    mk
+}
+
+fn setup() -> (Arc<Context>, ApiServerVerifier) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let kek = LocalKek::in_memory("test", SecretBytes::random(32), Algorithm::Aes256Kwp).unwrap();
+    let clock = Arc::new(ManualClock::new(
+        Timestamp::from_second(1_800_000_000).unwrap(),
+    ));
+    let ctx = Context::new(
+        client,
+        Keyring::new(Arc::new(kek)),
+        Arc::new(Metrics::default()),
+        clock,
+        None,
+    );
+    (Arc::new(ctx), ApiServerVerifier(handle))
+}
+
+const MK: &str = "/apis/keyward.io/v1alpha1/namespaces/team-a/managedkeys/payments";
+const RP: &str = "/apis/keyward.io/v1alpha1/namespaces/team-a/rotationpolicies/quarterly";
+const SECRET: &str = "/api/v1/namespaces/team-a/secrets/payments.keyward-versions";
+
+#[tokio::test]
+async fn first_reconcile_adds_finalizer_creates_version_one_and_writes_status() {
+    let (ctx, mut api) = setup();
+    let mk = key(false);
+    let task = tokio::spawn(reconcile(Arc::new(mk.clone()), ctx.clone()));
+
+    let body = api
+        .expect(
+            Method::PATCH,
+            MK,
+            StatusCode::OK,
+            serde_json::to_value(key(true)).unwrap(),
+        )
+        .await;
+    assert_eq!(body["metadata"]["finalizers"], json!([FINALIZER]));
+    assert_eq!(
+        body["metadata"]["resourceVersion"], "10",
+        "finalizer patch is optimistic"
+    );
+
+    let policy = json!({"apiVersion":"keyward.io/v1alpha1","kind":"RotationPolicy","metadata":{"name":"quarterly","namespace":"team-a"},"spec":{"rotationPeriod":"90d","gracePeriod":"7d","retainVersions":3,"deletionWindowDays":30}});
+    api.expect(Method::GET, RP, StatusCode::OK, policy).await;
+    api.expect(
+        Method::GET,
+        SECRET,
+        StatusCode::NOT_FOUND,
+        not_found("secret"),
+    )
+    .await;
+
+    let secret = api
+        .expect(
+            Method::POST,
+            "/api/v1/namespaces/team-a/secrets",
+            StatusCode::CREATED,
+            json!({}),
+        )
+        .await;
+    assert_eq!(secret["type"], "keyward.io/wrapped-key");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["controller"], true);
+    assert!(secret["data"]["v1"].is_string(), "version 1 stored wrapped");
+    let state: Value = {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"]["state.json"].as_str().unwrap())
+            .unwrap();
+        serde_json::from_slice(&raw).unwrap()
+    };
+    assert_eq!(state["versions"][0]["state"], "Active");
+
+    let ev = api
+        .expect(
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/team-a/events",
+            StatusCode::CREATED,
+            json!({}),
+        )
+        .await;
+    assert_eq!(ev["reason"], "KeyCreated");
+
+    let status = api
+        .expect(
+            Method::PATCH,
+            &format!("{MK}/status"),
+            StatusCode::OK,
+            serde_json::to_value(key(true)).unwrap(),
+        )
+        .await;
+    assert_eq!(status["status"]["currentVersion"], 1);
+    assert_eq!(status["status"]["state"], "Active");
+    // now (2027-01-15T08:00:00Z) + 90d
+    assert_eq!(status["status"]["nextRotation"], "2027-04-15T08:00:00Z");
+    assert_eq!(
+        status["status"]["versions"][0]["fingerprint"],
+        state["versions"][0]["fingerprint"]
+    );
+
+    let action = task.await.unwrap().expect("reconcile ok");
+    assert!(
+        format!("{action:?}").contains("300s"),
+        "requeue capped at max_requeue: {action:?}"
+    );
+}
+
+#[tokio::test]
+async fn conflict_on_storage_write_is_an_error_and_writes_no_status() {
+    let (ctx, mut api) = setup();
+    let task = tokio::spawn(reconcile(Arc::new(key(true)), ctx.clone()));
+    api.expect(Method::GET, RP, StatusCode::NOT_FOUND, not_found("policy"))
+        .await;
+    api.expect(
+        Method::GET,
+        SECRET,
+        StatusCode::NOT_FOUND,
+        not_found("secret"),
+    )
+    .await;
+    let conflict = json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"AlreadyExists","code":409,"message":"secrets \"payments.keyward-versions\" already exists"});
+    api.expect(
+        Method::POST,
+        "/api/v1/namespaces/team-a/secrets",
+        StatusCode::CONFLICT,
+        conflict,
+    )
+    .await;
+    let err = task.await.unwrap().expect_err("conflict surfaces");
+    assert!(err.is_conflict());
+    // Nothing else was called: no status, no event for a plain conflict.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), api.0.next_request())
+            .await
+            .is_err()
+    );
+}
