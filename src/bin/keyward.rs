@@ -13,11 +13,41 @@ struct Cli {
 enum Cmd {
     /// Run the ManagedKey controller.
     Controller(keyward::controller::cli::ControllerArgs),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Compliance report: every ManagedKey, its state, rotation age against policy, overdue
+    /// rotations, pending deletions and the KEK in use.
+    Report {
+        /// Output format: table or json.
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+        /// Only this namespace (default: all).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
     /// Write the CRD YAML files (default: ./crds).
     Crdgen {
         /// Output directory.
         #[arg(long, default_value = "crds")]
         out: std::path::PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check a log's hash chain and signed checkpoints; names the first bad record.
+    Verify {
+        /// The audit log (JSON lines).
+        file: std::path::PathBuf,
+        /// Public key (64 hex chars) that verifies checkpoints.
+        #[arg(long)]
+        public_key: Option<std::path::PathBuf>,
+    },
+    /// Create an audit signing key pair: PREFIX.key (secret) and PREFIX.pub.
+    Keygen {
+        /// Path prefix.
+        prefix: std::path::PathBuf,
     },
 }
 
@@ -33,6 +63,57 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.cmd {
         Cmd::Controller(args) => keyward::controller::cli::run(args).await?,
+        Cmd::Audit(AuditCmd::Verify { file, public_key }) => {
+            let text = std::fs::read_to_string(&file)?;
+            let pk = public_key
+                .as_deref()
+                .map(keyward::audit::load_public_key)
+                .transpose()?;
+            match keyward::audit::verify(&text, pk.as_ref()) {
+                Ok(s) => println!(
+                    "ok: {} records, {} signed checkpoints{}, {} records after the last checkpoint",
+                    s.records,
+                    s.checkpoints,
+                    if pk.is_some() {
+                        ""
+                    } else {
+                        " (signatures NOT checked: pass --public-key)"
+                    },
+                    s.unsigned_tail
+                ),
+                Err(e) => {
+                    eprintln!("TAMPERED: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        Cmd::Audit(AuditCmd::Keygen { prefix }) => {
+            let (sk, pk) = keyward::audit::generate_keypair(&prefix)?;
+            println!("wrote {} (secret) and {}", sk.display(), pk.display());
+        }
+        Cmd::Report { output, namespace } => {
+            use keyward::crd::{ManagedKey, RotationPolicy};
+            let client = kube::Client::try_default().await?;
+            let (keys, policies): (kube::Api<ManagedKey>, kube::Api<RotationPolicy>) =
+                match &namespace {
+                    Some(ns) => (
+                        kube::Api::namespaced(client.clone(), ns),
+                        kube::Api::namespaced(client, ns),
+                    ),
+                    None => (kube::Api::all(client.clone()), kube::Api::all(client)),
+                };
+            let lp = kube::api::ListParams::default();
+            let rows = keyward::audit::report::build(
+                &keys.list(&lp).await?.items,
+                &policies.list(&lp).await?.items,
+                jiff::Timestamp::now(),
+            );
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", keyward::audit::report::table(&rows));
+            }
+        }
         Cmd::Crdgen { out } => {
             std::fs::create_dir_all(&out)?;
             for (file, yaml) in keyward::crd::crds_yaml() {

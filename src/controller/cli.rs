@@ -47,6 +47,16 @@ pub struct ControllerArgs {
     /// Local backend: read the root KEK from this file instead of a Secret.
     #[arg(long, env = "KEYWARD_LOCAL_KEK_FILE")]
     pub local_kek_file: Option<PathBuf>,
+    /// Append the tamper-evident audit log to this file (also always on stdout, target
+    /// `keyward::audit`).
+    #[arg(long, env = "KEYWARD_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+    /// Ed25519 key (64 hex chars) that signs audit checkpoints; keep it apart from data keys.
+    #[arg(long, env = "KEYWARD_AUDIT_SIGNING_KEY")]
+    pub audit_signing_key: Option<PathBuf>,
+    /// Records between signed checkpoints.
+    #[arg(long, env = "KEYWARD_AUDIT_CHECKPOINT_EVERY", default_value_t = 100)]
+    pub audit_checkpoint_every: u64,
     /// Wrap algorithm for new envelopes: aes-256-kwp, aes-256-kw or aes-256-gcm.
     #[arg(long, env = "KEYWARD_KEK_WRAP_ALGORITHM", default_value = "aes-256-kwp", value_parser = Algorithm::parse)]
     pub kek_wrap_algorithm: Algorithm,
@@ -159,6 +169,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         Some(identity.clone()),
     );
     ctx.max_requeue = std::time::Duration::from_secs(args.max_requeue_seconds.max(1));
+    if let Some(path) = &args.audit_log {
+        ctx.audit = Arc::new(crate::audit::Audit::open(
+            path,
+            args.audit_signing_key.as_deref(),
+            args.audit_checkpoint_every,
+        )?);
+    }
     let ctx = Arc::new(ctx);
     let http = tokio::spawn(serve_http(
         args.metrics_addr,

@@ -83,6 +83,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Longest wait between reconciles of one key (bounds drift and missed watch events).
     pub max_requeue: Duration,
+    /// Audit sink for rotations, state changes and deletions.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 impl Context {
@@ -105,6 +107,7 @@ impl Context {
             clock,
             metrics,
             max_requeue: Duration::from_secs(300),
+            audit: Arc::new(crate::audit::Audit::stdout_only()),
         }
     }
 }

@@ -169,6 +169,7 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
                     made.insert(*version, (fingerprint(&dek), kek));
                 }
                 PlanAction::EraseMaterial { version } => {
+                    audit(ctx, mk, "destroy", *version, "material erased");
                     stored.envelopes.remove(version);
                 }
                 _ => {}
@@ -282,7 +283,13 @@ async fn report_actions(ctx: &Context, mk: &ManagedKey, plan: &Plan, state: &Sto
                     ),
                 )
                 .await;
-                tracing::info!(target: "keyward::audit", action = "activate", key = %format!("{}/{}", mk.namespace().unwrap_or_default(), mk.name_any()), version, reason = %reason, actor = "controller", outcome = "ok");
+                audit(
+                    ctx,
+                    mk,
+                    if first { "create" } else { "rotate" },
+                    *version,
+                    reason,
+                );
             }
             PlanAction::Transition {
                 version,
@@ -303,9 +310,22 @@ async fn report_actions(ctx: &Context, mk: &ManagedKey, plan: &Plan, state: &Sto
                     format!("version {version} -> {} ({reason})", to.as_str()),
                 )
                 .await;
-                tracing::info!(target: "keyward::audit", action = "transition", key = %format!("{}/{}", mk.namespace().unwrap_or_default(), mk.name_any()), version, to = to.as_str(), reason = %reason, actor = "controller", outcome = "ok");
+                audit(
+                    ctx,
+                    mk,
+                    &format!("transition-to-{}", to.as_str()),
+                    *version,
+                    reason,
+                );
             }
             PlanAction::ScheduleDeletion { destroy_at, .. } => {
+                audit(
+                    ctx,
+                    mk,
+                    "schedule-deletion",
+                    0,
+                    &format!("destroy at {destroy_at}"),
+                );
                 publish(
                     ctx,
                     mk,
@@ -319,6 +339,7 @@ async fn report_actions(ctx: &Context, mk: &ManagedKey, plan: &Plan, state: &Sto
                 .await;
             }
             PlanAction::CancelDeletion => {
+                audit(ctx, mk, "cancel-deletion", 0, "spec.deletion removed");
                 publish(
                     ctx,
                     mk,
@@ -330,6 +351,7 @@ async fn report_actions(ctx: &Context, mk: &ManagedKey, plan: &Plan, state: &Sto
                 .await;
             }
             PlanAction::EraseMaterial { version } => {
+                audit(ctx, mk, "destroy", *version, "material erased");
                 publish(
                     ctx,
                     mk,
@@ -343,6 +365,18 @@ async fn report_actions(ctx: &Context, mk: &ManagedKey, plan: &Plan, state: &Sto
             _ => {}
         }
     }
+}
+
+fn audit(ctx: &Context, mk: &ManagedKey, action: &str, version: u32, reason: &str) {
+    ctx.audit.record(crate::audit::AuditEvent {
+        actor: "controller".into(),
+        action: action.into(),
+        key: format!("{}/{}", mk.namespace().unwrap_or_default(), mk.name_any()),
+        version: (version > 0).then_some(version),
+        outcome: "ok".into(),
+        reason: reason.into(),
+        ..Default::default()
+    });
 }
 
 fn condition(
