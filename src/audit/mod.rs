@@ -274,11 +274,11 @@ impl Audit {
 
     fn append(&self, c: &mut Chain, rec: &Record) {
         let line = serde_json::to_string(rec).expect("record serializes");
-        if let Some(f) = c.file.as_mut() {
-            if let Err(e) = writeln!(f, "{line}").and_then(|_| f.flush()) {
-                tracing::error!(path = ?self.path, error = %e, "AUDIT WRITE FAILED");
-                return;
-            }
+        if let Some(f) = c.file.as_mut()
+            && let Err(e) = writeln!(f, "{line}").and_then(|_| f.flush())
+        {
+            tracing::error!(path = ?self.path, error = %e, "AUDIT WRITE FAILED");
+            return;
         }
         c.seq = rec.seq;
         c.prev = line_hash(&line);
@@ -312,9 +312,10 @@ pub struct VerifyError {
 /// reordered record.
 pub fn verify(text: &str, public_key: Option<&VerifyingKey>) -> Result<VerifySummary, VerifyError> {
     let mut prev = GENESIS.to_string();
-    let mut expected = 1u64;
     let (mut records, mut checkpoints, mut tail) = (0u64, 0u64, 0u64);
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
+    for (expected, (i, line)) in
+        (1u64..).zip(text.lines().enumerate().filter(|(_, l)| !l.is_empty()))
+    {
         let n = i + 1;
         let rec: Record = serde_json::from_str(line).map_err(|e| VerifyError {
             line: n,
@@ -369,7 +370,6 @@ pub fn verify(text: &str, public_key: Option<&VerifyingKey>) -> Result<VerifySum
         }
         records += 1;
         prev = line_hash(line);
-        expected += 1;
     }
     Ok(VerifySummary {
         records,
