@@ -177,6 +177,18 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         )?);
     }
     let ctx = Arc::new(ctx);
+    {
+        // Pick up KEK rotations made by another replica or `keyward kek rotate`.
+        let ring = ctx.keyring.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                if let Err(e) = ring.refresh().await {
+                    tracing::warn!(error = %e, "KEK refresh failed");
+                }
+            }
+        });
+    }
     let http = tokio::spawn(serve_http(
         args.metrics_addr,
         metrics,

@@ -19,6 +19,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Envelopes rewrapped per reconcile at most (bounds the time one reconcile holds a key).
+const REWRAP_BATCH: usize = 64;
+
 /// Field manager for everything the controller writes.
 pub const MANAGER: &str = "keyward-controller";
 
@@ -154,7 +157,31 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
         now,
     });
 
-    if !plan.actions.is_empty() {
+    // KEK rotation or migration: rewrap envelopes made under an older KEK, a bounded batch
+    // per reconcile, in the same atomic Secret write as any planned change.
+    let stale: Vec<u32> = stored
+        .envelopes
+        .iter()
+        .filter(|(_, b)| {
+            crate::crypto::Envelope::decode(b).is_ok_and(|e| ctx.keyring.needs_rewrap(&e))
+        })
+        .map(|(v, _)| *v)
+        .take(REWRAP_BATCH)
+        .collect();
+    for v in &stale {
+        let env = crate::crypto::Envelope::decode(&stored.envelopes[v])?;
+        let fresh = ctx
+            .keyring
+            .rewrap(&env, &KeyContext::new(&ns, &name, *v))
+            .await?;
+        let kek = format!("{}/{}@{}", fresh.backend, fresh.kek_id, fresh.kek_version);
+        stored.envelopes.insert(*v, fresh.encode()?);
+        if let Some(rec) = stored.state.versions.iter_mut().find(|x| x.version == *v) {
+            rec.kek = Some(kek);
+        }
+    }
+
+    if !plan.actions.is_empty() || !stale.is_empty() {
         let mut made: BTreeMap<u32, (String, String)> = BTreeMap::new();
         for a in &plan.actions {
             match a {
@@ -185,6 +212,20 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
         )
         .map_err(Error::Invalid)?;
         storage::save(&secrets, mk, &stored).await?;
+        if !stale.is_empty() {
+            ctx.metrics.rewraps.inc_by(stale.len() as u64);
+            audit(
+                ctx,
+                mk,
+                "kek-rewrap",
+                0,
+                &format!(
+                    "{} version(s) rewrapped under {}",
+                    stale.len(),
+                    ctx.keyring.describe()
+                ),
+            );
+        }
         report_actions(ctx, mk, &plan, &stored.state).await;
     }
 

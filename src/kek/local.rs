@@ -195,7 +195,7 @@ impl LocalKek {
         self.versions.read().expect("lock").get(&v).cloned()
     }
 
-    async fn refresh(&self) -> Result<(), KekError> {
+    async fn reload(&self) -> Result<(), KekError> {
         if let Source::Secret { api, name } = &self.source {
             let (versions, current) = parse_secret(&api.get(name).await?)?;
             *self.versions.write().expect("lock") = versions;
@@ -238,7 +238,7 @@ impl KekBackend for LocalKek {
         }
         if self.key(env.kek_version).is_none() {
             // Another replica may have rotated the KEK since we loaded it.
-            self.refresh().await?;
+            self.reload().await?;
         }
         let kek = self
             .key(env.kek_version)
@@ -264,6 +264,10 @@ impl KekBackend for LocalKek {
                     })
             }
         }
+    }
+
+    async fn refresh(&self) -> Result<(), KekError> {
+        self.reload().await
     }
 
     async fn rotate(&self) -> Result<u32, KekError> {

@@ -68,6 +68,11 @@ pub trait KekBackend: Send + Sync + 'static {
     async fn health(&self) -> Result<(), KekError>;
     /// Create a new KEK version and make it current; old versions keep unwrapping.
     async fn rotate(&self) -> Result<u32, KekError>;
+    /// Re-read the backend's current KEK version (another replica or `keyward kek rotate`
+    /// may have rotated it). Backends without shared state keep the default.
+    async fn refresh(&self) -> Result<(), KekError> {
+        Ok(())
+    }
 }
 
 /// The primary backend plus any others whose envelopes must still unwrap.
@@ -136,6 +141,15 @@ impl Keyring {
     pub async fn rewrap(&self, env: &Envelope, ctx: &KeyContext) -> Result<Envelope, KekError> {
         let dek = self.unwrap(env, ctx).await?;
         self.wrap(ctx, &dek).await
+    }
+
+    /// Refresh every backend's view of its current KEK version.
+    pub async fn refresh(&self) -> Result<(), KekError> {
+        self.primary.refresh().await?;
+        for b in &self.others {
+            b.refresh().await?;
+        }
+        Ok(())
     }
 
     /// Health of every backend.
