@@ -10,6 +10,7 @@ pub mod crd;
 pub mod crypto;
 pub mod duration;
 pub mod kek;
+pub mod keys;
 pub mod lifecycle;
 pub mod rotation;
 pub mod storage;

@@ -221,6 +221,7 @@ impl StoredState {
             destroyed: None,
             fingerprint,
             kek: Some(kek),
+            public_key: None,
             transitions: vec![TransitionRecord {
                 from: KeyState::PreActivation,
                 to: KeyState::PreActivation,

@@ -178,6 +178,7 @@ mod tests {
                 destroyed: None,
                 fingerprint: "sha256:00".into(),
                 kek: None,
+                public_key: None,
                 transitions: vec![],
             }],
             pending_deletion: pending.map(|p| PendingDeletion {

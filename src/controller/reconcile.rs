@@ -183,10 +183,11 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
 
     if !plan.actions.is_empty() || !stale.is_empty() {
         let mut made: BTreeMap<u32, (String, String)> = BTreeMap::new();
+        let mut public_keys: BTreeMap<u32, String> = BTreeMap::new();
         for a in &plan.actions {
             match a {
                 PlanAction::CreateVersion { version } => {
-                    let dek = generate(mk, ctx).await?;
+                    let dek = generate(mk).await?;
                     let env = ctx
                         .keyring
                         .wrap(&KeyContext::new(&ns, &name, *version), &dek)
@@ -194,6 +195,11 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
                     let kek = format!("{}/{}@{}", env.backend, env.kek_id, env.kek_version);
                     stored.envelopes.insert(*version, env.encode()?);
                     made.insert(*version, (fingerprint(&dek), kek));
+                    if let Some(p) = crate::keys::public_pem(mk.spec.algorithm, &dek)
+                        .map_err(|e| Error::Invalid(e.to_string()))?
+                    {
+                        public_keys.insert(*version, p);
+                    }
                 }
                 PlanAction::EraseMaterial { version } => {
                     audit(ctx, mk, "destroy", *version, "material erased");
@@ -277,10 +283,11 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
     Ok(Action::requeue(wait))
 }
 
-/// Generate material for the key's algorithm. CPU-heavy generation runs off the reactor.
-async fn generate(mk: &ManagedKey, _ctx: &Context) -> Result<SecretBytes, Error> {
-    let len = mk.spec.algorithm.material_len();
-    tokio::task::spawn_blocking(move || SecretBytes::random(len))
+/// Generate material for the key's algorithm. RSA generation takes up to seconds, so every
+/// generation runs on a blocking thread and never stalls other reconciles.
+async fn generate(mk: &ManagedKey) -> Result<SecretBytes, Error> {
+    let alg = mk.spec.algorithm;
+    tokio::task::spawn_blocking(move || crate::keys::generate(alg))
         .await
         .map_err(|e| Error::Invalid(format!("key generation task failed: {e}")))
 }

@@ -50,7 +50,7 @@ pub struct ManagedKeySpec {
     pub deletion: Option<DeletionRequest>,
 }
 
-/// Key algorithms.
+/// Key algorithms. Asymmetric private keys are stored as PKCS#8 DER inside the envelope.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum KeyAlgorithm {
     /// 256-bit AES data key (default).
@@ -66,6 +66,27 @@ pub enum KeyAlgorithm {
     /// HMAC-SHA512 secret.
     #[serde(rename = "hmac-sha512")]
     HmacSha512,
+    /// RSA 2048 (JWT RS256).
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    /// RSA 3072.
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    /// RSA 4096.
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+    /// ECDSA P-256 (ES256).
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    /// ECDSA P-384 (ES384).
+    #[serde(rename = "ecdsa-p384")]
+    EcdsaP384,
+    /// Ed25519 (EdDSA).
+    #[serde(rename = "ed25519")]
+    Ed25519,
+    /// X25519 key agreement (successor of classic Diffie-Hellman).
+    #[serde(rename = "x25519")]
+    X25519,
 }
 
 impl KeyAlgorithm {
@@ -76,16 +97,22 @@ impl KeyAlgorithm {
             Self::HmacSha256 => "hmac-sha256",
             Self::HmacSha384 => "hmac-sha384",
             Self::HmacSha512 => "hmac-sha512",
+            Self::Rsa2048 => "rsa-2048",
+            Self::Rsa3072 => "rsa-3072",
+            Self::Rsa4096 => "rsa-4096",
+            Self::EcdsaP256 => "ecdsa-p256",
+            Self::EcdsaP384 => "ecdsa-p384",
+            Self::Ed25519 => "ed25519",
+            Self::X25519 => "x25519",
         }
     }
 
-    /// Length of generated material in bytes.
-    pub fn material_len(self) -> usize {
-        match self {
-            Self::Aes256 | Self::HmacSha256 => 32,
-            Self::HmacSha384 => 48,
-            Self::HmacSha512 => 64,
-        }
+    /// Symmetric keys have no public part.
+    pub fn is_symmetric(self) -> bool {
+        matches!(
+            self,
+            Self::Aes256 | Self::HmacSha256 | Self::HmacSha384 | Self::HmacSha512
+        )
     }
 }
 
@@ -218,6 +245,9 @@ pub struct KeyVersionStatus {
     /// KEK that wraps this version (`backend/id@version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kek: Option<String>,
+    /// Public key (SPKI PEM) of an asymmetric version; public parts may be shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
     /// Lifecycle history.
     #[serde(default)]
     pub transitions: Vec<TransitionRecord>,
