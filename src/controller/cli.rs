@@ -201,48 +201,78 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         http.abort();
         return Ok(());
     }
-    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&args.namespace)
-        .with_identity(&identity)
-        .with_duration(args.lease_seconds)
-        .with_grace(args.lease_seconds.div_ceil(3).max(1))
+    let lease = LeaseConfig {
+        name: args.lease_name.clone(),
+        namespace: args.namespace.clone(),
+        identity,
+        seconds: args.lease_seconds,
+    };
+    run_leader_elected(ctx, lease, shutdown_signal(), ready).await?;
+    http.abort();
+    Ok(())
+}
+
+/// Leader-election settings.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Lease name.
+    pub name: String,
+    /// Lease namespace.
+    pub namespace: String,
+    /// This replica's identity.
+    pub identity: String,
+    /// Lease duration in seconds.
+    pub seconds: u64,
+}
+
+/// Run the controller only while holding the Lease, so two replicas never rotate at once.
+/// Standby replicas wait; a leader that loses the Lease stops reconciling at once and
+/// campaigns again.
+pub async fn run_leader_elected(
+    ctx: Arc<Context>,
+    lease: LeaseConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let manager = LeaseManagerBuilder::new(ctx.client.clone(), &lease.name)
+        .with_namespace(&lease.namespace)
+        .with_identity(&lease.identity)
+        .with_duration(lease.seconds)
+        .with_grace(lease.seconds.div_ceil(3).max(1))
         .build()
         .await?;
-    let (mut leader, task) = lease.watch().await;
-    let stop = Arc::new(tokio::sync::Notify::new());
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            stop.notify_waiters();
-        });
-    }
+    let (mut leader, task) = manager.watch().await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let identity = lease.identity.clone();
     // Standby replicas are ready (healthy) but do not reconcile.
     ready.store(true, Ordering::SeqCst);
     loop {
         tracing::info!(%identity, "waiting for leadership");
+        let mut stop = stop_rx.clone();
         tokio::select! {
             r = leader.wait_for(|l| *l) => { r?; }
-            _ = stop.notified() => break,
+            _ = stop.wait_for(|s| *s) => break,
         }
         tracing::info!(%identity, "leader: starting controller");
         let mut lost_rx = leader.clone();
-        let stop2 = stop.clone();
+        let mut stop2 = stop_rx.clone();
         let lost = async move {
             tokio::select! {
                 _ = lost_rx.wait_for(|l| !*l) => {}
-                _ = stop2.notified() => {}
+                _ = stop2.wait_for(|s| *s) => {}
             }
         };
         super::run(ctx.clone(), lost, None, ready.clone()).await;
-        if !*leader.borrow() {
-            tracing::warn!(%identity, "lost leadership: controller stopped");
-            continue;
+        if *stop_rx.borrow() {
+            break;
         }
-        break;
+        tracing::warn!(%identity, "lost leadership: controller stopped");
     }
     drop(leader);
     let _ = task.await;
-    http.abort();
     Ok(())
 }
