@@ -17,11 +17,18 @@ enum Cmd {
         #[arg(long, default_value = "crds")]
         out: std::path::PathBuf,
     },
+    /// Run the CSI provider for the Secrets Store CSI Driver (a DaemonSet on every node).
+    Provider(keyward::provider::ProviderArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     match cli.cmd {
         Cmd::Crdgen { out } => {
             std::fs::create_dir_all(&out)?;
@@ -30,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("wrote {}", out.join(&file).display());
             }
         }
+        Cmd::Provider(args) => keyward::provider::run(args).await?,
     }
     Ok(())
 }
