@@ -32,6 +32,8 @@ enum Cmd {
         #[arg(long, default_value = "crds")]
         out: std::path::PathBuf,
     },
+    /// Run the CSI provider for the Secrets Store CSI Driver (a DaemonSet on every node).
+    Provider(keyward::provider::ProviderArgs),
 }
 
 #[derive(Subcommand)]
@@ -121,6 +123,16 @@ async fn main() -> anyhow::Result<()> {
                 println!("wrote {}", out.join(&file).display());
             }
         }
+        Cmd::Provider(args) => keyward::provider::run(args).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definitions_are_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

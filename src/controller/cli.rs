@@ -57,6 +57,12 @@ pub struct ControllerArgs {
     /// Records between signed checkpoints.
     #[arg(long, env = "KEYWARD_AUDIT_CHECKPOINT_EVERY", default_value_t = 100)]
     pub audit_checkpoint_every: u64,
+    /// Key service (answers the CSI providers) embedded in the controller process.
+    #[command(flatten)]
+    pub key_service: crate::keyservice::KeyServiceArgs,
+    /// Do not run the embedded key service (e.g. a separate deployment runs it).
+    #[arg(long, env = "KEYWARD_DISABLE_KEY_SERVICE")]
+    pub disable_key_service: bool,
     /// Wrap algorithm for new envelopes: aes-256-kwp, aes-256-kw or aes-256-gcm.
     #[arg(long, env = "KEYWARD_KEK_WRAP_ALGORITHM", default_value = "aes-256-kwp", value_parser = Algorithm::parse)]
     pub kek_wrap_algorithm: Algorithm,
@@ -186,6 +192,17 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 if let Err(e) = ring.refresh().await {
                     tracing::warn!(error = %e, "KEK refresh failed");
                 }
+            }
+        });
+    }
+    if !args.disable_key_service {
+        // Every replica answers providers (reads and unwraps only); only the leader rotates.
+        let ks = args.key_service.clone();
+        let (c, k) = (client.clone(), ctx.keyring.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::keyservice::serve(ks, c, k, shutdown_signal()).await {
+                tracing::error!(error = %e, "key service stopped");
+                std::process::exit(1);
             }
         });
     }

@@ -1,0 +1,290 @@
+//! Who is calling: service-account tokens verified by the API server (TokenReview), with a
+//! short-lived cache so a burst of mounts does not become a burst of TokenReviews.
+
+use base64::Engine;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::{Api, PostParams};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A verified service-account identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Service account namespace.
+    pub namespace: String,
+    /// Service account name.
+    pub service_account: String,
+    /// Pod the token is bound to, when it is a bound token.
+    pub pod_name: Option<String>,
+    /// UID of that pod.
+    pub pod_uid: Option<String>,
+}
+
+impl Identity {
+    /// `namespace/name` of the service account.
+    pub fn sa(&self) -> String {
+        format!("{}/{}", self.namespace, self.service_account)
+    }
+}
+
+/// Why a token was not accepted. Messages never contain the token.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The API server did not authenticate the token (forged, expired, wrong audience...).
+    #[error("token rejected by the API server: {0}")]
+    Rejected(String),
+    /// Authenticated, but not as a service account.
+    #[error("token belongs to {0:?}, which is not a service account")]
+    NotServiceAccount(String),
+    /// Authenticated for other audiences than required.
+    #[error("token is not valid for audience {wanted:?} (valid for {got:?})")]
+    WrongAudience {
+        /// Required audience.
+        wanted: String,
+        /// Audiences the API server reported.
+        got: Vec<String>,
+    },
+    /// The TokenReview call failed.
+    #[error(
+        "TokenReview failed: {0} (the key service needs RBAC `create tokenreviews.authentication.k8s.io`)"
+    )]
+    Api(#[from] kube::Error),
+}
+
+/// Verifies tokens. The Kubernetes implementation is [`KubeTokenReviewer`]; tests use fakes.
+#[async_trait::async_trait]
+pub trait TokenReviewer: Send + Sync + 'static {
+    /// Verify `token` for `audience` (None = the API server's default audience).
+    async fn review(&self, token: &str, audience: Option<&str>) -> Result<Identity, AuthError>;
+}
+
+/// Parse `system:serviceaccount:<ns>:<name>`.
+pub fn parse_sa_username(user: &str) -> Option<(String, String)> {
+    let rest = user.strip_prefix("system:serviceaccount:")?;
+    let (ns, name) = rest.split_once(':')?;
+    (!ns.is_empty() && !name.is_empty() && !name.contains(':'))
+        .then(|| (ns.to_string(), name.to_string()))
+}
+
+/// TokenReview against the API server.
+pub struct KubeTokenReviewer {
+    api: Api<TokenReview>,
+}
+
+impl KubeTokenReviewer {
+    /// Uses `client`'s credentials (needs `create tokenreviews`).
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            api: Api::all(client),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenReviewer for KubeTokenReviewer {
+    async fn review(&self, token: &str, audience: Option<&str>) -> Result<Identity, AuthError> {
+        let tr = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_string(),
+                audiences: audience.map(|a| vec![a.to_string()]),
+            },
+            ..Default::default()
+        };
+        let out = self.api.create(&PostParams::default(), &tr).await?;
+        let st = out.status.unwrap_or_default();
+        if st.authenticated != Some(true) {
+            return Err(AuthError::Rejected(
+                st.error
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or_else(|| "not authenticated".into()),
+            ));
+        }
+        if let Some(want) = audience {
+            let got = st.audiences.unwrap_or_default();
+            if !got.iter().any(|a| a == want) {
+                return Err(AuthError::WrongAudience {
+                    wanted: want.into(),
+                    got,
+                });
+            }
+        }
+        let user = st.user.unwrap_or_default();
+        let username = user.username.unwrap_or_default();
+        let (namespace, service_account) =
+            parse_sa_username(&username).ok_or(AuthError::NotServiceAccount(username))?;
+        let extra = user.extra.unwrap_or_default();
+        let one = |k: &str| extra.get(k).and_then(|v| v.first()).cloned();
+        Ok(Identity {
+            namespace,
+            service_account,
+            pod_name: one("authentication.kubernetes.io/pod-name"),
+            pod_uid: one("authentication.kubernetes.io/pod-uid"),
+        })
+    }
+}
+
+/// Expiry (`exp` claim) of a JWT, read without verifying: only used to shorten the cache
+/// lifetime of a token the API server has already verified (the signature covers `exp`).
+pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = v.get("exp")?.as_u64()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
+}
+
+type CacheKey = ([u8; 32], Option<String>);
+
+/// Caches successful reviews by SHA-256 of the token (never the token itself) for at most
+/// `ttl`, and never past the token's own expiry. Failures are not cached.
+pub struct CachingReviewer<R> {
+    inner: R,
+    ttl: Duration,
+    max_entries: usize,
+    entries: Mutex<HashMap<CacheKey, (Identity, Instant)>>,
+}
+
+impl<R: TokenReviewer> CachingReviewer<R> {
+    /// `ttl` zero disables caching.
+    pub fn new(inner: R, ttl: Duration, max_entries: usize) -> Self {
+        Self {
+            inner,
+            ttl,
+            max_entries,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Verify, using the cache; `hint` (e.g. the driver's expirationTimestamp) can only
+    /// shorten the cached lifetime.
+    pub async fn review_with_hint(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+        hint: Option<SystemTime>,
+    ) -> Result<Identity, AuthError> {
+        if self.ttl.is_zero() {
+            return self.inner.review(token, audience).await;
+        }
+        let key: CacheKey = (
+            Sha256::digest(token.as_bytes()).into(),
+            audience.map(Into::into),
+        );
+        let now = Instant::now();
+        if let Some((id, until)) = self.entries.lock().expect("cache lock").get(&key)
+            && *until > now
+        {
+            return Ok(id.clone());
+        }
+        let id = self.inner.review(token, audience).await?;
+        let mut until = now + self.ttl;
+        for exp in [jwt_expiry(token), hint].into_iter().flatten() {
+            let left = exp
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            until = until.min(now + left);
+        }
+        if until > now {
+            let mut m = self.entries.lock().expect("cache lock");
+            if m.len() >= self.max_entries {
+                m.retain(|_, (_, u)| *u > now);
+                if m.len() >= self.max_entries {
+                    m.clear();
+                }
+            }
+            m.insert(key, (id.clone(), until));
+        }
+        Ok(id)
+    }
+}
+
+#[async_trait::async_trait]
+impl<R: TokenReviewer> TokenReviewer for CachingReviewer<R> {
+    async fn review(&self, token: &str, audience: Option<&str>) -> Result<Identity, AuthError> {
+        self.review_with_hint(token, audience, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl TokenReviewer for Counting {
+        async fn review(&self, token: &str, _: Option<&str>) -> Result<Identity, AuthError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            if token.starts_with("bad") {
+                return Err(AuthError::Rejected("forged".into()));
+            }
+            Ok(Identity {
+                namespace: "ns".into(),
+                service_account: "sa".into(),
+                pod_name: None,
+                pod_uid: None,
+            })
+        }
+    }
+
+    fn jwt(exp: u64) -> String {
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            e.encode(br#"{"alg":"RS256"}"#),
+            e.encode(format!(r#"{{"exp":{exp},"sub":"x"}}"#))
+        )
+    }
+
+    #[test]
+    fn parses_service_account_usernames_only() {
+        assert_eq!(
+            parse_sa_username("system:serviceaccount:team-a:web"),
+            Some(("team-a".into(), "web".into()))
+        );
+        assert_eq!(parse_sa_username("alice"), None);
+        assert_eq!(parse_sa_username("system:serviceaccount:ns"), None);
+        assert_eq!(parse_sa_username("system:serviceaccount::x"), None);
+    }
+
+    #[test]
+    fn reads_jwt_expiry() {
+        let t = jwt(2_000_000_000);
+        assert_eq!(
+            jwt_expiry(&t),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+        );
+        assert_eq!(jwt_expiry("opaque-token"), None);
+    }
+
+    #[tokio::test]
+    async fn caches_success_not_failure_and_respects_expiry() {
+        let c = CachingReviewer::new(Counting(AtomicUsize::new(0)), Duration::from_secs(30), 4);
+        let far = jwt(4_000_000_000);
+        c.review(&far, Some("keyward")).await.unwrap();
+        c.review(&far, Some("keyward")).await.unwrap();
+        assert_eq!(c.inner.0.load(Ordering::SeqCst), 1);
+        // Another audience is another entry.
+        c.review(&far, Some("other")).await.unwrap();
+        assert_eq!(c.inner.0.load(Ordering::SeqCst), 2);
+        // Failures are asked again every time.
+        assert!(c.review("bad", None).await.is_err());
+        assert!(c.review("bad", None).await.is_err());
+        assert_eq!(c.inner.0.load(Ordering::SeqCst), 4);
+        // An already-expired JWT is never cached.
+        let past = jwt(1_000);
+        c.review(&past, None).await.unwrap();
+        c.review(&past, None).await.unwrap();
+        assert_eq!(c.inner.0.load(Ordering::SeqCst), 6);
+        // A hint in the past prevents caching too.
+        let hint = Some(SystemTime::now() - Duration::from_secs(1));
+        c.review_with_hint("opaque", None, hint).await.unwrap();
+        c.review_with_hint("opaque", None, hint).await.unwrap();
+        assert_eq!(c.inner.0.load(Ordering::SeqCst), 8);
+    }
+}

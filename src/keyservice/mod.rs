@@ -1,0 +1,425 @@
+//! The key service: runs inside the controller deployment, holds the KEK, and answers the
+//! node-local CSI providers. It verifies the provider's own service-account token and the
+//! pod's token with TokenReview, checks each ManagedKey's access policy and lifecycle state,
+//! and only then unwraps. See docs/provider.md for the threat model.
+
+pub mod auth;
+pub mod select;
+pub mod service;
+pub mod source;
+pub mod version_id;
+
+pub use auth::{AuthError, CachingReviewer, Identity, KubeTokenReviewer, TokenReviewer};
+pub use select::{SelectError, Selection, Selector};
+pub use service::{AUDIT_TARGET, FetchError, KeyService, Settings};
+pub use source::{ApiKeySource, KeyRecord, KeySource, SourceError};
+pub use version_id::{VersionIdError, VersionIdKey};
+
+use crate::kek::Keyring;
+use crate::proto::keyservice::key_service_client::KeyServiceClient as RawClient;
+use crate::proto::keyservice::key_service_server::{self, KeyServiceServer};
+use crate::proto::keyservice::{FetchRequest, FetchResponse};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity, ServerTlsConfig,
+};
+
+/// Errors starting or running the key service, or connecting to it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyServiceError {
+    /// A flag is missing or inconsistent.
+    #[error("key service configuration: {0}")]
+    Config(String),
+    /// A TLS file could not be read.
+    #[error("reading {flag} {path}: {source}")]
+    File {
+        /// The flag naming the file.
+        flag: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Binding the listen address failed.
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The object-version key could not be loaded.
+    #[error(transparent)]
+    VersionKey(#[from] VersionIdError),
+    /// gRPC transport failure.
+    #[error("key service transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Key-service options the controller embeds (`#[command(flatten)]`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct KeyServiceArgs {
+    /// Address the key service listens on.
+    #[arg(
+        long = "key-service-listen",
+        env = "KEYWARD_KEY_SERVICE_LISTEN",
+        default_value = "0.0.0.0:8443"
+    )]
+    pub listen: SocketAddr,
+    /// PEM certificate (chain) the key service presents.
+    #[arg(
+        long = "key-service-tls-cert-file",
+        env = "KEYWARD_KEY_SERVICE_TLS_CERT_FILE"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for the certificate.
+    #[arg(
+        long = "key-service-tls-key-file",
+        env = "KEYWARD_KEY_SERVICE_TLS_KEY_FILE"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle: when set, providers must present a client certificate signed by it.
+    #[arg(
+        long = "key-service-client-ca-file",
+        env = "KEYWARD_KEY_SERVICE_CLIENT_CA_FILE"
+    )]
+    pub client_ca_file: Option<PathBuf>,
+    /// Serve without TLS (local demos only; tokens and keys then cross the network in clear).
+    #[arg(long = "insecure-key-service")]
+    pub insecure: bool,
+    /// Audience pod tokens must be issued for (the CSIDriver's tokenRequests audience).
+    #[arg(long = "key-service-audience", default_value = "keyward")]
+    pub audience: String,
+    /// The CSI provider's service account, `namespace/name`; no other caller is answered.
+    #[arg(
+        long = "provider-service-account",
+        default_value = "keyward-system/keyward-csi-provider"
+    )]
+    pub provider_service_account: String,
+    /// Audience the provider's own token is checked for (default: the API server's).
+    #[arg(long = "provider-token-audience")]
+    pub provider_audience: Option<String>,
+    /// How long a verified token is trusted without a new TokenReview (0 disables; never
+    /// beyond the token's expiry).
+    #[arg(long = "token-cache-seconds", default_value_t = 10)]
+    pub token_cache_seconds: u64,
+    /// Namespace of the key service's own Secrets (the object-version key).
+    #[arg(
+        id = "key_service_namespace",
+        long = "key-service-namespace",
+        env = "POD_NAMESPACE",
+        default_value = "keyward-system"
+    )]
+    pub namespace: String,
+    /// Secret holding the object-version HMAC key (wrapped under the KEK; created once).
+    #[arg(
+        long = "object-version-key-secret",
+        default_value = "keyward-object-version-key"
+    )]
+    pub version_key_secret: String,
+}
+
+impl KeyServiceArgs {
+    /// Defaults, as if no flag were given (for tests and embedding).
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            a: KeyServiceArgs,
+        }
+        <P as clap::Parser>::parse_from(["keyservice"]).a
+    }
+
+    /// Parsed `--provider-service-account`.
+    pub fn settings(&self) -> Result<Settings, KeyServiceError> {
+        let (ns, name) = self
+            .provider_service_account
+            .split_once('/')
+            .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('/'))
+            .ok_or_else(|| {
+                KeyServiceError::Config(format!(
+                    "--provider-service-account must be namespace/name, got {:?}",
+                    self.provider_service_account
+                ))
+            })?;
+        Ok(Settings {
+            audience: self.audience.clone(),
+            provider_sa: (ns.into(), name.into()),
+            provider_audience: self.provider_audience.clone(),
+        })
+    }
+
+    /// The TLS configuration, or None with `--insecure-key-service`.
+    pub fn tls(&self) -> Result<Option<ServerTlsConfig>, KeyServiceError> {
+        if self.insecure {
+            tracing::warn!(
+                "key service runs WITHOUT TLS (--insecure-key-service): tokens and key material cross the network in clear; use only for local demos"
+            );
+            return Ok(None);
+        }
+        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else {
+            return Err(KeyServiceError::Config(
+                "set --key-service-tls-cert-file and --key-service-tls-key-file (or --insecure-key-service for a local demo)".into(),
+            ));
+        };
+        let mut tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(
+            read(cert, "--key-service-tls-cert-file")?,
+            read(key, "--key-service-tls-key-file")?,
+        ));
+        if let Some(ca) = &self.client_ca_file {
+            tls = tls.client_ca_root(Certificate::from_pem(read(
+                ca,
+                "--key-service-client-ca-file",
+            )?));
+        }
+        Ok(Some(tls))
+    }
+}
+
+fn read(path: &Path, flag: &'static str) -> Result<Vec<u8>, KeyServiceError> {
+    std::fs::read(path).map_err(|source| KeyServiceError::File {
+        flag,
+        path: path.into(),
+        source,
+    })
+}
+
+/// Build the production key service: TokenReview with cache, direct API reads, and the
+/// object-version key from its Secret (created on first start).
+pub async fn build(
+    args: &KeyServiceArgs,
+    client: kube::Client,
+    keyring: Keyring,
+) -> Result<KeyService<KubeTokenReviewer>, KeyServiceError> {
+    let settings = args.settings()?;
+    let secrets = kube::Api::namespaced(client.clone(), &args.namespace);
+    let version_key = VersionIdKey::load_or_create(
+        &secrets,
+        &args.namespace,
+        &args.version_key_secret,
+        &keyring,
+    )
+    .await?;
+    Ok(KeyService::new(
+        CachingReviewer::new(
+            KubeTokenReviewer::new(client.clone()),
+            Duration::from_secs(args.token_cache_seconds),
+            65_536,
+        ),
+        Arc::new(ApiKeySource::new(client)),
+        keyring,
+        version_key,
+        settings,
+    ))
+}
+
+/// Run the key service until `shutdown` completes. This is what the controller calls.
+pub async fn serve(
+    args: KeyServiceArgs,
+    client: kube::Client,
+    keyring: Keyring,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), KeyServiceError> {
+    let tls = args.tls()?;
+    let svc = build(&args, client, keyring).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| KeyServiceError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    tracing::info!(addr = %args.listen, tls = tls.is_some(), "key service listening");
+    serve_on(listener, Arc::new(svc), tls, shutdown).await
+}
+
+/// Serve an already-built key service on a bound listener (tests, custom wiring).
+pub async fn serve_on<R: TokenReviewer>(
+    listener: tokio::net::TcpListener,
+    svc: Arc<KeyService<R>>,
+    tls: Option<ServerTlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), KeyServiceError> {
+    let mut b = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        b = b.tls_config(tls)?;
+    }
+    b.add_service(KeyServiceServer::new(Grpc(svc)))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+struct Grpc<R: TokenReviewer>(Arc<KeyService<R>>);
+
+#[tonic::async_trait]
+impl<R: TokenReviewer> key_service_server::KeyService for Grpc<R> {
+    async fn fetch(
+        &self,
+        request: tonic::Request<FetchRequest>,
+    ) -> Result<tonic::Response<FetchResponse>, tonic::Status> {
+        let caller = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let req = request.into_inner();
+        let expiry = req
+            .pod_token_expiration
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(std::time::SystemTime::from);
+        let out = self.0.fetch(caller.as_deref(), &req, expiry).await?;
+        Ok(tonic::Response::new(out))
+    }
+}
+
+type CachedToken = (std::time::Instant, Arc<str>);
+
+/// Where the provider's own service-account token comes from.
+#[derive(Clone)]
+pub enum CallerToken {
+    /// A fixed token (tests).
+    Static(Arc<str>),
+    /// A projected token file, re-read every minute (kubelet rotates it).
+    File(PathBuf, Arc<std::sync::Mutex<Option<CachedToken>>>),
+}
+
+impl std::fmt::Debug for CallerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Static(_) => f.write_str("CallerToken::Static([redacted])"),
+            Self::File(p, _) => write!(f, "CallerToken::File({})", p.display()),
+        }
+    }
+}
+
+impl CallerToken {
+    /// A token read from `path`.
+    pub fn file(path: PathBuf) -> Self {
+        Self::File(path, Arc::default())
+    }
+
+    fn get(&self) -> Result<Arc<str>, tonic::Status> {
+        match self {
+            Self::Static(t) => Ok(t.clone()),
+            Self::File(path, cache) => {
+                let mut c = cache.lock().expect("token lock");
+                if let Some((at, t)) = c.as_ref()
+                    && at.elapsed() < Duration::from_secs(60)
+                {
+                    return Ok(t.clone());
+                }
+                let t: Arc<str> = std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        tonic::Status::unavailable(format!(
+                            "reading the provider's own service-account token {} (--token-file): {e}",
+                            path.display()
+                        ))
+                    })?
+                    .trim()
+                    .into();
+                *c = Some((std::time::Instant::now(), t.clone()));
+                Ok(t)
+            }
+        }
+    }
+}
+
+/// How the provider connects to the key service.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `https://host:port` (or `http://` with `insecure`).
+    pub url: String,
+    /// PEM CA that signed the key service's certificate.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Override of the TLS server name (default: the URL's host).
+    pub server_name: Option<String>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Allow plaintext.
+    pub insecure: bool,
+    /// Per-call deadline.
+    pub timeout: Duration,
+}
+
+/// The provider's handle on the key service: one multiplexed HTTP/2 connection, the
+/// provider's token attached to every call.
+#[derive(Clone)]
+pub struct KeyServiceClient {
+    inner: RawClient<Channel>,
+    token: CallerToken,
+}
+
+impl KeyServiceClient {
+    /// Connect lazily (the first call dials) so the provider starts even while the
+    /// controller is not up yet.
+    pub fn new(cfg: &ClientConfig, token: CallerToken) -> Result<Self, KeyServiceError> {
+        let is_https = cfg.url.starts_with("https://");
+        if !is_https && !cfg.insecure {
+            return Err(KeyServiceError::Config(format!(
+                "key service URL {} is not https://; use TLS or pass --insecure-key-service for a local demo",
+                cfg.url
+            )));
+        }
+        let mut ep = Endpoint::from_shared(cfg.url.clone())?
+            .timeout(cfg.timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        if is_https {
+            let mut tls = ClientTlsConfig::new();
+            let ca = cfg.ca_pem.as_ref().ok_or_else(|| {
+                KeyServiceError::Config(
+                    "set --key-service-ca-file to the CA that signed the key service's certificate"
+                        .into(),
+                )
+            })?;
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+            if let Some(n) = &cfg.server_name {
+                tls = tls.domain_name(n.clone());
+            }
+            if let Some((c, k)) = &cfg.client_identity {
+                tls = tls.identity(TlsIdentity::from_pem(c, k));
+            }
+            ep = ep.tls_config(tls)?;
+        } else {
+            tracing::warn!(
+                url = %cfg.url,
+                "talking to the key service WITHOUT TLS (--insecure-key-service): local demos only"
+            );
+        }
+        Ok(Self {
+            inner: RawClient::new(ep.connect_lazy()).max_decoding_message_size(8 * 1024 * 1024),
+            token,
+        })
+    }
+
+    /// Fetch keys for a pod; errors are the key service's gRPC status, passed through.
+    pub async fn fetch(&self, req: FetchRequest) -> Result<FetchResponse, tonic::Status> {
+        let token = self.token.get()?;
+        let mut r = tonic::Request::new(req);
+        let v = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::internal("provider token is not valid header text"))?;
+        r.metadata_mut().insert("authorization", v);
+        let mut c = self.inner.clone();
+        c.fetch(r).await.map(tonic::Response::into_inner).map_err(|s| {
+            if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown {
+                tonic::Status::new(
+                    s.code(),
+                    format!("key service unreachable or failed: {} (check --key-service-url, TLS settings and that the controller is running)", s.message()),
+                )
+            } else {
+                s
+            }
+        })
+    }
+}

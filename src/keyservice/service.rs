@@ -1,0 +1,473 @@
+//! The key service's decision: authenticate caller and pod, authorise each key, select
+//! versions, unwrap. Every refusal is logged on the `keyward::audit` target.
+
+use super::auth::{AuthError, CachingReviewer, Identity, TokenReviewer};
+use super::select::{SelectError, Selector, select};
+use super::source::{KeyRecord, KeySource, SourceError};
+use super::version_id::VersionIdKey;
+use crate::crypto::fingerprint;
+use crate::kek::Keyring;
+use crate::proto::keyservice::{
+    FetchRequest, FetchResponse, KeyResult, ServedVersion, version_selector,
+};
+use crate::storage::{self, StorageError};
+use futures::future::join_all;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+use zeroize::Zeroizing;
+
+/// Audit target: refusals and deliveries, structured, never key bytes.
+pub const AUDIT_TARGET: &str = "keyward::audit";
+
+/// Why a Fetch failed. Each variant maps to one gRPC code; messages name the object and fix.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The provider's own credentials are missing or invalid.
+    #[error("key service refused the provider's credentials: {0}")]
+    CallerUnauthenticated(String),
+    /// The caller is a valid service account but not the configured provider.
+    #[error(
+        "caller {0} is not the CSI provider service account this key service accepts (--provider-service-account)"
+    )]
+    CallerNotProvider(String),
+    /// The pod token is missing or invalid.
+    #[error("pod service-account token rejected: {0}")]
+    PodUnauthenticated(String),
+    /// Verified identity does not match the pod the mount is for.
+    #[error("{0}")]
+    IdentityMismatch(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The ManagedKey does not exist.
+    #[error(
+        "ManagedKey {0} not found; create it in the pod's namespace or fix `key` in the objects parameter"
+    )]
+    KeyNotFound(String),
+    /// The pod's service account is not allowed.
+    #[error(
+        "service account {sa} may not mount ManagedKey {key}; add {{namespace: {ns}, name: {name}}} to its spec.access.serviceAccounts"
+    )]
+    Denied {
+        /// `namespace/name` of the key.
+        key: String,
+        /// `namespace/name` of the service account.
+        sa: String,
+        /// SA namespace.
+        ns: String,
+        /// SA name.
+        name: String,
+    },
+    /// No version may be served.
+    #[error("ManagedKey {key} {source}")]
+    NotServable {
+        /// `namespace/name`.
+        key: String,
+        /// Why.
+        source: SelectError,
+    },
+    /// Reading or unwrapping failed.
+    #[error("{0}")]
+    Internal(String),
+    /// The API server was unreachable.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl FetchError {
+    /// Short machine-readable reason for the audit log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::CallerUnauthenticated(_) => "caller_unauthenticated",
+            Self::CallerNotProvider(_) => "caller_not_provider",
+            Self::PodUnauthenticated(_) => "pod_unauthenticated",
+            Self::IdentityMismatch(_) => "identity_mismatch",
+            Self::InvalidArgument(_) => "invalid_argument",
+            Self::KeyNotFound(_) => "key_not_found",
+            Self::Denied { .. } => "access_denied",
+            Self::NotServable { .. } => "not_servable",
+            Self::Internal(_) => "internal",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<FetchError> for tonic::Status {
+    fn from(e: FetchError) -> Self {
+        let msg = e.to_string();
+        match e {
+            FetchError::CallerUnauthenticated(_) | FetchError::PodUnauthenticated(_) => {
+                tonic::Status::unauthenticated(msg)
+            }
+            FetchError::CallerNotProvider(_)
+            | FetchError::IdentityMismatch(_)
+            | FetchError::Denied { .. } => tonic::Status::permission_denied(msg),
+            FetchError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
+            FetchError::KeyNotFound(_) => tonic::Status::not_found(msg),
+            FetchError::NotServable {
+                source: SelectError::NoSuchVersion(_),
+                ..
+            } => tonic::Status::not_found(msg),
+            FetchError::NotServable { .. } => tonic::Status::failed_precondition(msg),
+            FetchError::Internal(_) => tonic::Status::internal(msg),
+            FetchError::Unavailable(_) => tonic::Status::unavailable(msg),
+        }
+    }
+}
+
+/// Settings the key service enforces.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Audience pod tokens must carry.
+    pub audience: String,
+    /// The provider's service account (`namespace`, `name`).
+    pub provider_sa: (String, String),
+    /// Audience the provider's own token is checked for (None = API server default).
+    pub provider_audience: Option<String>,
+}
+
+/// The key service's logic, independent of transport.
+pub struct KeyService<R: TokenReviewer> {
+    reviewer: CachingReviewer<R>,
+    source: Arc<dyn KeySource>,
+    keyring: Keyring,
+    version_key: VersionIdKey,
+    settings: Settings,
+}
+
+/// Validate a ManagedKey name (a DNS subdomain); the error names the fix.
+pub fn check_key_name(name: &str) -> Result<(), String> {
+    if name.contains('/') {
+        return Err(format!(
+            "key {name:?} names another namespace; only ManagedKeys in the pod's own namespace can be mounted: use the bare name"
+        ));
+    }
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "key {name:?} is not a valid ManagedKey name (lowercase letters, digits, '-' and '.')"
+        ))
+    }
+}
+
+fn selector(s: &Option<crate::proto::keyservice::VersionSelector>) -> Selector {
+    match s.as_ref().and_then(|s| s.select) {
+        None | Some(version_selector::Select::Current(_)) => Selector::Current,
+        Some(version_selector::Select::Previous(_)) => Selector::Previous,
+        Some(version_selector::Select::All(_)) => Selector::All,
+        Some(version_selector::Select::Number(n)) => Selector::Number(n),
+    }
+}
+
+/// Who asked, for the audit log.
+struct AuditCtx<'a> {
+    req: &'a FetchRequest,
+    verified: Option<&'a Identity>,
+}
+
+impl AuditCtx<'_> {
+    fn refuse(&self, key: &str, version: &str, e: &FetchError) {
+        let sa = self.verified.map_or_else(
+            || {
+                format!(
+                    "{}/{} (unverified)",
+                    self.req.pod_namespace, self.req.service_account
+                )
+            },
+            Identity::sa,
+        );
+        tracing::warn!(
+            target: AUDIT_TARGET,
+            time = %jiff::Timestamp::now(),
+            pod = %format!("{}/{}", self.req.pod_namespace, self.req.pod_name),
+            pod_uid = %self.req.pod_uid,
+            sa = %sa,
+            key = %key,
+            version = %version,
+            outcome = "denied",
+            reason = e.reason(),
+            detail = %e,
+            "key request refused"
+        );
+    }
+
+    fn served(&self, key: &str, versions: &[u32]) {
+        let sa = self.verified.map(Identity::sa).unwrap_or_default();
+        tracing::info!(
+            target: AUDIT_TARGET,
+            time = %jiff::Timestamp::now(),
+            pod = %format!("{}/{}", self.req.pod_namespace, self.req.pod_name),
+            pod_uid = %self.req.pod_uid,
+            sa = %sa,
+            key = %key,
+            version = ?versions,
+            outcome = "served",
+            "key served"
+        );
+    }
+}
+
+impl<R: TokenReviewer> KeyService<R> {
+    /// Wire the pieces together; `reviewer` should be a caching reviewer in production.
+    pub fn new(
+        reviewer: CachingReviewer<R>,
+        source: Arc<dyn KeySource>,
+        keyring: Keyring,
+        version_key: VersionIdKey,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            reviewer,
+            source,
+            keyring,
+            version_key,
+            settings,
+        }
+    }
+
+    /// Authenticate the provider (`caller_token`) and the pod, then answer.
+    pub async fn fetch(
+        &self,
+        caller_token: Option<&str>,
+        req: &FetchRequest,
+        pod_token_expiry: Option<SystemTime>,
+    ) -> Result<FetchResponse, FetchError> {
+        let audit = AuditCtx {
+            req,
+            verified: None,
+        };
+        let r = self.authenticate(caller_token, req, pod_token_expiry).await;
+        let pod = match r {
+            Ok(id) => id,
+            Err(e) => {
+                audit.refuse("*", "*", &e);
+                return Err(e);
+            }
+        };
+        let audit = AuditCtx {
+            req,
+            verified: Some(&pod),
+        };
+        self.answer(&pod, req, &audit).await
+    }
+
+    async fn authenticate(
+        &self,
+        caller_token: Option<&str>,
+        req: &FetchRequest,
+        pod_token_expiry: Option<SystemTime>,
+    ) -> Result<Identity, FetchError> {
+        let caller_token = caller_token.filter(|t| !t.is_empty()).ok_or_else(|| {
+            FetchError::CallerUnauthenticated(
+                "no bearer token in the `authorization` metadata (check the provider's --token-file)"
+                    .into(),
+            )
+        })?;
+        let caller = self
+            .reviewer
+            .review_with_hint(
+                caller_token,
+                self.settings.provider_audience.as_deref(),
+                None,
+            )
+            .await
+            .map_err(|e| match e {
+                AuthError::Api(_) => FetchError::Unavailable(e.to_string()),
+                e => FetchError::CallerUnauthenticated(e.to_string()),
+            })?;
+        let (pns, pname) = &self.settings.provider_sa;
+        if &caller.namespace != pns || &caller.service_account != pname {
+            return Err(FetchError::CallerNotProvider(caller.sa()));
+        }
+        if req.pod_token.is_empty() {
+            return Err(FetchError::PodUnauthenticated(format!(
+                "the mount request carries no token for audience {:?}; set `tokenRequests: [{{audience: {}}}]` on the CSIDriver secrets-store.csi.k8s.io",
+                self.settings.audience, self.settings.audience
+            )));
+        }
+        let pod = self
+            .reviewer
+            .review_with_hint(
+                &req.pod_token,
+                Some(&self.settings.audience),
+                pod_token_expiry,
+            )
+            .await
+            .map_err(|e| match e {
+                AuthError::Api(_) => FetchError::Unavailable(e.to_string()),
+                e => FetchError::PodUnauthenticated(e.to_string()),
+            })?;
+        if pod.namespace != req.pod_namespace || pod.service_account != req.service_account {
+            return Err(FetchError::IdentityMismatch(format!(
+                "the pod token belongs to service account {} but the mount is for {}/{}",
+                pod.sa(),
+                req.pod_namespace,
+                req.service_account
+            )));
+        }
+        let bound_mismatch = |bound: &Option<String>, claimed: &str| {
+            bound
+                .as_deref()
+                .is_some_and(|b| !claimed.is_empty() && b != claimed)
+        };
+        if bound_mismatch(&pod.pod_name, &req.pod_name)
+            || bound_mismatch(&pod.pod_uid, &req.pod_uid)
+        {
+            return Err(FetchError::IdentityMismatch(format!(
+                "the pod token is bound to another pod than {}/{}",
+                req.pod_namespace, req.pod_name
+            )));
+        }
+        Ok(pod)
+    }
+
+    async fn answer(
+        &self,
+        pod: &Identity,
+        req: &FetchRequest,
+        audit: &AuditCtx<'_>,
+    ) -> Result<FetchResponse, FetchError> {
+        let fail = |key: &str, version: &str, e: FetchError| {
+            audit.refuse(key, version, &e);
+            e
+        };
+        if req.keys.is_empty() {
+            return Err(fail(
+                "*",
+                "*",
+                FetchError::InvalidArgument("no keys requested".into()),
+            ));
+        }
+        for k in &req.keys {
+            check_key_name(&k.key)
+                .map_err(|m| fail(&k.key, "*", FetchError::InvalidArgument(m)))?;
+        }
+        // Each ManagedKey is read once per request, all of them concurrently.
+        let mut names: Vec<&str> = req.keys.iter().map(|k| k.key.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let ns = pod.namespace.as_str();
+        let loaded = join_all(names.iter().map(|n| self.source.get(ns, n))).await;
+        let mut records: HashMap<&str, KeyRecord> = HashMap::new();
+        for (name, r) in names.iter().zip(loaded) {
+            match r {
+                Ok(Some(rec)) => {
+                    records.insert(name, rec);
+                }
+                Ok(None) => {
+                    return Err(fail(
+                        name,
+                        "*",
+                        FetchError::KeyNotFound(format!("{ns}/{name}")),
+                    ));
+                }
+                Err(e @ SourceError::Kube { .. }) => {
+                    return Err(fail(name, "*", FetchError::Unavailable(e.to_string())));
+                }
+                Err(e) => return Err(fail(name, "*", FetchError::Internal(e.to_string()))),
+            }
+        }
+        let now = jiff::Timestamp::now();
+        // Unwrapped material, shared between objects naming the same version.
+        let mut unwrapped: HashMap<(&str, u32), bytes::Bytes> = HashMap::new();
+        let mut out = Vec::with_capacity(req.keys.len());
+        for k in &req.keys {
+            let name = k.key.as_str();
+            let sel = selector(&k.selector);
+            let rec = &records[name];
+            let allowed = rec
+                .key
+                .spec
+                .access
+                .service_accounts
+                .iter()
+                .any(|s| s.namespace == pod.namespace && s.name == pod.service_account);
+            if !allowed {
+                return Err(fail(
+                    name,
+                    &sel.to_string(),
+                    FetchError::Denied {
+                        key: format!("{ns}/{name}"),
+                        sa: pod.sa(),
+                        ns: pod.namespace.clone(),
+                        name: pod.service_account.clone(),
+                    },
+                ));
+            }
+            let selection =
+                select(&rec.stored.state, rec.grace_secs, sel, now).map_err(|source| {
+                    fail(
+                        name,
+                        &sel.to_string(),
+                        FetchError::NotServable {
+                            key: format!("{ns}/{name}"),
+                            source,
+                        },
+                    )
+                })?;
+            let mut versions = Vec::with_capacity(selection.versions.len());
+            for v in &selection.versions {
+                let meta = rec
+                    .stored
+                    .state
+                    .versions
+                    .iter()
+                    .find(|x| x.version == *v)
+                    .expect("selected versions exist");
+                let material = match unwrapped.get(&(name, *v)) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = storage::unwrap_version(&self.keyring, &rec.stored, ns, name, *v)
+                            .await
+                            .map_err(|e: StorageError| {
+                                fail(
+                                    name,
+                                    &v.to_string(),
+                                    FetchError::Internal(format!(
+                                        "{e} (check the key service's KEK configuration)"
+                                    )),
+                                )
+                            })?;
+                        let fp = fingerprint(&m);
+                        if !meta.fingerprint.is_empty() && fp != meta.fingerprint {
+                            return Err(fail(
+                                name,
+                                &v.to_string(),
+                                FetchError::Internal(format!(
+                                    "version {v} of {ns}/{name}: material does not match the recorded fingerprint"
+                                )),
+                            ));
+                        }
+                        let b = bytes::Bytes::from_owner(Zeroizing::new(m.expose().to_vec()));
+                        unwrapped.insert((name, *v), b.clone());
+                        b
+                    }
+                };
+                versions.push(ServedVersion {
+                    version: *v,
+                    state: meta.state.as_str().into(),
+                    material,
+                    fingerprint: meta.fingerprint.clone(),
+                    version_id: self.version_key.id(ns, name, *v),
+                });
+            }
+            audit.served(name, &selection.versions);
+            out.push(KeyResult {
+                key: name.into(),
+                algorithm: rec.key.spec.algorithm.as_str().into(),
+                versions,
+                current: selection.current.unwrap_or(0),
+            });
+        }
+        Ok(FetchResponse { keys: out })
+    }
+}

@@ -1,0 +1,307 @@
+//! One Mount: parsed request -> one key-service Fetch -> files and object versions.
+
+use super::format::encode;
+use super::params::{MountParams, ObjectSpec};
+use crate::keyservice::Selector;
+use crate::proto::csi::{File, MountResponse, ObjectVersion};
+use crate::proto::keyservice::{
+    FetchRequest, FetchResponse, KeyRequest, KeyResult, VersionSelector, version_selector,
+};
+use std::collections::{HashMap, HashSet};
+use tonic::Status;
+
+/// Largest total the driver should receive (the Kubernetes Secret size limit).
+pub const MAX_TOTAL_BYTES: usize = 1024 * 1024;
+
+fn wire_selector(s: Selector) -> VersionSelector {
+    use version_selector::Select;
+    VersionSelector {
+        select: Some(match s {
+            Selector::Current => Select::Current(true),
+            Selector::Previous => Select::Previous(true),
+            Selector::All => Select::All(true),
+            Selector::Number(n) => Select::Number(n),
+        }),
+    }
+}
+
+/// The Fetch for a Mount: each distinct (key, selector) once; returns, per object, the
+/// index of its answer in the response.
+pub fn fetch_request(p: &MountParams) -> (FetchRequest, Vec<usize>) {
+    let mut index: HashMap<(&str, Selector), usize> = HashMap::new();
+    let mut keys = Vec::new();
+    let mut map = Vec::with_capacity(p.objects.len());
+    for o in &p.objects {
+        let i = *index
+            .entry((o.key.as_str(), o.selector))
+            .or_insert_with(|| {
+                keys.push(KeyRequest {
+                    key: o.key.clone(),
+                    selector: Some(wire_selector(o.selector)),
+                });
+                keys.len() - 1
+            });
+        map.push(i);
+    }
+    (
+        FetchRequest {
+            pod_token: p.token.token.clone(),
+            pod_namespace: p.namespace.clone(),
+            pod_name: p.pod_name.clone(),
+            pod_uid: p.pod_uid.clone(),
+            service_account: p.service_account.clone(),
+            keys,
+            pod_token_expiration: p.token.expiration_raw.clone(),
+        },
+        map,
+    )
+}
+
+fn file(
+    o: &ObjectSpec,
+    r: &KeyResult,
+    path: String,
+    version: u32,
+) -> Result<(File, ObjectVersion), Status> {
+    let v = r
+        .versions
+        .iter()
+        .find(|v| v.version == version)
+        .ok_or_else(|| {
+            Status::internal(format!(
+                "key service answer for {:?} lacks version {version}",
+                o.key
+            ))
+        })?;
+    let contents = encode(o.format, &r.algorithm, &v.material)
+        .map_err(|m| Status::internal(format!("object {:?}: encoding failed: {m}", o.key)))?;
+    Ok((
+        File {
+            path: path.clone(),
+            mode: o.mode as i32,
+            contents: bytes::Bytes::from_owner(contents),
+        },
+        ObjectVersion {
+            id: path,
+            version: v.version_id.clone(),
+        },
+    ))
+}
+
+/// Turn the key service's answer into the driver's response. All or nothing: any problem
+/// returns an error and no file.
+pub fn build_response(
+    p: &MountParams,
+    map: &[usize],
+    resp: &FetchResponse,
+    n_requested: usize,
+) -> Result<MountResponse, Status> {
+    if resp.keys.len() != n_requested {
+        return Err(Status::internal(format!(
+            "key service answered {} keys for {n_requested} requested",
+            resp.keys.len()
+        )));
+    }
+    let mut files = Vec::new();
+    let mut versions = Vec::new();
+    for (o, &i) in p.objects.iter().zip(map) {
+        let r = &resp.keys[i];
+        if r.key != o.key || r.versions.is_empty() {
+            return Err(Status::internal(format!(
+                "key service answer for {:?} does not match the request",
+                o.key
+            )));
+        }
+        let mut push = |path: String, v: u32| -> Result<(), Status> {
+            let (f, ov) = file(o, r, path, v)?;
+            files.push(f);
+            versions.push(ov);
+            Ok(())
+        };
+        match o.selector {
+            Selector::All => {
+                for v in &r.versions {
+                    push(format!("{}.v{}", o.file_name, v.version), v.version)?;
+                }
+                if r.current != 0 {
+                    push(o.file_name.clone(), r.current)?;
+                }
+            }
+            _ => push(o.file_name.clone(), r.versions[0].version)?,
+        }
+    }
+    let mut seen = HashSet::new();
+    for f in &files {
+        if !seen.insert(f.path.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "file {:?} would be written twice (an `all` object's <fileName>.v<N> collides with another fileName); rename one of the objects",
+                f.path
+            )));
+        }
+    }
+    let total: usize = files.iter().map(|f| f.contents.len()).sum();
+    if total > MAX_TOTAL_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "the mount would return {total} bytes, above the 1 MiB limit; mount fewer objects or versions"
+        )));
+    }
+    Ok(MountResponse {
+        object_version: versions,
+        error: None,
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::keyservice::ServedVersion;
+    use crate::provider::params::{Format, PodToken, parse_objects};
+
+    fn params(objects: &str) -> MountParams {
+        MountParams {
+            namespace: "ns".into(),
+            pod_name: "p".into(),
+            pod_uid: "u".into(),
+            service_account: "sa".into(),
+            token: PodToken {
+                token: "t".into(),
+                expires: None,
+                expiration_raw: String::new(),
+            },
+            objects: parse_objects(objects, 0o644).unwrap(),
+        }
+    }
+
+    fn sv(v: u32, byte: u8) -> ServedVersion {
+        ServedVersion {
+            version: v,
+            state: "Active".into(),
+            material: bytes::Bytes::from(vec![byte; 4]),
+            fingerprint: String::new(),
+            version_id: format!("id{v}"),
+        }
+    }
+
+    #[test]
+    fn one_fetch_entry_per_distinct_key_and_selector() {
+        let p = params(
+            "- key: a\n- key: a\n  fileName: a2\n  format: hex\n- key: b\n- key: a\n  version: all\n  fileName: aa",
+        );
+        let (req, map) = fetch_request(&p);
+        assert_eq!(req.keys.len(), 3);
+        assert_eq!(map, vec![0, 0, 1, 2]);
+        assert_eq!(req.pod_token, "t");
+    }
+
+    #[test]
+    fn files_modes_and_versions() {
+        let p = params(
+            "- key: a\n  mode: \"0400\"\n- key: a\n  version: all\n  fileName: all/a\n  format: hex",
+        );
+        let (req, map) = fetch_request(&p);
+        let resp = FetchResponse {
+            keys: vec![
+                KeyResult {
+                    key: "a".into(),
+                    algorithm: "aes-256".into(),
+                    versions: vec![sv(2, 2)],
+                    current: 2,
+                },
+                KeyResult {
+                    key: "a".into(),
+                    algorithm: "aes-256".into(),
+                    versions: vec![sv(1, 1), sv(2, 2)],
+                    current: 2,
+                },
+            ],
+        };
+        let r = build_response(&p, &map, &resp, req.keys.len()).unwrap();
+        let got: Vec<(&str, i32, &[u8])> = r
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.mode, &f.contents[..]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", 0o400, &[2u8; 4][..]),
+                ("all/a.v1", 0o644, &b"01010101"[..]),
+                ("all/a.v2", 0o644, &b"02020202"[..]),
+                ("all/a", 0o644, &b"02020202"[..]),
+            ]
+        );
+        let ov: Vec<(&str, &str)> = r
+            .object_version
+            .iter()
+            .map(|o| (o.id.as_str(), o.version.as_str()))
+            .collect();
+        assert_eq!(
+            ov,
+            vec![
+                ("a", "id2"),
+                ("all/a.v1", "id1"),
+                ("all/a.v2", "id2"),
+                ("all/a", "id2")
+            ]
+        );
+        assert_eq!(p.objects[1].format, Format::Hex);
+    }
+
+    #[test]
+    fn all_without_current_omits_the_base_file() {
+        let p = params("- key: a\n  version: all");
+        let (req, map) = fetch_request(&p);
+        let resp = FetchResponse {
+            keys: vec![KeyResult {
+                key: "a".into(),
+                algorithm: "aes-256".into(),
+                versions: vec![sv(1, 1)],
+                current: 0,
+            }],
+        };
+        let r = build_response(&p, &map, &resp, req.keys.len()).unwrap();
+        assert_eq!(r.files.len(), 1);
+        assert_eq!(r.files[0].path, "a.v1");
+    }
+
+    #[test]
+    fn expanded_collisions_and_oversize_are_refused() {
+        let p = params("- key: a\n  version: all\n- key: b\n  fileName: a.v1");
+        let (req, map) = fetch_request(&p);
+        let resp = FetchResponse {
+            keys: vec![
+                KeyResult {
+                    key: "a".into(),
+                    algorithm: "aes-256".into(),
+                    versions: vec![sv(1, 1)],
+                    current: 1,
+                },
+                KeyResult {
+                    key: "b".into(),
+                    algorithm: "aes-256".into(),
+                    versions: vec![sv(1, 1)],
+                    current: 1,
+                },
+            ],
+        };
+        let e = build_response(&p, &map, &resp, req.keys.len()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("a.v1"), "{}", e.message());
+
+        let p = params("- key: a\n  format: hex");
+        let (req, map) = fetch_request(&p);
+        let mut big = sv(1, 1);
+        big.material = bytes::Bytes::from(vec![1u8; 600 * 1024]);
+        let resp = FetchResponse {
+            keys: vec![KeyResult {
+                key: "a".into(),
+                algorithm: "aes-256".into(),
+                versions: vec![big],
+                current: 1,
+            }],
+        };
+        let e = build_response(&p, &map, &resp, req.keys.len()).unwrap_err();
+        assert!(e.message().contains("1 MiB"), "{}", e.message());
+    }
+}

@@ -1,0 +1,592 @@
+//! Parsing the driver's Mount request: attributes, the `objects` parameter, tokens and modes.
+//! Parameters choose *what* to mount; they never grant access (the key service decides from
+//! the verified pod token).
+
+use crate::keyservice::Selector;
+use crate::keyservice::service::check_key_name;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::time::SystemTime;
+
+/// Driver keys in `attributes`.
+pub const POD_NAME: &str = "csi.storage.k8s.io/pod.name";
+/// Pod namespace.
+pub const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
+/// Pod UID.
+pub const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
+/// Pod service account.
+pub const SA_NAME: &str = "csi.storage.k8s.io/serviceAccount.name";
+/// Token map `{audience: {token, expirationTimestamp}}`.
+pub const SA_TOKENS: &str = "csi.storage.k8s.io/serviceAccount.tokens";
+/// Our parameter listing what to mount.
+pub const OBJECTS: &str = "objects";
+
+/// Default file mode when the driver sends none (0644, the driver's own default).
+pub const DEFAULT_MODE: u32 = 0o644;
+
+/// A bad Mount request. Each maps to a gRPC code; messages name the object and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    /// Malformed input.
+    #[error("{0}")]
+    Invalid(String),
+    /// Missing or expired pod token.
+    #[error("{0}")]
+    Unauthenticated(String),
+}
+
+impl From<ParamError> for tonic::Status {
+    fn from(e: ParamError) -> Self {
+        match e {
+            ParamError::Invalid(m) => tonic::Status::invalid_argument(m),
+            ParamError::Unauthenticated(m) => tonic::Status::unauthenticated(m),
+        }
+    }
+}
+
+fn invalid(m: impl Into<String>) -> ParamError {
+    ParamError::Invalid(m.into())
+}
+
+/// How a version's material is written to a file. New formats (pem, jwk, jwks) are added
+/// here and in [`super::format::encode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// The key bytes as they are.
+    Raw,
+    /// Standard base64 with padding, no newline.
+    Base64,
+    /// Lowercase hex, no newline.
+    Hex,
+}
+
+impl Format {
+    /// Parse a `format` value.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "raw" => Ok(Self::Raw),
+            "base64" => Ok(Self::Base64),
+            "hex" => Ok(Self::Hex),
+            "pem" | "jwk" | "jwks" => Err(format!(
+                "format {s:?} is not supported yet by this keyward version; use raw, base64 or hex"
+            )),
+            other => Err(format!("unknown format {other:?}; use raw, base64 or hex")),
+        }
+    }
+}
+
+/// One entry of the `objects` parameter, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSpec {
+    /// ManagedKey name in the pod's namespace.
+    pub key: String,
+    /// Which versions.
+    pub selector: Selector,
+    /// Output encoding.
+    pub format: Format,
+    /// File name (relative path).
+    pub file_name: String,
+    /// File mode.
+    pub mode: u32,
+}
+
+/// The pod's token for our audience.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PodToken {
+    /// The token.
+    pub token: String,
+    /// The driver's expirationTimestamp, if it parsed.
+    pub expires: Option<SystemTime>,
+    /// As sent, for the key service's cache bound.
+    pub expiration_raw: String,
+}
+
+impl std::fmt::Debug for PodToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodToken")
+            .field("token", &"[redacted]")
+            .field("expires", &self.expiration_raw)
+            .finish()
+    }
+}
+
+/// A parsed Mount request.
+#[derive(Debug, Clone)]
+pub struct MountParams {
+    /// Pod namespace (claimed by the driver; the key service checks it against the token).
+    pub namespace: String,
+    /// Pod name.
+    pub pod_name: String,
+    /// Pod UID.
+    pub pod_uid: String,
+    /// Service account name.
+    pub service_account: String,
+    /// The pod's token.
+    pub token: PodToken,
+    /// What to mount, in order.
+    pub objects: Vec<ObjectSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawObject {
+    key: Option<String>,
+    #[serde(default)]
+    version: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    file_name: Option<String>,
+    #[serde(default)]
+    mode: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenEntry {
+    token: String,
+    #[serde(default)]
+    expiration_timestamp: String,
+}
+
+/// Parse the driver's `permission` field: JSON of a decimal mode, e.g. `420` or `"420"`.
+pub fn parse_permission(s: &str) -> Result<u32, ParamError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(DEFAULT_MODE);
+    }
+    let n = match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(serde_json::Value::Number(n)) => n.as_u64(),
+        Ok(serde_json::Value::String(t)) => t.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    n.filter(|n| *n <= 0o777).map(|n| n as u32).ok_or_else(|| {
+        invalid(format!(
+            "permission {s:?} is not a file mode (JSON decimal 0-511, e.g. \"420\" for 0644)"
+        ))
+    })
+}
+
+/// Parse an octal mode string such as `"0400"`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(format!(
+            "mode {s:?} is not an octal file mode like \"0400\""
+        ));
+    }
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("mode {s:?} is above 0777"))
+}
+
+/// Check a file name: relative, components of `[A-Za-z0-9._-]`, no `.` or `..`.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("fileName is empty".into());
+    }
+    if name.starts_with('/') {
+        return Err(format!(
+            "fileName {name:?} is absolute; use a relative name such as \"db.key\""
+        ));
+    }
+    if name.len() > 253 {
+        return Err(format!("fileName {name:?} is longer than 253 characters"));
+    }
+    for c in name.split('/') {
+        if c == ".." || c == "." {
+            return Err(format!(
+                "fileName {name:?} contains {c:?}; use a plain relative name"
+            ));
+        }
+        if c.is_empty()
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "fileName {name:?} may only contain letters, digits, '.', '_', '-' and '/' between non-empty parts"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_selector(v: &Option<serde_yaml_ng::Value>, key: &str) -> Result<Selector, String> {
+    use serde_yaml_ng::Value;
+    let bad = |shown: String| {
+        format!("object {key:?}: version {shown} is not current, previous, all or a version number")
+    };
+    match v {
+        None | Some(Value::Null) => Ok(Selector::Current),
+        Some(Value::String(s)) => match s.as_str() {
+            "current" | "" => Ok(Selector::Current),
+            "previous" => Ok(Selector::Previous),
+            "all" => Ok(Selector::All),
+            n => n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Selector::Number)
+                .ok_or_else(|| bad(format!("{n:?}"))),
+        },
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .map(Selector::Number)
+            .ok_or_else(|| bad(n.to_string())),
+        Some(other) => Err(bad(format!("{other:?}"))),
+    }
+}
+
+/// Parse the `objects` YAML list.
+pub fn parse_objects(yaml: &str, default_mode: u32) -> Result<Vec<ObjectSpec>, ParamError> {
+    let raw: Vec<RawObject> = serde_yaml_ng::from_str::<Option<Vec<RawObject>>>(yaml)
+        .map_err(|e| {
+            invalid(format!(
+                "parameter `objects` is not a valid YAML list of {{key, version, format, fileName, mode}}: {e}"
+            ))
+        })?
+        .unwrap_or_default();
+    if raw.is_empty() {
+        return Err(invalid(
+            "parameter `objects` lists no object; add at least one entry such as `- key: my-key`",
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut names = HashSet::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = r.key.filter(|k| !k.is_empty()).ok_or_else(|| {
+            invalid(format!(
+                "objects[{i}]: `key` (a ManagedKey name) is required"
+            ))
+        })?;
+        check_key_name(&key).map_err(|m| invalid(format!("objects[{i}]: {m}")))?;
+        let selector = parse_selector(&r.version, &key).map_err(invalid)?;
+        let format = Format::parse(r.format.as_deref().unwrap_or("raw"))
+            .map_err(|m| invalid(format!("object {key:?}: {m}")))?;
+        let file_name = r.file_name.unwrap_or_else(|| key.clone());
+        check_file_name(&file_name).map_err(|m| invalid(format!("object {key:?}: {m}")))?;
+        let mode = match &r.mode {
+            None | Some(serde_yaml_ng::Value::Null) => default_mode,
+            Some(serde_yaml_ng::Value::String(s)) => {
+                parse_mode(s).map_err(|m| invalid(format!("object {key:?}: {m}")))?
+            }
+            Some(other) => {
+                return Err(invalid(format!(
+                    "object {key:?}: mode must be a quoted octal string like \"0400\", got {other:?}"
+                )));
+            }
+        };
+        if !names.insert(file_name.clone()) {
+            return Err(invalid(format!(
+                "object {key:?}: fileName {file_name:?} is used twice; give each object its own fileName"
+            )));
+        }
+        out.push(ObjectSpec {
+            key,
+            selector,
+            format,
+            file_name,
+            mode,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_token_map(json: &str, audience: &str, from: &str) -> Result<Option<PodToken>, ParamError> {
+    let m: BTreeMap<String, TokenEntry> = serde_json::from_str(json).map_err(|e| {
+        invalid(format!(
+            "{SA_TOKENS} in {from} is not the driver's token map JSON: {e}"
+        ))
+    })?;
+    Ok(m.get(audience).map(|t| PodToken {
+        token: t.token.clone(),
+        expires: t
+            .expiration_timestamp
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(SystemTime::from),
+        expiration_raw: t.expiration_timestamp.clone(),
+    }))
+}
+
+/// Parse a whole Mount request. `audience` selects the token; `now` checks its expiry.
+pub fn parse_mount(
+    attributes: &str,
+    secrets: &str,
+    permission: &str,
+    audience: &str,
+    now: SystemTime,
+) -> Result<MountParams, ParamError> {
+    let attrs: BTreeMap<String, String> = serde_json::from_str(attributes)
+        .map_err(|e| invalid(format!("attributes are not a JSON object of strings: {e}")))?;
+    let secrets: BTreeMap<String, String> = if secrets.trim().is_empty() {
+        BTreeMap::new()
+    } else {
+        serde_json::from_str(secrets)
+            .map_err(|e| invalid(format!("secrets are not a JSON object of strings: {e}")))?
+    };
+    let need = |k: &str| -> Result<String, ParamError> {
+        attrs.get(k).filter(|v| !v.is_empty()).cloned().ok_or_else(|| {
+            invalid(format!(
+                "attribute {k} is missing; set `podInfoOnMount: true` on the CSIDriver secrets-store.csi.k8s.io"
+            ))
+        })
+    };
+    let namespace = need(POD_NAMESPACE)?;
+    let pod_name = need(POD_NAME)?;
+    let pod_uid = attrs.get(POD_UID).cloned().unwrap_or_default();
+    let service_account = need(SA_NAME)?;
+    let default_mode = parse_permission(permission)?;
+    let objects_yaml = attrs.get(OBJECTS).ok_or_else(|| {
+        invalid("parameter `objects` is missing; list the keys to mount in the SecretProviderClass parameters")
+    })?;
+    let objects = parse_objects(objects_yaml, default_mode)?;
+    // The token may come in attributes or (Kubernetes >= 1.35) in secrets.
+    let mut token = None;
+    for (src, map) in [("attributes", &attrs), ("secrets", &secrets)] {
+        if let Some(j) = map.get(SA_TOKENS).filter(|j| !j.trim().is_empty())
+            && let Some(t) = parse_token_map(j, audience, src)?
+        {
+            token = Some(t);
+            break;
+        }
+    }
+    let token = token.filter(|t| !t.token.is_empty()).ok_or_else(|| {
+        ParamError::Unauthenticated(format!(
+            "no service-account token for audience {audience:?} in the mount request; add `tokenRequests: [{{audience: {audience}}}]` to the CSIDriver secrets-store.csi.k8s.io"
+        ))
+    })?;
+    if let Some(exp) = token.expires
+        && exp <= now
+    {
+        return Err(ParamError::Unauthenticated(format!(
+            "the pod's service-account token for audience {audience:?} expired at {}; the driver must send a fresh one (check kubelet and the CSIDriver's requiresRepublish)",
+            token.expiration_raw
+        )));
+    }
+    Ok(MountParams {
+        namespace,
+        pod_name,
+        pod_uid,
+        service_account,
+        token,
+        objects,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn attrs(objects: &str, tokens: Option<&str>) -> String {
+        let mut m = serde_json::json!({
+            POD_NAME: "web-0",
+            POD_NAMESPACE: "team-a",
+            POD_UID: "uid-1",
+            SA_NAME: "web",
+            "secretProviderClass": "spc",
+            OBJECTS: objects,
+        });
+        if let Some(t) = tokens {
+            m[SA_TOKENS] = t.into();
+        }
+        m.to_string()
+    }
+
+    fn tok(exp: &str) -> String {
+        serde_json::json!({"keyward": {"token": "tkn", "expirationTimestamp": exp}}).to_string()
+    }
+
+    const FUTURE: &str = "2999-01-01T00:00:00Z";
+
+    #[test]
+    fn full_request_parses_with_defaults() {
+        let y = "- key: db\n- key: jwt\n  version: all\n  format: base64\n  fileName: sign/jwt.key\n  mode: \"0400\"\n- key: db\n  version: 3\n  fileName: db.v3\n- key: db\n  version: previous\n  format: hex\n  fileName: db.prev\n";
+        let p = parse_mount(
+            &attrs(y, Some(&tok(FUTURE))),
+            "",
+            "420",
+            "keyward",
+            SystemTime::now(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                p.namespace.as_str(),
+                p.pod_name.as_str(),
+                p.pod_uid.as_str(),
+                p.service_account.as_str()
+            ),
+            ("team-a", "web-0", "uid-1", "web")
+        );
+        assert_eq!(p.token.token, "tkn");
+        assert_eq!(
+            p.objects[0],
+            ObjectSpec {
+                key: "db".into(),
+                selector: Selector::Current,
+                format: Format::Raw,
+                file_name: "db".into(),
+                mode: 0o644
+            }
+        );
+        assert_eq!(p.objects[1].selector, Selector::All);
+        assert_eq!(p.objects[1].format, Format::Base64);
+        assert_eq!(p.objects[1].file_name, "sign/jwt.key");
+        assert_eq!(p.objects[1].mode, 0o400);
+        assert_eq!(p.objects[2].selector, Selector::Number(3));
+        assert_eq!(p.objects[3].selector, Selector::Previous);
+        assert_eq!(p.objects[3].format, Format::Hex);
+        assert!(!format!("{p:?}").contains("tkn"));
+    }
+
+    #[test]
+    fn token_in_secrets_is_accepted() {
+        let secrets = serde_json::json!({SA_TOKENS: tok(FUTURE)}).to_string();
+        let p = parse_mount(
+            &attrs("- key: db", None),
+            &secrets,
+            "",
+            "keyward",
+            SystemTime::now(),
+        )
+        .unwrap();
+        assert_eq!(p.token.token, "tkn");
+        assert_eq!(p.objects[0].mode, DEFAULT_MODE);
+    }
+
+    #[test]
+    fn missing_wrong_audience_or_expired_token_is_unauthenticated() {
+        let now = SystemTime::now();
+        let e = parse_mount(&attrs("- key: db", None), "", "420", "keyward", now).unwrap_err();
+        assert!(
+            matches!(e, ParamError::Unauthenticated(ref m) if m.contains("tokenRequests")),
+            "{e}"
+        );
+        let other =
+            serde_json::json!({"vault": {"token": "x", "expirationTimestamp": FUTURE}}).to_string();
+        let e =
+            parse_mount(&attrs("- key: db", Some(&other)), "", "420", "keyward", now).unwrap_err();
+        assert!(matches!(e, ParamError::Unauthenticated(_)));
+        let e = parse_mount(
+            &attrs("- key: db", Some(&tok("2001-01-01T00:00:00Z"))),
+            "",
+            "420",
+            "keyward",
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ParamError::Unauthenticated(ref m) if m.contains("expired")),
+            "{e}"
+        );
+        let soon = jiff::Timestamp::try_from(now + Duration::from_secs(5))
+            .unwrap()
+            .to_string();
+        assert!(
+            parse_mount(
+                &attrs("- key: db", Some(&tok(&soon))),
+                "",
+                "420",
+                "keyward",
+                now
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn permission_parsing() {
+        assert_eq!(parse_permission("420").unwrap(), 0o644);
+        assert_eq!(parse_permission("\"256\"").unwrap(), 0o400);
+        assert_eq!(parse_permission("").unwrap(), 0o644);
+        assert!(parse_permission("512").is_err());
+        assert!(parse_permission("-1").is_err());
+        assert!(parse_permission("rw").is_err());
+    }
+
+    #[test]
+    fn mode_parsing() {
+        assert_eq!(parse_mode("0400").unwrap(), 0o400);
+        assert_eq!(parse_mode("440").unwrap(), 0o440);
+        assert_eq!(parse_mode("0o600").unwrap(), 0o600);
+        assert!(parse_mode("0800").is_err());
+        assert!(parse_mode("01777").is_err());
+        assert!(parse_mode("").is_err());
+        // Unquoted leading-zero values arrive as strings and are octal.
+        assert_eq!(
+            parse_objects("- key: a\n  mode: 0400\n", 0o644).unwrap()[0].mode,
+            0o400
+        );
+        let e = parse_objects("- key: a\n  mode: 400\n", 0o644).unwrap_err();
+        assert!(e.to_string().contains("quoted octal"), "{e}");
+    }
+
+    #[test]
+    fn file_name_rules() {
+        for ok in ["db", "db.key", "dir/db.key", "a_b-c.v1"] {
+            assert!(check_file_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a/./b",
+            "a//b",
+            "a/",
+            "sp ace",
+            "a\\b",
+            "..",
+        ] {
+            assert!(check_file_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_bad_objects_value_is_invalid_argument_naming_the_fix() {
+        let cases = [
+            ("- key: [unclosed", "not a valid YAML"),
+            ("", "lists no object"),
+            ("[]", "lists no object"),
+            ("- key: other-ns/db", "another namespace"),
+            ("- key: Db_Bad", "not a valid ManagedKey name"),
+            ("- version: current", "`key`"),
+            ("- key: db\n  format: pem", "not supported yet"),
+            ("- key: db\n  format: rot13", "unknown format"),
+            ("- key: db\n  version: newest", "not current, previous, all"),
+            ("- key: db\n  version: 0", "not current, previous, all"),
+            ("- key: db\n  fileName: /abs", "absolute"),
+            ("- key: db\n  fileName: ../up", "\"..\""),
+            ("- key: db\n- key: db", "used twice"),
+            (
+                "- key: a\n  fileName: x\n- key: b\n  fileName: x",
+                "used twice",
+            ),
+            ("- key: db\n  colour: blue", "unknown field"),
+            ("- key: db\n  mode: \"0999\"", "octal"),
+        ];
+        for (y, want) in cases {
+            let e = parse_objects(y, 0o644).expect_err(y);
+            assert!(matches!(e, ParamError::Invalid(_)));
+            assert!(e.to_string().contains(want), "{y:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_pod_info_or_objects_is_invalid() {
+        let a = serde_json::json!({POD_NAMESPACE: "ns", OBJECTS: "- key: db"}).to_string();
+        let e = parse_mount(&a, "", "420", "keyward", SystemTime::now()).unwrap_err();
+        assert!(e.to_string().contains("podInfoOnMount"), "{e}");
+        let a = serde_json::json!({POD_NAMESPACE: "ns", POD_NAME: "p", SA_NAME: "sa"}).to_string();
+        let e = parse_mount(&a, "", "420", "keyward", SystemTime::now()).unwrap_err();
+        assert!(e.to_string().contains("`objects` is missing"), "{e}");
+        assert!(parse_mount("not json", "", "", "keyward", SystemTime::now()).is_err());
+    }
+}

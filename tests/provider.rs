@@ -1,0 +1,642 @@
+//! The CSI provider and key service end to end: real gRPC on a unix socket and over TLS,
+//! real envelopes and lifecycle rules; TokenReview and the key store are in-memory fakes.
+
+mod common;
+
+use common::*;
+use keyward::lifecycle::KeyState::*;
+use keyward::proto::csi::VersionRequest;
+use keyward::proto::csi::csi_driver_provider_client::CsiDriverProviderClient;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tonic::Code;
+
+const TOKEN: &str = "pod-token-web";
+
+async fn env() -> Env {
+    let e = Env::start(Duration::ZERO).await;
+    e.add_token(TOKEN, NS, SA, "web-0", &["keyward"], 3600);
+    e.put_key(
+        NS,
+        "db",
+        &[(NS, SA)],
+        KeyBuilder::default().with(Active, 10),
+    )
+    .await;
+    e
+}
+
+fn ok_attrs(objects: &str) -> serde_json::Value {
+    attrs(NS, SA, "web-0", Some(TOKEN), objects)
+}
+
+#[track_caller]
+fn refused(r: Result<keyward::proto::csi::MountResponse, tonic::Status>, code: Code, needle: &str) {
+    match r {
+        Ok(resp) => panic!(
+            "expected {code:?} containing {needle:?}, got {} files",
+            resp.files.len()
+        ),
+        Err(s) => {
+            assert_eq!(s.code(), code, "message: {}", s.message());
+            assert!(
+                s.message().contains(needle),
+                "{:?} lacks {needle:?}",
+                s.message()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn version_answers_per_contract() {
+    let e = env().await;
+    let mut c = CsiDriverProviderClient::new(uds_channel(&e.socket).await);
+    let v = c
+        .version(VersionRequest {
+            version: "v1alpha1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.version, "v1alpha1");
+    assert_eq!(v.runtime_name, "keyward");
+    assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test]
+async fn allowed_pod_gets_the_current_key() {
+    let e = env().await;
+    let r = e.mount(&ok_attrs("- key: db")).await.unwrap();
+    assert_eq!(r.files.len(), 1);
+    assert_eq!(r.files[0].path, "db");
+    assert_eq!(r.files[0].mode, 0o644);
+    assert_eq!(&r.files[0].contents[..], &material(NS, "db", 1)[..]);
+    assert_eq!(r.object_version.len(), 1);
+    assert_eq!(r.object_version[0].id, "db");
+    assert_eq!(r.object_version[0].version.len(), 32);
+    assert!(r.error.is_none());
+}
+
+#[tokio::test]
+async fn authorisation_matrix() {
+    let e = env().await;
+    e.put_key(
+        "team-b",
+        "db",
+        &[("team-b", "web")],
+        KeyBuilder::default().with(Active, 10),
+    )
+    .await;
+    e.add_token("tok-other-sa", NS, "other", "other-0", &["keyward"], 3600);
+    e.add_token(
+        "tok-team-b",
+        "team-b",
+        "intruder",
+        "b-0",
+        &["keyward"],
+        3600,
+    );
+    e.add_token("tok-expired", NS, SA, "web-0", &["keyward"], -5);
+    e.add_token("tok-vault", NS, SA, "web-0", &["vault"], 3600);
+
+    assert!(e.mount(&ok_attrs("- key: db")).await.is_ok());
+    // Another service account of the same namespace.
+    refused(
+        e.mount(&attrs(
+            NS,
+            "other",
+            "other-0",
+            Some("tok-other-sa"),
+            "- key: db",
+        ))
+        .await,
+        Code::PermissionDenied,
+        "spec.access.serviceAccounts",
+    );
+    // A pod of another namespace cannot name our key, neither bare nor qualified.
+    refused(
+        e.mount(&attrs(
+            "team-b",
+            "intruder",
+            "b-0",
+            Some("tok-team-b"),
+            "- key: db",
+        ))
+        .await,
+        Code::PermissionDenied,
+        "team-b/intruder",
+    );
+    refused(
+        e.mount(&attrs(
+            "team-b",
+            "intruder",
+            "b-0",
+            Some("tok-team-b"),
+            "- key: team-a/db",
+        ))
+        .await,
+        Code::InvalidArgument,
+        "another namespace",
+    );
+    // Claims in attributes must match the verified token.
+    refused(
+        e.mount(&attrs(NS, SA, "web-0", Some("tok-other-sa"), "- key: db"))
+            .await,
+        Code::PermissionDenied,
+        "belongs to service account team-a/other",
+    );
+    refused(
+        e.mount(&attrs("team-b", "web", "web-0", Some(TOKEN), "- key: db"))
+            .await,
+        Code::PermissionDenied,
+        "belongs to service account team-a/web",
+    );
+    refused(
+        e.mount(&attrs(NS, SA, "web-0", None, "- key: db")).await,
+        Code::Unauthenticated,
+        "tokenRequests",
+    );
+    refused(
+        e.mount(&attrs(
+            NS,
+            SA,
+            "web-0",
+            Some("forged.jwt.token"),
+            "- key: db",
+        ))
+        .await,
+        Code::Unauthenticated,
+        "invalid bearer token",
+    );
+    refused(
+        e.mount(&attrs(NS, SA, "web-0", Some("tok-expired"), "- key: db"))
+            .await,
+        Code::Unauthenticated,
+        "expired",
+    );
+    refused(
+        e.mount(&attrs(NS, SA, "web-0", Some("tok-vault"), "- key: db"))
+            .await,
+        Code::Unauthenticated,
+        "audiences",
+    );
+    // A token issued for the same SA but bound to another pod.
+    e.add_token("tok-other-pod", NS, SA, "web-9", &["keyward"], 3600);
+    refused(
+        e.mount(&attrs(NS, SA, "web-0", Some("tok-other-pod"), "- key: db"))
+            .await,
+        Code::PermissionDenied,
+        "bound to another pod",
+    );
+}
+
+#[tokio::test]
+async fn only_the_provider_service_account_may_call_the_key_service() {
+    let e = env().await;
+    // A compromised pod calling the key service directly with its default (API-audience)
+    // token, with its keyward-audience token, and with an unknown token.
+    e.add_token("web-api-token", NS, SA, "web-0", &[API_AUDIENCE], 3600);
+    for (caller, code, needle) in [
+        (
+            "web-api-token",
+            Code::PermissionDenied,
+            "team-a/web is not the CSI provider service account",
+        ),
+        (TOKEN, Code::Unauthenticated, "audiences"),
+        ("nobody", Code::Unauthenticated, "provider's credentials"),
+    ] {
+        let sock = e.dir.path().join(format!("p-{caller}.sock"));
+        let _stop = e.start_provider(e.client(caller), &sock);
+        wait_for_socket(&sock).await;
+        refused(mount_on(&sock, &ok_attrs("- key: db")).await, code, needle);
+    }
+}
+
+#[tokio::test]
+async fn rotation_changes_object_version_exactly_when_current_changes() {
+    let e = env().await;
+    let a = e.mount(&ok_attrs("- key: db")).await.unwrap();
+    let a2 = e.mount(&ok_attrs("- key: db")).await.unwrap();
+    assert_eq!(a.object_version, a2.object_version, "stable across mounts");
+    // A new version exists but is not current yet: nothing changes.
+    let ring = e.keyring.clone();
+    let mut rec = e.source.keys.lock().unwrap()[&(NS.to_string(), "db".to_string())].clone();
+    add_version(&ring, &mut rec.stored, NS, "db", 2, PreActivation, 0).await;
+    e.edit(NS, "db", |r| *r = rec.clone());
+    let b = e.mount(&ok_attrs("- key: db")).await.unwrap();
+    assert_eq!(a.object_version, b.object_version);
+    assert_eq!(&b.files[0].contents[..], &material(NS, "db", 1)[..]);
+    // Rotate: v1 Deactivated, v2 Active.
+    e.edit(NS, "db", |r| {
+        let now = jiff::Timestamp::now();
+        r.stored
+            .state
+            .transition(1, Deactivated, now, "rotated")
+            .unwrap();
+        r.stored
+            .state
+            .transition(2, Active, now, "rotated")
+            .unwrap();
+    });
+    let c = e.mount(&ok_attrs("- key: db")).await.unwrap();
+    assert_ne!(a.object_version[0].version, c.object_version[0].version);
+    assert_eq!(&c.files[0].contents[..], &material(NS, "db", 2)[..]);
+    // The previous version is now what "previous" serves, with v1's object version.
+    let p = e
+        .mount(&ok_attrs("- key: db\n  version: previous"))
+        .await
+        .unwrap();
+    assert_eq!(&p.files[0].contents[..], &material(NS, "db", 1)[..]);
+    assert_eq!(p.object_version[0].version, a.object_version[0].version);
+}
+
+#[tokio::test]
+async fn previous_within_grace_only() {
+    let e = env().await;
+    e.put_key(
+        NS,
+        "fresh",
+        &[(NS, SA)],
+        KeyBuilder::default()
+            .with(Deactivated, 10)
+            .with(Active, 10)
+            .grace(3600),
+    )
+    .await;
+    e.put_key(
+        NS,
+        "stale",
+        &[(NS, SA)],
+        KeyBuilder::default()
+            .with(Deactivated, 7200)
+            .with(Active, 7200)
+            .grace(3600),
+    )
+    .await;
+    let r = e
+        .mount(&ok_attrs("- key: fresh\n  version: previous"))
+        .await
+        .unwrap();
+    assert_eq!(&r.files[0].contents[..], &material(NS, "fresh", 1)[..]);
+    refused(
+        e.mount(&ok_attrs("- key: stale\n  version: previous"))
+            .await,
+        Code::FailedPrecondition,
+        "grace period",
+    );
+    // `all` drops the version whose grace ended and keeps the base file = current.
+    let r = e
+        .mount(&ok_attrs("- key: stale\n  version: all"))
+        .await
+        .unwrap();
+    let paths: Vec<&str> = r.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["stale.v2", "stale"]);
+    let r = e
+        .mount(&ok_attrs("- key: fresh\n  version: all\n  mode: \"0400\""))
+        .await
+        .unwrap();
+    let got: Vec<(&str, i32)> = r.files.iter().map(|f| (f.path.as_str(), f.mode)).collect();
+    assert_eq!(
+        got,
+        [("fresh.v1", 0o400), ("fresh.v2", 0o400), ("fresh", 0o400)]
+    );
+    assert_eq!(r.object_version.len(), 3);
+    assert_eq!(r.object_version[1].version, r.object_version[2].version);
+}
+
+#[tokio::test]
+async fn compromised_destroyed_suspended_and_pending_deletion_are_not_served() {
+    let e = env().await;
+    e.put_key(
+        NS,
+        "leaked",
+        &[(NS, SA)],
+        KeyBuilder::default().with(Compromised, 5).with(Active, 5),
+    )
+    .await;
+    for y in [
+        "- key: leaked\n  version: 1",
+        "- key: leaked\n  version: \"1\"",
+    ] {
+        refused(
+            e.mount(&ok_attrs(y)).await,
+            Code::FailedPrecondition,
+            "Compromised",
+        );
+    }
+    refused(
+        e.mount(&ok_attrs("- key: leaked\n  version: previous"))
+            .await,
+        Code::FailedPrecondition,
+        "previous",
+    );
+    let r = e
+        .mount(&ok_attrs("- key: leaked\n  version: all"))
+        .await
+        .unwrap();
+    assert_eq!(r.files.len(), 2);
+    assert!(
+        r.files
+            .iter()
+            .all(|f| f.contents[..] == material(NS, "leaked", 2)[..])
+    );
+
+    e.put_key(
+        NS,
+        "burnt",
+        &[(NS, SA)],
+        KeyBuilder::default().with(Compromised, 5),
+    )
+    .await;
+    refused(
+        e.mount(&ok_attrs("- key: burnt")).await,
+        Code::FailedPrecondition,
+        "no Active version",
+    );
+    e.put_key(
+        NS,
+        "gone",
+        &[(NS, SA)],
+        KeyBuilder::default().with(Destroyed, 5).with(Active, 5),
+    )
+    .await;
+    refused(
+        e.mount(&ok_attrs("- key: gone\n  version: 1")).await,
+        Code::FailedPrecondition,
+        "Destroyed",
+    );
+    refused(
+        e.mount(&ok_attrs("- key: gone\n  version: 7")).await,
+        Code::NotFound,
+        "no version 7",
+    );
+    e.put_key(
+        NS,
+        "new",
+        &[(NS, SA)],
+        KeyBuilder::default().with(PreActivation, 5),
+    )
+    .await;
+    refused(
+        e.mount(&ok_attrs("- key: new")).await,
+        Code::FailedPrecondition,
+        "no Active version",
+    );
+    refused(
+        e.mount(&ok_attrs("- key: new\n  version: 1")).await,
+        Code::FailedPrecondition,
+        "PreActivation",
+    );
+    e.put_key(
+        NS,
+        "paused",
+        &[(NS, SA)],
+        KeyBuilder::default().with(Suspended, 5),
+    )
+    .await;
+    refused(
+        e.mount(&ok_attrs("- key: paused")).await,
+        Code::FailedPrecondition,
+        "Suspended",
+    );
+
+    e.edit(NS, "db", |r| {
+        r.stored.state.pending_deletion = Some(keyward::crd::PendingDeletion {
+            scheduled_at: jiff::Timestamp::now().to_string(),
+            destroy_at: "2999-01-01T00:00:00Z".into(),
+        })
+    });
+    refused(
+        e.mount(&ok_attrs("- key: db")).await,
+        Code::FailedPrecondition,
+        "pending deletion",
+    );
+    refused(
+        e.mount(&ok_attrs("- key: db\n  version: 1")).await,
+        Code::FailedPrecondition,
+        "spec.deletion",
+    );
+}
+
+#[tokio::test]
+async fn every_bad_input_is_refused_and_nothing_is_returned() {
+    let e = env().await;
+    let cases: &[(&str, Code, &str)] = &[
+        (
+            "- key: missing",
+            Code::NotFound,
+            "ManagedKey team-a/missing not found",
+        ),
+        (
+            "- key: db\n- key: missing\n  fileName: m",
+            Code::NotFound,
+            "team-a/missing",
+        ),
+        (
+            "- key: other-ns/db",
+            Code::InvalidArgument,
+            "another namespace",
+        ),
+        ("- key: [db", Code::InvalidArgument, "not a valid YAML"),
+        (
+            "- key: db\n  format: rot13",
+            Code::InvalidArgument,
+            "unknown format \"rot13\"",
+        ),
+        (
+            "- key: db\n  format: jwks",
+            Code::InvalidArgument,
+            "not supported yet",
+        ),
+        (
+            "- key: db\n  fileName: /etc/shadow",
+            Code::InvalidArgument,
+            "absolute",
+        ),
+        (
+            "- key: db\n  fileName: ../../escape",
+            Code::InvalidArgument,
+            "\"..\"",
+        ),
+        ("- key: db\n- key: db", Code::InvalidArgument, "used twice"),
+        (
+            "- key: db\n  version: all\n- key: db\n  fileName: db.v1",
+            Code::InvalidArgument,
+            "written twice",
+        ),
+        ("", Code::InvalidArgument, "lists no object"),
+        ("[]", Code::InvalidArgument, "lists no object"),
+        (
+            "- key: db\n  mode: \"0888\"",
+            Code::InvalidArgument,
+            "octal",
+        ),
+    ];
+    for (objects, code, needle) in cases {
+        refused(e.mount(&ok_attrs(objects)).await, *code, needle);
+    }
+    // Token expired according to the driver's own timestamp: refused before any call.
+    let mut a = ok_attrs("- key: db");
+    a["csi.storage.k8s.io/serviceAccount.tokens"] =
+        serde_json::json!({"keyward": {"token": TOKEN, "expirationTimestamp": "2020-01-01T00:00:00Z"}})
+            .to_string()
+            .into();
+    refused(
+        e.mount(&a).await,
+        Code::Unauthenticated,
+        "expired at 2020-01-01",
+    );
+    // The same token delivered in `secrets` (serviceAccountTokenInSecrets) works.
+    let mut a = attrs(NS, SA, "web-0", None, "- key: db");
+    let tokens = serde_json::json!({"keyward": {"token": TOKEN, "expirationTimestamp": "2999-01-01T00:00:00Z"}}).to_string();
+    let mut c = CsiDriverProviderClient::new(uds_channel(&e.socket).await);
+    a["secretProviderClass"] = "keys".into();
+    let r = c
+        .mount(keyward::proto::csi::MountRequest {
+            attributes: a.to_string(),
+            secrets: serde_json::json!({"csi.storage.k8s.io/serviceAccount.tokens": tokens})
+                .to_string(),
+            target_path: String::new(),
+            permission: "256".into(),
+            current_object_version: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.files[0].mode, 0o400);
+}
+
+#[tokio::test]
+async fn formats_and_file_names() {
+    let e = env().await;
+    let r = e
+        .mount(&ok_attrs("- key: db\n  format: hex\n  fileName: keys/db.hex\n- key: db\n  format: base64\n  fileName: db.b64\n- key: db"))
+        .await
+        .unwrap();
+    let m = material(NS, "db", 1);
+    assert_eq!(r.files[0].path, "keys/db.hex");
+    assert_eq!(&r.files[0].contents[..], hex::encode(&m).as_bytes());
+    use base64::Engine;
+    assert_eq!(
+        &r.files[1].contents[..],
+        base64::engine::general_purpose::STANDARD
+            .encode(&m)
+            .as_bytes()
+    );
+    assert_eq!(&r.files[2].contents[..], &m[..]);
+    let ids: Vec<&str> = r.object_version.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(ids, ["keys/db.hex", "db.b64", "db"]);
+}
+
+#[tokio::test]
+async fn each_key_is_read_once_per_mount() {
+    let e = env().await;
+    let before = e.source.gets.load(Ordering::SeqCst);
+    e.mount(&ok_attrs("- key: db\n- key: db\n  format: hex\n  fileName: a\n- key: db\n  version: all\n  fileName: b"))
+        .await
+        .unwrap();
+    assert_eq!(e.source.gets.load(Ordering::SeqCst) - before, 1);
+}
+
+#[tokio::test]
+async fn token_cache_skips_repeat_token_reviews_but_not_refusals() {
+    let e = Env::start(Duration::from_secs(30)).await;
+    e.add_token(TOKEN, NS, SA, "web-0", &["keyward"], 3600);
+    e.put_key(
+        NS,
+        "db",
+        &[(NS, SA)],
+        KeyBuilder::default().with(Active, 10),
+    )
+    .await;
+    e.mount(&ok_attrs("- key: db")).await.unwrap();
+    let after_first = e.reviewer.calls.load(Ordering::SeqCst);
+    assert_eq!(after_first, 2, "provider and pod token reviewed once each");
+    for _ in 0..5 {
+        e.mount(&ok_attrs("- key: db")).await.unwrap();
+    }
+    assert_eq!(e.reviewer.calls.load(Ordering::SeqCst), after_first);
+    // Access is still checked on every Mount: revoking the SA takes effect at once.
+    e.edit(NS, "db", |r| r.key.spec.access.service_accounts.clear());
+    refused(
+        e.mount(&ok_attrs("- key: db")).await,
+        Code::PermissionDenied,
+        "spec.access",
+    );
+}
+
+#[tokio::test]
+async fn stale_socket_is_replaced_and_removed_on_shutdown() {
+    let e = env().await;
+    let sock = e.dir.path().join("stale/keyward.sock");
+    std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let stop = e.start_provider(e.client(PROVIDER_TOKEN), &sock);
+    wait_for_socket(&sock).await;
+    assert!(mount_on(&sock, &ok_attrs("- key: db")).await.is_ok());
+    stop.send(()).unwrap();
+    for _ in 0..100 {
+        if !sock.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!sock.exists(), "socket removed after shutdown");
+    // A regular file in the way is not deleted.
+    let f = e.dir.path().join("file.sock");
+    std::fs::write(&f, b"x").unwrap();
+    let err = keyward::provider::bind_socket(&f).unwrap_err();
+    assert!(err.to_string().contains("not a socket"), "{err}");
+}
+
+#[tokio::test]
+async fn plaintext_key_service_needs_the_insecure_flag_and_tls_needs_a_ca() {
+    use keyward::keyservice::{CallerToken, ClientConfig, KeyServiceClient};
+    let mut cfg = ClientConfig {
+        url: "http://127.0.0.1:1".into(),
+        ca_pem: None,
+        server_name: None,
+        client_identity: None,
+        insecure: false,
+        timeout: Duration::from_secs(1),
+    };
+    let err = KeyServiceClient::new(&cfg, CallerToken::Static("t".into()))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("--insecure-key-service"), "{err}");
+    cfg.insecure = true;
+    assert!(KeyServiceClient::new(&cfg, CallerToken::Static("t".into())).is_ok());
+    cfg.url = "https://localhost:1".into();
+    let err = KeyServiceClient::new(&cfg, CallerToken::Static("t".into()))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("--key-service-ca-file"), "{err}");
+}
+
+#[tokio::test]
+async fn a_key_service_with_an_untrusted_certificate_is_refused() {
+    let e = env().await;
+    let other = certs();
+    let client = keyward::keyservice::KeyServiceClient::new(
+        &keyward::keyservice::ClientConfig {
+            url: e.key_service_url.clone(),
+            ca_pem: Some(other.ca_pem.into_bytes()),
+            server_name: None,
+            client_identity: None,
+            insecure: false,
+            timeout: Duration::from_secs(5),
+        },
+        keyward::keyservice::CallerToken::Static(PROVIDER_TOKEN.into()),
+    )
+    .unwrap();
+    let sock = e.dir.path().join("untrusted.sock");
+    let _stop = e.start_provider(client, &sock);
+    wait_for_socket(&sock).await;
+    refused(
+        mount_on(&sock, &ok_attrs("- key: db")).await,
+        Code::Unavailable,
+        "key service unreachable",
+    );
+}
