@@ -12,7 +12,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the ManagedKey controller.
-    Controller(keyward::controller::cli::ControllerArgs),
+    Controller(Box<keyward::controller::cli::ControllerArgs>),
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.cmd {
-        Cmd::Controller(args) => keyward::controller::cli::run(args).await?,
+        Cmd::Controller(args) => keyward::controller::cli::run(*args).await?,
         Cmd::Audit(AuditCmd::Verify { file, public_key }) => {
             let text = std::fs::read_to_string(&file)?;
             let pk = public_key
