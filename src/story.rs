@@ -210,7 +210,7 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     w.show(&["create", "serviceaccount", "intruder", "-n", "default"])?;
 
     // TLS for the key service: a throwaway CA and a server certificate for localhost.
-    let tls = crate::story_tls::write(w.dir.path())?;
+    let tls = write_tls(w.dir.path())?;
     let ks_port = free_port();
     let metrics_port = free_port();
     w.controller_args = vec![
@@ -336,4 +336,27 @@ pub fn repo_root() -> PathBuf {
 /// Default Python: `$KEYWARD_PYTHON`, else the project's venv.
 pub fn default_python(repo: &Path) -> PathBuf {
     std::env::var_os("KEYWARD_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo.join(".venv/bin/python"))
+}
+
+struct TlsFiles {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A throwaway CA and a `localhost` server certificate for the key service.
+fn write_tls(dir: &Path) -> anyhow::Result<TlsFiles> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &issuer)?;
+    let files = TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("tls.crt"), key: dir.join("tls.key") };
+    std::fs::write(&files.ca, ca_cert.pem())?;
+    std::fs::write(&files.cert, cert.pem())?;
+    std::fs::write(&files.key, key.serialize_pem())?;
+    Ok(files)
 }
