@@ -135,6 +135,8 @@ impl Moto {
             python.display()
         );
         let port = free_port();
+        // A file, not a pipe: moto logs every request, and a full pipe would stall it.
+        let log = env().dir.join(format!("moto-{port}.log"));
         let mut child = Command::new(&python)
             .args([
                 "-m",
@@ -145,7 +147,7 @@ impl Moto {
                 &port.to_string(),
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("cannot start moto with {}: {e}: {SETUP}", python.display())
@@ -156,9 +158,7 @@ impl Moto {
                 break;
             }
             if let Some(status) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                use std::io::Read;
-                child.stderr.take().unwrap().read_to_string(&mut err).ok();
+                let err = std::fs::read_to_string(&log).unwrap_or_default();
                 panic!("moto exited ({status}): {err}\nmoto[server] missing? {SETUP}");
             }
             assert!(Instant::now() < deadline, "moto did not listen within 60 s");
@@ -181,6 +181,11 @@ impl Moto {
     }
 
     async fn create_key(&self) -> String {
+        self.create_key_ids().await.0
+    }
+
+    /// (ARN, bare key id): moto's DisableKey only takes the bare id (a 500 otherwise).
+    async fn create_key_ids(&self) -> (String, String) {
         let r = self
             .client()
             .call(
@@ -189,7 +194,11 @@ impl Moto {
             )
             .await
             .unwrap();
-        r["KeyMetadata"]["Arn"].as_str().unwrap().to_string()
+        let md = &r["KeyMetadata"];
+        (
+            md["Arn"].as_str().unwrap().to_string(),
+            md["KeyId"].as_str().unwrap().to_string(),
+        )
     }
 
     fn cfg(&self, key_id: &str) -> AwsKmsConfig {
@@ -742,9 +751,9 @@ async fn awskms_startup_errors_name_the_setting() {
     assert!(e.contains("--aws-kms-key-id"), "{e}");
 
     // Disabled key.
-    let disabled = moto.create_key().await;
+    let (disabled, bare_id) = moto.create_key_ids().await;
     moto.client()
-        .call("DisableKey", &serde_json::json!({"KeyId": disabled}))
+        .call("DisableKey", &serde_json::json!({"KeyId": bare_id}))
         .await
         .unwrap();
     let e = err(KekArgs {

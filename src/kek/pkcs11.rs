@@ -269,6 +269,13 @@ impl Inner {
                 let params = GcmParams::new(&mut iv, aad, 128.into())?;
                 match s.decrypt(&Mechanism::AesGcm(params), h, ct) {
                     Ok(p) => return Ok(Some(Ok(SecretBytes::new(p)))),
+                    // SoftHSM2 reports a failed GCM tag check as CKR_GENERAL_ERROR. If the
+                    // session is still healthy afterwards, treat it as an integrity failure.
+                    Err(CkError::Pkcs11(RvError::GeneralError, f))
+                        if s.get_session_info().is_ok() =>
+                    {
+                        last = Some(CkError::Pkcs11(RvError::EncryptedDataInvalid, f))
+                    }
                     Err(e) => last = Some(e),
                 }
             }
