@@ -360,9 +360,11 @@ mod tests {
 
     #[tokio::test]
     async fn missing_passphrase_file_names_the_flag() {
-        let mut a = KekArgs::default();
-        a.kek_backend = BackendKind::Passphrase;
-        a.passphrase_file = Some("/nonexistent/keyward-pass".into());
+        let a = KekArgs {
+            kek_backend: BackendKind::Passphrase,
+            passphrase_file: Some("/nonexistent/keyward-pass".into()),
+            ..KekArgs::default()
+        };
         let e = build_keyring(&a, None, "ns")
             .await
             .err()
@@ -376,11 +378,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("pp");
         std::fs::write(&f, "a long enough passphrase\n").unwrap();
-        let mut a = KekArgs::default();
-        a.kek_backend = BackendKind::Passphrase;
-        a.passphrase_file = Some(f);
-        a.kdf = KdfKind::Pbkdf2;
-        a.pbkdf2_iterations = 100_000;
+        let a = KekArgs {
+            kek_backend: BackendKind::Passphrase,
+            passphrase_file: Some(f),
+            kdf: KdfKind::Pbkdf2,
+            pbkdf2_iterations: 100_000,
+            ..KekArgs::default()
+        };
         let e = build_keyring(&a, None, "ns")
             .await
             .err()
@@ -391,8 +395,10 @@ mod tests {
 
     #[tokio::test]
     async fn same_secondary_as_primary_refused() {
-        let mut a = KekArgs::default();
-        a.secondary_kek_backend = Some(BackendKind::Local);
+        let a = KekArgs {
+            secondary_kek_backend: Some(BackendKind::Local),
+            ..KekArgs::default()
+        };
         let e = build_keyring(&a, None, "ns")
             .await
             .err()
