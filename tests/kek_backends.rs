@@ -345,7 +345,9 @@ async fn passphrase_round_trip_both_kdfs() {
             Algorithm::Aes256Kw,
         ),
     ] {
+        let t = Instant::now();
         let b = PassphraseKek::new("pp", pass(), kdf, alg).await.unwrap();
+        eprintln!("MEASURE {} derive: {:?}", kdf.describe(), t.elapsed());
         check_round_trip(&b).await;
     }
 }
