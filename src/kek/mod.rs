@@ -5,7 +5,11 @@
 //! or KEK rotation. A [`Keyring`] wraps with its primary backend and unwraps with whichever
 //! backend an envelope names.
 
+pub mod awskms;
+pub mod config;
 pub mod local;
+pub mod passphrase;
+pub mod pkcs11;
 
 use crate::crypto::{CryptoError, Envelope, KeyContext, SecretBytes};
 use std::sync::Arc;

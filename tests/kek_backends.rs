@@ -1,0 +1,837 @@
+//! KEK backends against real counterparts: the passphrase KDFs, SoftHSM2 through PKCS#11,
+//! and AWS KMS as implemented by moto. The tests start SoftHSM2 tokens and moto servers
+//! themselves; a missing tool is a failure that says to run `tests/setup.sh`.
+
+use keyward::crypto::{Algorithm, CryptoError, KeyContext, SecretBytes};
+use keyward::kek::awskms::{AwsCredentials, AwsKmsConfig, AwsKmsKek, KmsClient};
+use keyward::kek::config::{BackendKind, KdfKind, KekArgs, build_keyring};
+use keyward::kek::local::LocalKek;
+use keyward::kek::passphrase::{ARGON2_MIN_MEMORY_KIB, Kdf, PassphraseKek};
+use keyward::kek::pkcs11::{Pkcs11Config, Pkcs11Kek, TokenSelector};
+use keyward::kek::{KekBackend, KekError, Keyring};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+const SETUP: &str = "run tests/setup.sh (or `make setup`) to install the test tools";
+const TOKEN: &str = "keyward";
+const PIN: &str = "1234";
+/// A token no test logs into, so a wrong PIN is really checked (a logged-in application
+/// gets CKR_USER_ALREADY_LOGGED_IN without a PIN check).
+const PIN_TOKEN: &str = "keyward-pin";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Env {
+    dir: PathBuf,
+    module: PathBuf,
+}
+
+/// Process-wide set-up, done once before any test reads the environment: SoftHSM2 tokens in a
+/// temp directory (SOFTHSM2_CONF is read at C_Initialize) and dummy AWS credentials for moto.
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("keyward-kek-test")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).unwrap();
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        for label in [TOKEN, PIN_TOKEN] {
+            let out = Command::new("softhsm2-util")
+                .env("SOFTHSM2_CONF", &conf)
+                .args(["--init-token", "--free", "--label", label])
+                .args(["--so-pin", "87654321", "--pin", PIN])
+                .output()
+                .unwrap_or_else(|e| panic!("softhsm2-util not runnable ({e}): {SETUP}"));
+            assert!(
+                out.status.success(),
+                "softhsm2-util --init-token failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let module = std::env::var_os("KEYWARD_SOFTHSM_MODULE")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain([
+                PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+                PathBuf::from("/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"),
+                PathBuf::from("/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so"),
+            ])
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("libsofthsm2.so not found: {SETUP}"));
+        // SAFETY: runs once, inside the OnceLock, before any test touches the environment
+        // (every test calls env() first).
+        unsafe {
+            std::env::set_var("SOFTHSM2_CONF", &conf);
+            std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+            std::env::remove_var("AWS_SESSION_TOKEN");
+        }
+        Env { dir, module }
+    })
+}
+
+fn pkcs11_cfg(key_label: &str) -> Pkcs11Config {
+    Pkcs11Config {
+        module: env().module.clone(),
+        token: TokenSelector::Label(TOKEN.into()),
+        pin: SecretBytes::from_slice(PIN.as_bytes()),
+        key_label: key_label.into(),
+    }
+}
+
+fn write_file(name: &str, content: &str) -> PathBuf {
+    let p = env().dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+/// The cheapest Argon2id parameters the backend accepts (tests only).
+fn fast_argon() -> Kdf {
+    Kdf::Argon2id {
+        memory_kib: ARGON2_MIN_MEMORY_KIB,
+        time_cost: 1,
+        parallelism: 1,
+    }
+}
+
+fn pass() -> SecretBytes {
+    SecretBytes::from_slice(b"correct horse battery staple")
+}
+
+// ---------------------------------------------------------------------------------------
+// moto
+
+/// A moto server on a free loopback port, killed on drop.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let python = std::env::var_os("KEYWARD_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join(".venv/bin/python"));
+        assert!(
+            python.exists(),
+            "Python venv not found at {} (KEYWARD_PYTHON): {SETUP}",
+            python.display()
+        );
+        let port = free_port();
+        // A file, not a pipe: moto logs every request, and a full pipe would stall it.
+        let log = env().dir.join(format!("moto-{port}.log"));
+        let mut child = Command::new(&python)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start moto with {}: {e}: {SETUP}", python.display())
+            });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let err = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("moto exited ({status}): {err}\nmoto[server] missing? {SETUP}");
+            }
+            assert!(Instant::now() < deadline, "moto did not listen within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn client(&self) -> KmsClient {
+        KmsClient::new(
+            "us-east-1",
+            Some(&self.url),
+            creds(),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    }
+
+    async fn create_key(&self) -> String {
+        self.create_key_ids().await.0
+    }
+
+    /// (ARN, bare key id): moto's DisableKey only takes the bare id (a 500 otherwise).
+    async fn create_key_ids(&self) -> (String, String) {
+        let r = self
+            .client()
+            .call(
+                "CreateKey",
+                &serde_json::json!({"KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT"}),
+            )
+            .await
+            .unwrap();
+        let md = &r["KeyMetadata"];
+        (
+            md["Arn"].as_str().unwrap().to_string(),
+            md["KeyId"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn cfg(&self, key_id: &str) -> AwsKmsConfig {
+        AwsKmsConfig {
+            key_id: key_id.into(),
+            region: "us-east-1".into(),
+            endpoint: Some(self.url.clone()),
+            credentials: creds(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn creds() -> AwsCredentials {
+    AwsCredentials {
+        access_key_id: "testing".into(),
+        secret_access_key: SecretBytes::from_slice(b"testing"),
+        session_token: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// shared checks
+
+/// Round trip, wrong context, tampered ciphertext and header, for any backend.
+async fn check_round_trip(b: &dyn KekBackend) {
+    let ctx = KeyContext::new("team-a", "payments", 3);
+    let dek = SecretBytes::random(32);
+    let env = b.wrap(&ctx, &dek).await.unwrap();
+    assert_eq!(env.backend, b.kind());
+    assert_eq!(env.kek_id, b.kek_id());
+    assert_eq!(env.kek_version, b.kek_version());
+    assert_ne!(env.ciphertext, dek.expose());
+    assert_eq!(b.unwrap(&env, &ctx).await.unwrap(), dek);
+    // The encoded form survives a round trip too.
+    let decoded = keyward::crypto::Envelope::decode(&env.encode().unwrap()).unwrap();
+    assert_eq!(b.unwrap(&decoded, &ctx).await.unwrap(), dek);
+
+    for other in [
+        KeyContext::new("team-b", "payments", 3),
+        KeyContext::new("team-a", "billing", 3),
+        KeyContext::new("team-a", "payments", 4),
+    ] {
+        assert!(b.unwrap(&env, &other).await.is_err(), "{other:?}");
+        // Header rewritten to claim the other context: the backend's binding refuses it.
+        let mut moved = env.clone();
+        moved.key_id = other.key_id();
+        moved.key_version = other.version;
+        let e = b.unwrap(&moved, &other).await.unwrap_err();
+        assert!(
+            matches!(e, KekError::Crypto(CryptoError::Integrity)),
+            "{}: {e}",
+            b.kind()
+        );
+    }
+    let mut flipped = env.clone();
+    let mid = flipped.ciphertext.len() / 2;
+    flipped.ciphertext[mid] ^= 0x01;
+    assert!(matches!(
+        b.unwrap(&flipped, &ctx).await,
+        Err(KekError::Crypto(_))
+    ));
+    // Another DEK length also round-trips.
+    let long = SecretBytes::random(64);
+    let e2 = b.wrap(&ctx, &long).await.unwrap();
+    assert_eq!(b.unwrap(&e2, &ctx).await.unwrap(), long);
+}
+
+/// rotate(): new version, old envelopes unwrap, Keyring::rewrap moves them.
+async fn check_rotate_and_rewrap(b: Arc<dyn KekBackend>) {
+    let ctx = KeyContext::new("ns", "rot", 1);
+    let dek = SecretBytes::random(32);
+    let old = b.wrap(&ctx, &dek).await.unwrap();
+    let v0 = b.kek_version();
+    let v1 = b.rotate().await.unwrap();
+    assert_ne!(v0, v1);
+    assert_eq!(b.kek_version(), v1);
+    assert_eq!(
+        b.unwrap(&old, &ctx).await.unwrap(),
+        dek,
+        "old version unwraps"
+    );
+    let ring = Keyring::new(b.clone());
+    assert!(ring.needs_rewrap(&old));
+    let moved = ring.rewrap(&old, &ctx).await.unwrap();
+    assert_eq!(moved.kek_version, v1);
+    assert!(!ring.needs_rewrap(&moved));
+    assert_eq!(ring.unwrap(&moved, &ctx).await.unwrap(), dek);
+}
+
+/// A DEK wrapped by `from` moves to `to` through a Keyring with `from` as secondary.
+async fn check_migration(from: Arc<dyn KekBackend>, to: Arc<dyn KekBackend>) {
+    let ctx = KeyContext::new("ns", "mig", 2);
+    let dek = SecretBytes::random(32);
+    let env = Keyring::new(from.clone()).wrap(&ctx, &dek).await.unwrap();
+    // Without the secondary the new ring cannot read it, and says which KEK it needs.
+    let e = Keyring::new(to.clone())
+        .unwrap(&env, &ctx)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, KekError::UnknownKek { .. }), "{e}");
+    let ring = Keyring::new(to.clone()).with_secondary(from.clone());
+    assert!(ring.needs_rewrap(&env));
+    assert_eq!(ring.unwrap(&env, &ctx).await.unwrap(), dek);
+    let moved = ring.rewrap(&env, &ctx).await.unwrap();
+    assert_eq!(moved.backend, to.kind());
+    assert!(!ring.needs_rewrap(&moved));
+    // After the migration the old backend is no longer needed.
+    assert_eq!(Keyring::new(to).unwrap(&moved, &ctx).await.unwrap(), dek);
+}
+
+// ---------------------------------------------------------------------------------------
+// passphrase
+
+#[tokio::test]
+async fn passphrase_round_trip_both_kdfs() {
+    env();
+    for (kdf, alg) in [
+        (fast_argon(), Algorithm::Aes256Gcm),
+        (fast_argon(), Algorithm::Aes256Kwp),
+        (
+            Kdf::Pbkdf2Sha256 {
+                iterations: 600_000,
+            },
+            Algorithm::Aes256Kw,
+        ),
+    ] {
+        let t = Instant::now();
+        let b = PassphraseKek::new("pp", pass(), kdf, alg).await.unwrap();
+        eprintln!("MEASURE {} derive: {:?}", kdf.describe(), t.elapsed());
+        check_round_trip(&b).await;
+    }
+}
+
+#[tokio::test]
+async fn passphrase_rotate_and_raised_params_keep_old_envelopes() {
+    env();
+    let b: Arc<dyn KekBackend> = Arc::new(
+        PassphraseKek::new("pp", pass(), fast_argon(), Algorithm::Aes256Gcm)
+            .await
+            .unwrap(),
+    );
+    check_rotate_and_rewrap(b).await;
+
+    // Raising the configured costs (a restart with new flags): old envelopes still unwrap,
+    // and the Keyring flags them for rewrap.
+    let ctx = KeyContext::new("ns", "raise", 1);
+    let dek = SecretBytes::random(32);
+    let weak = PassphraseKek::new("pp", pass(), fast_argon(), Algorithm::Aes256Kwp)
+        .await
+        .unwrap();
+    let env_old = weak.wrap(&ctx, &dek).await.unwrap();
+    let strong: Arc<dyn KekBackend> = Arc::new(
+        PassphraseKek::new(
+            "pp",
+            pass(),
+            Kdf::Argon2id {
+                memory_kib: ARGON2_MIN_MEMORY_KIB,
+                time_cost: 2,
+                parallelism: 1,
+            },
+            Algorithm::Aes256Kwp,
+        )
+        .await
+        .unwrap(),
+    );
+    let ring = Keyring::new(strong.clone());
+    assert!(ring.needs_rewrap(&env_old));
+    let moved = ring.rewrap(&env_old, &ctx).await.unwrap();
+    assert_eq!(moved.kek_version, strong.kek_version());
+    assert_eq!(strong.unwrap(&moved, &ctx).await.unwrap(), dek);
+}
+
+#[tokio::test]
+async fn passphrase_config_errors_name_the_flag() {
+    env();
+    let mut a = KekArgs {
+        kek_backend: BackendKind::Passphrase,
+        passphrase_file: Some(env().dir.join("no-such-passphrase")),
+        ..KekArgs::default()
+    };
+    let e = build_keyring(&a, None, "ns")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("--passphrase-file"), "{e}");
+
+    a.passphrase_file = Some(write_file("pp-ok", "a long enough passphrase\n"));
+    a.kdf = KdfKind::Pbkdf2;
+    a.pbkdf2_iterations = 599_999;
+    let e = build_keyring(&a, None, "ns")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("--pbkdf2-iterations"), "{e}");
+
+    a.kdf = KdfKind::Argon2id;
+    a.argon2_memory_kib = 1024;
+    let e = build_keyring(&a, None, "ns")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("--argon2-memory-kib"), "{e}");
+}
+
+/// Default production parameters (m = 64 MiB, t = 3, p = 1): one derivation at start-up,
+/// then unwraps hit the cache.
+#[tokio::test]
+async fn passphrase_default_params_derive_once() {
+    env();
+    let a = KekArgs {
+        kek_backend: BackendKind::Passphrase,
+        passphrase_file: Some(write_file("pp-default", "a long enough passphrase\n")),
+        ..KekArgs::default()
+    };
+    let t = Instant::now();
+    let ring = build_keyring(&a, None, "ns").await.unwrap();
+    let derive = t.elapsed();
+    let ctx = KeyContext::new("ns", "k", 1);
+    let dek = SecretBytes::random(32);
+    let env = ring.wrap(&ctx, &dek).await.unwrap();
+    let t = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(ring.unwrap(&env, &ctx).await.unwrap(), dek);
+    }
+    let per_unwrap = t.elapsed() / 10;
+    eprintln!("MEASURE argon2id m=64MiB t=3 p=1 derive: {derive:?}; cached unwrap: {per_unwrap:?}");
+    assert!(per_unwrap < derive / 5, "unwrap must not re-derive");
+}
+
+// ---------------------------------------------------------------------------------------
+// PKCS#11 (SoftHSM2)
+
+#[tokio::test]
+async fn pkcs11_round_trip_and_binding() {
+    env();
+    let b = Pkcs11Kek::connect(pkcs11_cfg("rt")).await.unwrap();
+    assert_eq!(b.kek_id(), "keyward/rt");
+    assert_eq!(b.kek_version(), 1);
+    check_round_trip(&b).await;
+    // A second connect finds the existing key instead of creating another.
+    let again = Pkcs11Kek::connect(pkcs11_cfg("rt")).await.unwrap();
+    assert_eq!(again.versions().await.unwrap(), vec![1]);
+    let ctx = KeyContext::new("ns", "k", 1);
+    let dek = SecretBytes::random(32);
+    let env = b.wrap(&ctx, &dek).await.unwrap();
+    assert_eq!(again.unwrap(&env, &ctx).await.unwrap(), dek);
+
+    let t = Instant::now();
+    for _ in 0..50 {
+        let e = b.wrap(&ctx, &dek).await.unwrap();
+        b.unwrap(&e, &ctx).await.unwrap();
+    }
+    eprintln!("MEASURE softhsm2 wrap+unwrap: {:?}", t.elapsed() / 50);
+}
+
+#[tokio::test]
+async fn pkcs11_key_is_sensitive_and_not_extractable() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    use cryptoki::session::UserType;
+    env();
+    let _b = Pkcs11Kek::connect(pkcs11_cfg("nx")).await.unwrap();
+    let module = env().module.clone();
+    tokio::task::spawn_blocking(move || {
+        let ctx = Pkcs11::new(&module).unwrap();
+        // Already initialised by the backend in this process.
+        let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+        let slot = ctx
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| ctx.get_token_info(*s).unwrap().label() == TOKEN)
+            .unwrap();
+        let s = ctx.open_ro_session(slot).unwrap();
+        let _ = s.login(UserType::User, Some(&cryptoki::types::AuthPin::from(PIN)));
+        let h = s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(b"nx-v1".to_vec()),
+            ])
+            .unwrap();
+        assert_eq!(h.len(), 1);
+        let attrs = s
+            .get_attributes(
+                h[0],
+                &[
+                    AttributeType::Value,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::Token,
+                    AttributeType::ValueLen,
+                ],
+            )
+            .unwrap();
+        assert!(
+            !attrs.iter().any(|a| matches!(a, Attribute::Value(_))),
+            "CKA_VALUE of the KEK was readable"
+        );
+        assert!(attrs.contains(&Attribute::Sensitive(true)), "{attrs:?}");
+        assert!(attrs.contains(&Attribute::Extractable(false)), "{attrs:?}");
+        assert!(attrs.contains(&Attribute::Token(true)), "{attrs:?}");
+        assert!(attrs.contains(&Attribute::ValueLen(32.into())), "{attrs:?}");
+        // Asking for CKA_VALUE alone: the token refuses (CKR_ATTRIBUTE_SENSITIVE), cryptoki
+        // drops the attribute.
+        let v = s.get_attributes(h[0], &[AttributeType::Value]).unwrap();
+        assert!(v.is_empty(), "CKA_VALUE returned");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn pkcs11_rotate_keeps_old_versions() {
+    env();
+    let b = Arc::new(Pkcs11Kek::connect(pkcs11_cfg("rot")).await.unwrap());
+    check_rotate_and_rewrap(b.clone()).await;
+    assert_eq!(b.versions().await.unwrap(), vec![1, 2]);
+    // A restart picks the highest version.
+    let again = Pkcs11Kek::connect(pkcs11_cfg("rot")).await.unwrap();
+    assert_eq!(again.kek_version(), 2);
+}
+
+#[tokio::test]
+async fn pkcs11_startup_errors_name_the_setting() {
+    env();
+    let pin_file = write_file("pin-ok", PIN);
+    let base = KekArgs {
+        kek_backend: BackendKind::Pkcs11,
+        pkcs11_module: Some(env().module.clone()),
+        pkcs11_token_label: Some(PIN_TOKEN.into()),
+        pkcs11_pin_file: Some(pin_file),
+        pkcs11_key_label: "startup".into(),
+        ..KekArgs::default()
+    };
+    let err = |a: KekArgs| async move {
+        build_keyring(&a, None, "ns")
+            .await
+            .err()
+            .unwrap()
+            .to_string()
+    };
+
+    let e = err(KekArgs {
+        pkcs11_module: Some("/nonexistent/libpkcs11.so".into()),
+        ..base.clone()
+    })
+    .await;
+    assert!(e.contains("--pkcs11-module"), "{e}");
+
+    let e = err(KekArgs {
+        pkcs11_module: Some(write_file("not-a-module.so", "garbage")),
+        ..base.clone()
+    })
+    .await;
+    assert!(
+        e.contains("--pkcs11-module") && e.contains("cannot load"),
+        "{e}"
+    );
+
+    let e = err(KekArgs {
+        pkcs11_token_label: Some("no-such-token".into()),
+        ..base.clone()
+    })
+    .await;
+    assert!(
+        e.contains("--pkcs11-token-label") && e.contains(TOKEN),
+        "{e}"
+    );
+
+    let e = err(KekArgs {
+        pkcs11_pin_file: Some(write_file("pin-bad", "9999")),
+        ..base.clone()
+    })
+    .await;
+    assert!(
+        e.contains("--pkcs11-pin-file") && e.contains("PinIncorrect"),
+        "{e}"
+    );
+    assert!(!e.contains("9999"), "the PIN leaked into the error: {e}");
+
+    let e = err(KekArgs {
+        pkcs11_pin_file: Some(env().dir.join("no-pin-file")),
+        ..base.clone()
+    })
+    .await;
+    assert!(e.contains("--pkcs11-pin-file"), "{e}");
+
+    // Nothing was created by the failed attempts; the good config then works.
+    let ring = build_keyring(&base, None, "ns").await.unwrap();
+    assert_eq!(ring.describe(), format!("pkcs11/{PIN_TOKEN}/startup@1"));
+}
+
+// ---------------------------------------------------------------------------------------
+// AWS KMS (moto)
+
+#[tokio::test]
+async fn awskms_round_trip_and_binding() {
+    env();
+    let moto = Moto::start();
+    let arn = moto.create_key().await;
+    let b = AwsKmsKek::connect(moto.cfg(&arn)).await.unwrap();
+    assert_eq!(b.kek_id(), arn);
+    assert_eq!(b.kek_version(), 1);
+    check_round_trip(&b).await;
+
+    // An alias resolves to the same ARN.
+    moto.client()
+        .call(
+            "CreateAlias",
+            &serde_json::json!({"AliasName": "alias/keyward", "TargetKeyId": arn}),
+        )
+        .await
+        .unwrap();
+    let by_alias = AwsKmsKek::connect(moto.cfg("alias/keyward")).await.unwrap();
+    assert_eq!(by_alias.kek_id(), arn);
+
+    let ctx = KeyContext::new("ns", "k", 1);
+    let dek = SecretBytes::random(32);
+    let t = Instant::now();
+    for _ in 0..20 {
+        let e = b.wrap(&ctx, &dek).await.unwrap();
+        assert_eq!(by_alias.unwrap(&e, &ctx).await.unwrap(), dek);
+    }
+    eprintln!(
+        "MEASURE moto Encrypt+Decrypt round trip: {:?}",
+        t.elapsed() / 20
+    );
+}
+
+#[tokio::test]
+async fn awskms_rotate_persists_version_tag() {
+    env();
+    let moto = Moto::start();
+    let arn = moto.create_key().await;
+    let b = Arc::new(AwsKmsKek::connect(moto.cfg(&arn)).await.unwrap());
+    check_rotate_and_rewrap(b.clone()).await;
+    // The version lives on the KMS key: a restart (or another replica) sees it.
+    let again = AwsKmsKek::connect(moto.cfg(&arn)).await.unwrap();
+    assert_eq!(again.kek_version(), 2);
+}
+
+#[tokio::test]
+async fn awskms_down_is_a_clear_error_and_nothing_changes() {
+    env();
+    let mut moto = Moto::start();
+    let arn = moto.create_key().await;
+    let kms: Arc<dyn KekBackend> = Arc::new(AwsKmsKek::connect(moto.cfg(&arn)).await.unwrap());
+    let local: Arc<dyn KekBackend> = Arc::new(
+        LocalKek::in_memory("old", SecretBytes::random(32), Algorithm::Aes256Kwp).unwrap(),
+    );
+    let ring = Keyring::new(kms.clone()).with_secondary(local.clone());
+    let ctx = KeyContext::new("ns", "down", 1);
+    let dek = SecretBytes::random(32);
+    let old = local.wrap(&ctx, &dek).await.unwrap();
+    let old_bytes = old.encode().unwrap();
+    let in_kms = kms.wrap(&ctx, &dek).await.unwrap();
+
+    moto.stop();
+    for e in [
+        ring.rewrap(&old, &ctx).await.unwrap_err(),
+        ring.unwrap(&in_kms, &ctx).await.unwrap_err(),
+        ring.health().await.unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                e,
+                KekError::Unavailable {
+                    backend: "awskms",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let s = e.to_string();
+        assert!(s.contains("--aws-endpoint-url"), "{s}");
+    }
+    assert_eq!(kms.kek_version(), 1);
+    // The source envelope is untouched and still readable from the secondary.
+    assert_eq!(old.encode().unwrap(), old_bytes);
+    assert_eq!(ring.unwrap(&old, &ctx).await.unwrap(), dek);
+}
+
+#[tokio::test]
+async fn awskms_startup_errors_name_the_setting() {
+    env();
+    let moto = Moto::start();
+    let base = KekArgs {
+        kek_backend: BackendKind::Awskms,
+        aws_kms_key_id: Some(moto.create_key().await),
+        aws_region: Some("us-east-1".into()),
+        aws_endpoint_url: Some(moto.url.clone()),
+        aws_timeout_seconds: 5,
+        ..KekArgs::default()
+    };
+    let err = |a: KekArgs| async move {
+        build_keyring(&a, None, "ns")
+            .await
+            .err()
+            .unwrap()
+            .to_string()
+    };
+
+    // moto not running on that port.
+    let e = err(KekArgs {
+        aws_endpoint_url: Some(format!("http://127.0.0.1:{}", free_port())),
+        ..base.clone()
+    })
+    .await;
+    assert!(
+        e.contains("--aws-endpoint-url") && e.contains("unavailable"),
+        "{e}"
+    );
+
+    let e = err(KekArgs {
+        aws_kms_key_id: Some("alias/does-not-exist".into()),
+        ..base.clone()
+    })
+    .await;
+    assert!(
+        e.contains("--aws-kms-key-id") && e.contains("NotFound"),
+        "{e}"
+    );
+
+    let e = err(KekArgs {
+        aws_kms_key_id: None,
+        ..base.clone()
+    })
+    .await;
+    assert!(e.contains("--aws-kms-key-id"), "{e}");
+
+    // Disabled key.
+    let (disabled, bare_id) = moto.create_key_ids().await;
+    moto.client()
+        .call("DisableKey", &serde_json::json!({"KeyId": bare_id}))
+        .await
+        .unwrap();
+    let e = err(KekArgs {
+        aws_kms_key_id: Some(disabled),
+        ..base.clone()
+    })
+    .await;
+    assert!(
+        e.contains("--aws-kms-key-id") && e.contains("Disabled"),
+        "{e}"
+    );
+
+    let ring = build_keyring(&base, None, "ns").await.unwrap();
+    assert!(
+        ring.describe().starts_with("awskms/arn:aws:kms:us-east-1:"),
+        "{}",
+        ring.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// migration between backends
+
+#[tokio::test]
+async fn migrate_passphrase_to_pkcs11_to_awskms() {
+    env();
+    let pp: Arc<dyn KekBackend> = Arc::new(
+        PassphraseKek::new("pp", pass(), fast_argon(), Algorithm::Aes256Kwp)
+            .await
+            .unwrap(),
+    );
+    let hsm: Arc<dyn KekBackend> = Arc::new(Pkcs11Kek::connect(pkcs11_cfg("mig")).await.unwrap());
+    check_migration(pp, hsm.clone()).await;
+    let moto = Moto::start();
+    let arn = moto.create_key().await;
+    let kms: Arc<dyn KekBackend> = Arc::new(AwsKmsKek::connect(moto.cfg(&arn)).await.unwrap());
+    check_migration(hsm, kms.clone()).await;
+    let local: Arc<dyn KekBackend> = Arc::new(
+        LocalKek::in_memory("root", SecretBytes::random(32), Algorithm::Aes256Gcm).unwrap(),
+    );
+    check_migration(local, kms).await;
+}
+
+/// The same migration configured through flags: primary pkcs11, secondary passphrase.
+#[tokio::test]
+async fn build_keyring_with_secondary_migrates() {
+    env();
+    let pp_file = write_file("pp-mig", "a long enough passphrase\n");
+    let src = KekArgs {
+        kek_backend: BackendKind::Passphrase,
+        passphrase_file: Some(pp_file.clone()),
+        argon2_memory_kib: ARGON2_MIN_MEMORY_KIB,
+        argon2_time_cost: 1,
+        ..KekArgs::default()
+    };
+    let ctx = KeyContext::new("ns", "flags", 1);
+    let dek = SecretBytes::random(32);
+    let env_pp = build_keyring(&src, None, "ns")
+        .await
+        .unwrap()
+        .wrap(&ctx, &dek)
+        .await
+        .unwrap();
+
+    let both = KekArgs {
+        kek_backend: BackendKind::Pkcs11,
+        secondary_kek_backend: Some(BackendKind::Passphrase),
+        pkcs11_module: Some(env().module.clone()),
+        pkcs11_token_label: Some(TOKEN.into()),
+        pkcs11_pin_file: Some(write_file("pin-mig", PIN)),
+        pkcs11_key_label: "flags".into(),
+        ..src
+    };
+    let ring = build_keyring(&both, None, "ns").await.unwrap();
+    assert!(ring.needs_rewrap(&env_pp));
+    let moved = ring.rewrap(&env_pp, &ctx).await.unwrap();
+    assert_eq!(moved.backend, "pkcs11");
+    assert_eq!(ring.unwrap(&moved, &ctx).await.unwrap(), dek);
+}
