@@ -1,1 +1,102 @@
-fn main() {}
+//! Mount latency and throughput over the real unix socket and a TLS key service (in-memory
+//! TokenReview and key store, token cache on). Run: `cargo bench --bench mount`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use keyward::lifecycle::KeyState;
+use keyward::proto::csi::MountRequest;
+use keyward::proto::csi::csi_driver_provider_client::CsiDriverProviderClient;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn request(objects: &str) -> MountRequest {
+    MountRequest {
+        attributes: attrs(NS, SA, "web-0", Some("tok"), objects).to_string(),
+        secrets: "{}".into(),
+        target_path: String::new(),
+        permission: "420".into(),
+        current_object_version: vec![],
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn latency(e: &Env, label: &str, objects: &str, n: usize) {
+    let mut c = CsiDriverProviderClient::new(uds_channel(&e.socket).await);
+    let req = request(objects);
+    for _ in 0..100 {
+        c.mount(req.clone()).await.unwrap();
+    }
+    let mut d = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = c.mount(req.clone()).await.unwrap();
+        d.push(t.elapsed());
+        assert!(!r.into_inner().files.is_empty());
+    }
+    d.sort();
+    println!(
+        "{label}: p50 {:.3} ms, p99 {:.3} ms ({n} sequential mounts)",
+        pct(&d, 0.50).as_secs_f64() * 1e3,
+        pct(&d, 0.99).as_secs_f64() * 1e3
+    );
+}
+
+async fn throughput(e: &Env, clients: usize, secs: u64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let ch = uds_channel(&e.socket).await;
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = CsiDriverProviderClient::new(ch);
+            let req = request("- key: k0");
+            while Instant::now() < until {
+                c.mount(req.clone()).await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let t = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "throughput: {:.0} mounts/s with {clients} concurrent clients ({n} mounts in {:.1}s)",
+        n as f64 / t.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let e = Env::start(Duration::from_secs(10)).await;
+        e.add_token("tok", NS, SA, "web-0", &["keyward"], 3600);
+        let mut ten = String::new();
+        for i in 0..10 {
+            e.put_key(
+                NS,
+                &format!("k{i}"),
+                &[(NS, SA)],
+                KeyBuilder::default().with(KeyState::Active, 10),
+            )
+            .await;
+            ten.push_str(&format!("- key: k{i}\n"));
+        }
+        latency(&e, "1 key", "- key: k0", 2000).await;
+        latency(&e, "10 keys", &ten, 1000).await;
+        throughput(&e, 64, 5).await;
+    });
+}

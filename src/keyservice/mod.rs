@@ -423,3 +423,31 @@ impl KeyServiceClient {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_provider_sa_parsing() {
+        let a = KeyServiceArgs::defaults();
+        assert_eq!(a.audience, "keyward");
+        assert_eq!(a.listen.port(), 8443);
+        let s = a.settings().unwrap();
+        assert_eq!(
+            s.provider_sa,
+            ("keyward-system".into(), "keyward-csi-provider".into())
+        );
+        for bad in ["nons", "/x", "a/", "a/b/c"] {
+            let mut b = a.clone();
+            b.provider_service_account = bad.into();
+            assert!(b.settings().is_err(), "{bad}");
+        }
+        // TLS is required unless explicitly insecure.
+        let e = a.tls().unwrap_err();
+        assert!(e.to_string().contains("--insecure-key-service"), "{e}");
+        let mut i = a.clone();
+        i.insecure = true;
+        assert!(i.tls().unwrap().is_none());
+    }
+}
