@@ -1,8 +1,7 @@
 //! `keyward controller`: flags, leader election, `/healthz`, `/readyz`, `/metrics`.
 
 use super::{Context, Metrics, SystemClock};
-use crate::crypto::Algorithm;
-use crate::kek::{Keyring, local::LocalKek};
+use crate::kek::Keyring;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -37,16 +36,9 @@ pub struct ControllerArgs {
     /// Longest wait between two reconciles of one key, in seconds.
     #[arg(long, env = "KEYWARD_MAX_REQUEUE_SECONDS", default_value_t = 300)]
     pub max_requeue_seconds: u64,
-    /// Local backend: Secret (in --namespace) holding the root KEK; created on first start.
-    #[arg(
-        long,
-        env = "KEYWARD_LOCAL_KEK_SECRET",
-        default_value = "keyward-root-key"
-    )]
-    pub local_kek_secret: String,
-    /// Local backend: read the root KEK from this file instead of a Secret.
-    #[arg(long, env = "KEYWARD_LOCAL_KEK_FILE")]
-    pub local_kek_file: Option<PathBuf>,
+    /// KEK backend settings.
+    #[command(flatten)]
+    pub kek: crate::kek::config::KekArgs,
     /// Append the tamper-evident audit log to this file (also always on stdout, target
     /// `keyward::audit`).
     #[arg(long, env = "KEYWARD_AUDIT_LOG")]
@@ -63,31 +55,6 @@ pub struct ControllerArgs {
     /// Do not run the embedded key service (e.g. a separate deployment runs it).
     #[arg(long, env = "KEYWARD_DISABLE_KEY_SERVICE")]
     pub disable_key_service: bool,
-    /// Wrap algorithm for new envelopes: aes-256-kwp, aes-256-kw or aes-256-gcm.
-    #[arg(long, env = "KEYWARD_KEK_WRAP_ALGORITHM", default_value = "aes-256-kwp", value_parser = Algorithm::parse)]
-    pub kek_wrap_algorithm: Algorithm,
-}
-
-/// Build the keyring the flags describe; errors name the flag to fix.
-pub async fn build_keyring(
-    args: &ControllerArgs,
-    client: &kube::Client,
-) -> anyhow::Result<Keyring> {
-    let local = match &args.local_kek_file {
-        Some(p) => LocalKek::from_file(p, args.kek_wrap_algorithm)?,
-        None => {
-            LocalKek::from_secret(
-                client.clone(),
-                &args.namespace,
-                &args.local_kek_secret,
-                args.kek_wrap_algorithm,
-            )
-            .await?
-        }
-    };
-    let ring = Keyring::new(Arc::new(local));
-    ring.health().await?;
-    Ok(ring)
 }
 
 #[derive(Clone)]
@@ -159,7 +126,8 @@ pub async fn shutdown_signal() {
 /// Run the controller process.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
-    let keyring = build_keyring(&args, &client).await?;
+    let keyring =
+        crate::kek::config::build_keyring(&args.kek, Some(client.clone()), &args.namespace).await?;
     tracing::info!(kek = %keyring.describe(), "KEK ready");
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
