@@ -4,6 +4,7 @@
 //! (KEK), rotated on schedule, tracked through the NIST SP 800-57 lifecycle, audited, and
 //! delivered to the pods allowed to have them through the Secrets Store CSI Driver.
 
+pub mod apiserver;
 pub mod audit;
 pub mod controller;
 pub mod crd;

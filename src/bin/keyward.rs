@@ -26,6 +26,8 @@ enum Cmd {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
+    /// Run the test Kubernetes API server (test support; not for production).
+    TestApiserver(keyward::apiserver::Args),
     /// Write the CRD YAML files (default: ./crds).
     Crdgen {
         /// Output directory.
@@ -64,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.cmd {
+        Cmd::TestApiserver(args) => keyward::apiserver::run(args).await?,
         Cmd::Controller(args) => keyward::controller::cli::run(*args).await?,
         Cmd::Audit(AuditCmd::Verify { file, public_key }) => {
             let text = std::fs::read_to_string(&file)?;

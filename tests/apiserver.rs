@@ -1,0 +1,462 @@
+//! The test API server against real clients: kube-rs (client and runtime) and kubectl.
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use keyward::apiserver::{Fault, TestApiServer, TokenIdentity};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{CustomResource, CustomResourceExt, Resource, ResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::process::Command;
+use std::time::Duration;
+
+/// A sample CRD, independent of keyward's own.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, JsonSchema, Default)]
+#[kube(
+    group = "example.keyward.io",
+    version = "v1",
+    kind = "Widget",
+    namespaced,
+    status = "WidgetStatus",
+    shortname = "wg",
+    printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".spec.size"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#
+)]
+struct WidgetSpec {
+    #[schemars(range(min = 1, max = 10))]
+    size: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    color: Option<Color>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum Color {
+    Red,
+    Blue,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, Default)]
+struct WidgetStatus {
+    phase: String,
+}
+
+async fn server_with_crd() -> (TestApiServer, kube::Client) {
+    let s = TestApiServer::start().await.unwrap();
+    let c = s.client().await;
+    Api::<CustomResourceDefinition>::all(c.clone())
+        .create(&PostParams::default(), &Widget::crd())
+        .await
+        .unwrap();
+    (s, c)
+}
+
+fn widget(name: &str, size: i32) -> Widget {
+    let mut w = Widget::new(name, WidgetSpec { size, color: None });
+    w.meta_mut().namespace = Some("default".into());
+    w
+}
+
+fn kubectl(s: &TestApiServer, args: &[&str]) -> (bool, String) {
+    let o = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("kubectl installed");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn unauthenticated_requests_get_401() {
+    let s = TestApiServer::start().await.unwrap();
+    let mut cfg = kube::Config::new(s.url().parse().unwrap());
+    cfg.root_cert = Some(vec![rustls_pemfile_der(&s.ca_pem())]);
+    cfg.auth_info.token = Some("wrong".to_string().into());
+    let c = kube::Client::try_from(cfg).unwrap();
+    let e = Api::<Namespace>::all(c)
+        .list(&Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, kube::Error::Api(ref s) if s.code == 401),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn crud_conflicts_generation_and_status_subresource() {
+    let (_s, c) = server_with_crd().await;
+    let api: Api<Widget> = Api::namespaced(c, "default");
+    let w = api
+        .create(&PostParams::default(), &widget("a", 2))
+        .await
+        .unwrap();
+    assert_eq!(w.metadata.generation, Some(1));
+    assert!(w.metadata.uid.is_some() && w.metadata.creation_timestamp.is_some());
+    // Status writes through the main resource are ignored; /status changes only status.
+    let mut with_status = w.clone();
+    with_status.status = Some(WidgetStatus {
+        phase: "Hacked".into(),
+    });
+    let w2 = api
+        .replace("a", &PostParams::default(), &with_status)
+        .await
+        .unwrap();
+    assert!(w2.status.is_none());
+    let w3 = api
+        .patch_status(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Ready"}, "spec": {"size": 9}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(w3.status.unwrap().phase, "Ready");
+    assert_eq!(w3.spec.size, 2, "status writes never change spec");
+    assert_eq!(
+        w3.metadata.generation,
+        Some(1),
+        "status does not bump generation"
+    );
+    // Spec change bumps generation; a metadata-only change does not.
+    let w4 = api
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 3}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(w4.metadata.generation, Some(2));
+    let w5 = api
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(w5.metadata.generation, Some(2));
+    // Stale update -> 409 with the real message.
+    let e = api
+        .replace("a", &PostParams::default(), &w)
+        .await
+        .unwrap_err();
+    match e {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 409);
+            assert!(
+                s.message.contains("the object has been modified"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // JSON patch with a failing test op -> 422; a passing one applies.
+    let bad: json_patch::Patch = serde_json::from_value(json!([{"op": "test", "path": "/spec/size", "value": 99}, {"op": "replace", "path": "/spec/size", "value": 4}])).unwrap();
+    assert!(
+        api.patch("a", &PatchParams::default(), &Patch::Json::<()>(bad))
+            .await
+            .is_err()
+    );
+    let good: json_patch::Patch = serde_json::from_value(json!([{"op": "test", "path": "/spec/size", "value": 3}, {"op": "replace", "path": "/spec/size", "value": 4}])).unwrap();
+    assert_eq!(
+        api.patch("a", &PatchParams::default(), &Patch::Json::<()>(good))
+            .await
+            .unwrap()
+            .spec
+            .size,
+        4
+    );
+    // Server-side apply creates when missing.
+    let applied = api.patch("b", &PatchParams::apply("test").force(), &Patch::Apply(json!({"apiVersion": "example.keyward.io/v1", "kind": "Widget", "metadata": {"name": "b"}, "spec": {"size": 5}}))).await.unwrap();
+    assert_eq!(applied.spec.size, 5);
+    // Schema validation: 422 naming the field.
+    let e = api
+        .create(&PostParams::default(), &widget("c", 11))
+        .await
+        .unwrap_err();
+    match e {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 422);
+            assert!(s.message.contains("spec.size"), "{}", s.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Label selector list.
+    let l = api
+        .list(&kube::api::ListParams::default().labels("x=y"))
+        .await
+        .unwrap();
+    assert_eq!(l.items.len(), 1);
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_and_owned_objects_are_collected() {
+    let (_s, c) = server_with_crd().await;
+    let api: Api<Widget> = Api::namespaced(c.clone(), "default");
+    let mut w = widget("owner", 1);
+    w.meta_mut().finalizers = Some(vec!["test/hold".into()]);
+    let w = api.create(&PostParams::default(), &w).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c, "default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("child".into());
+    cm.metadata.owner_references = Some(vec![w.controller_owner_ref(&()).unwrap()]);
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    api.delete("owner", &DeleteParams::default()).await.unwrap();
+    let held = api.get("owner").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert!(
+        cms.get_opt("child").await.unwrap().is_some(),
+        "owner still exists"
+    );
+    api.patch(
+        "owner",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(api.get_opt("owner").await.unwrap().is_none());
+    assert!(
+        cms.get_opt("child").await.unwrap().is_none(),
+        "owned object collected"
+    );
+}
+
+#[tokio::test]
+async fn watch_resumes_after_drop_and_410_relists() {
+    let s = TestApiServer::start_with(keyward::apiserver::ServerOptions {
+        history: 20,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = s.client().await;
+    Api::<CustomResourceDefinition>::all(c.clone())
+        .create(&PostParams::default(), &Widget::crd())
+        .await
+        .unwrap();
+    let api: Api<Widget> = Api::namespaced(c, "default");
+    let mut seen = watcher(api.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    api.create(&PostParams::default(), &widget("w0", 1))
+        .await
+        .unwrap();
+    assert_eq!(seen.try_next().await.unwrap().unwrap().name_any(), "w0");
+    s.close_watches();
+    api.create(&PostParams::default(), &widget("w1", 1))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let o = seen.try_next().await.unwrap().unwrap();
+            if o.name_any() == "w1" {
+                return o;
+            }
+        }
+    })
+    .await
+    .expect("event after reconnect");
+    assert_eq!(next.spec.size, 1);
+    // A raw watch from a too-old resourceVersion gets 410 Expired.
+    for i in 0..30 {
+        api.patch(
+            "w0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": (i % 9) + 1}})),
+        )
+        .await
+        .unwrap();
+    }
+    let mut raw = api
+        .watch(&kube::api::WatchParams::default(), "1")
+        .await
+        .unwrap()
+        .boxed();
+    let first = raw.next().await.unwrap();
+    assert!(
+        matches!(first, Err(kube::Error::Api(ref e)) if e.code == 410)
+            || matches!(first, Ok(kube::api::WatchEvent::Error(ref e)) if e.code == 410),
+        "{first:?}"
+    );
+    // ...and the watcher still delivers changes after its re-list.
+    s.close_watches();
+    api.create(&PostParams::default(), &widget("w2", 1))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if seen.try_next().await.unwrap().unwrap().name_any() == "w2" {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("watcher recovered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_review_and_token_request() {
+    let s = TestApiServer::start().await.unwrap();
+    let c = s.client().await;
+    s.add_token(
+        "tok",
+        TokenIdentity {
+            namespace: "default".into(),
+            service_account: "web".into(),
+            pod_name: Some("web-0".into()),
+            pod_uid: Some("u1".into()),
+            audiences: vec!["keyward".into()],
+            expires_at: None,
+        },
+    );
+    s.add_token(
+        "old",
+        TokenIdentity {
+            namespace: "default".into(),
+            service_account: "web".into(),
+            pod_name: None,
+            pod_uid: None,
+            audiences: vec!["keyward".into()],
+            expires_at: Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5)),
+        },
+    );
+    let api: Api<TokenReview> = Api::all(c);
+    let review = |t: &str, aud: &str| TokenReview {
+        spec: TokenReviewSpec {
+            token: t.into(),
+            audiences: Some(vec![aud.into()]),
+        },
+        ..Default::default()
+    };
+    let ok = api
+        .create(&PostParams::default(), &review("tok", "keyward"))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(ok.authenticated, Some(true));
+    let user = ok.user.unwrap();
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:default:web")
+    );
+    assert_eq!(
+        user.extra.unwrap()["authentication.kubernetes.io/pod-name"],
+        vec!["web-0".to_string()]
+    );
+    for (t, aud) in [("tok", "other"), ("old", "keyward"), ("nope", "keyward")] {
+        let st = api
+            .create(&PostParams::default(), &review(t, aud))
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(st.authenticated, Some(false), "{t} {aud}");
+    }
+    // kubectl create token issues a token the TokenReview accepts.
+    assert!(kubectl(&s, &["create", "serviceaccount", "web"]).0);
+    let (ok, out) = kubectl(&s, &["create", "token", "web", "--audience", "keyward"]);
+    assert!(ok, "{out}");
+    let st = api
+        .create(&PostParams::default(), &review(out.trim(), "keyward"))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.authenticated, Some(true));
+}
+
+#[tokio::test]
+async fn injected_faults_fail_then_recover() {
+    let (s, c) = server_with_crd().await;
+    let api: Api<Widget> = Api::namespaced(c, "default");
+    s.inject_fault(Fault::status("create", "widgets", 500, 2));
+    for _ in 0..2 {
+        let e = api
+            .create(&PostParams::default(), &widget("f", 1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, kube::Error::Api(ref s) if s.code == 500),
+            "{e:?}"
+        );
+    }
+    api.create(&PostParams::default(), &widget("f", 1))
+        .await
+        .unwrap();
+    s.inject_fault(Fault::status("get", "widgets", 409, 1));
+    assert!(api.get("f").await.is_err());
+    assert!(api.get("f").await.is_ok());
+    assert_eq!(
+        s.snapshot()
+            .iter()
+            .filter(|o| o["kind"] == "Widget")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_gets_and_deletes_custom_resources() {
+    let s = TestApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let crd = dir.path().join("crd.yaml");
+    std::fs::write(&crd, serde_yaml_ng::to_string(&Widget::crd()).unwrap()).unwrap();
+    let (ok, out) = kubectl(&s, &["apply", "-f", crd.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let cr = dir.path().join("w.yaml");
+    std::fs::write(&cr, "apiVersion: example.keyward.io/v1\nkind: Widget\nmetadata: {name: k1, namespace: default}\nspec: {size: 4, color: red}\n").unwrap();
+    let (ok, out) = kubectl(&s, &["apply", "-f", cr.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    // Re-apply with a change goes through kubectl's patch path.
+    std::fs::write(&cr, "apiVersion: example.keyward.io/v1\nkind: Widget\nmetadata: {name: k1, namespace: default}\nspec: {size: 6, color: red}\n").unwrap();
+    let (ok, out) = kubectl(&s, &["apply", "-f", cr.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&s, &["get", "widgets"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("SIZE") && out.contains("k1") && out.contains('6'),
+        "{out}"
+    );
+    let (ok, out) = kubectl(&s, &["get", "wg", "k1", "-o", "json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["spec"]["size"], 6);
+    // A bad CR is refused with the schema's message.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: example.keyward.io/v1\nkind: Widget\nmetadata: {name: k2, namespace: default}\nspec: {size: 4, color: green}\n").unwrap();
+    let (ok, out) = kubectl(&s, &["apply", "-f", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        out.contains("spec.color") && out.contains("Unsupported value"),
+        "{out}"
+    );
+    let (ok, out) = kubectl(&s, &["delete", "widget", "k1"]);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&s, &["get", "widgets", "-o", "name"]);
+    assert!(ok && out.trim().is_empty(), "{out}");
+}
+
+fn rustls_pemfile_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
