@@ -18,3 +18,4 @@ pub mod proto;
 pub mod provider;
 pub mod rotation;
 pub mod storage;
+pub mod story;

@@ -39,7 +39,19 @@ impl Proc {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         let tail = Arc::new(Mutex::new(VecDeque::new()));
-        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let tail = tail.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -51,7 +63,11 @@ impl Proc {
                 }
             });
         }
-        Ok(Self { name: name.into(), child, tail })
+        Ok(Self {
+            name: name.into(),
+            child,
+            tail,
+        })
     }
 
     fn kill(&mut self) {
@@ -61,7 +77,11 @@ impl Proc {
 
     fn report(&self) -> String {
         let t = self.tail.lock().expect("tail lock");
-        format!("--- last lines of {} ---\n{}\n", self.name, t.iter().cloned().collect::<Vec<_>>().join("\n"))
+        format!(
+            "--- last lines of {} ---\n{}\n",
+            self.name,
+            t.iter().cloned().collect::<Vec<_>>().join("\n")
+        )
     }
 }
 
@@ -82,7 +102,11 @@ struct World {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 impl World {
@@ -103,7 +127,12 @@ impl World {
             .context("running kubectl (is it installed?)")?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
-            bail!("kubectl {} failed: {}{}", args.join(" "), stdout, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "kubectl {} failed: {}{}",
+                args.join(" "),
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(stdout)
     }
@@ -117,11 +146,18 @@ impl World {
     }
 
     fn key(&self, name: &str) -> anyhow::Result<Value> {
-        Ok(serde_json::from_str(&self.kubectl(&["get", "mk", name, "-n", "default", "-o", "json"])?)?)
+        Ok(serde_json::from_str(&self.kubectl(&[
+            "get", "mk", name, "-n", "default", "-o", "json",
+        ])?)?)
     }
 
     /// Poll until `f` holds for the ManagedKey, or fail with what was seen.
-    fn wait_key(&self, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    fn wait_key(
+        &self,
+        name: &str,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let k = self.key(name).ok();
@@ -131,7 +167,10 @@ impl World {
                 return Ok(k.clone());
             }
             if Instant::now() > deadline {
-                bail!("timed out waiting for {name}: {what}; last status: {}", k.map(|k| k["status"].to_string()).unwrap_or_default());
+                bail!(
+                    "timed out waiting for {name}: {what}; last status: {}",
+                    k.map(|k| k["status"].to_string()).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -139,13 +178,27 @@ impl World {
 
     fn start_controller(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(&self.opts.bin);
-        cmd.arg("controller").args(&self.controller_args).env("KUBECONFIG", self.server.kubeconfig_path()).env("RUST_LOG", "info");
+        cmd.arg("controller")
+            .args(&self.controller_args)
+            .env("KUBECONFIG", self.server.kubeconfig_path())
+            .env("RUST_LOG", "info");
         self.procs.push(Proc::spawn("controller", cmd)?);
         Ok(())
     }
 
     fn token(&self, sa: &str) -> anyhow::Result<String> {
-        Ok(self.kubectl(&["create", "token", sa, "-n", "default", "--audience", "keyward"])?.trim().to_string())
+        Ok(self
+            .kubectl(&[
+                "create",
+                "token",
+                sa,
+                "-n",
+                "default",
+                "--audience",
+                "keyward",
+            ])?
+            .trim()
+            .to_string())
     }
 
     fn mount(&self, sa: &str, token: &str, objects: &str) -> anyhow::Result<Value> {
@@ -157,10 +210,26 @@ impl World {
             .arg(self.opts.repo.join("proto"))
             .arg("--stub-dir")
             .arg(self.dir.path().join("stubs"))
-            .args(["--service-account", sa, "--token", token, "--objects", objects])
+            .args([
+                "--service-account",
+                sa,
+                "--token",
+                token,
+                "--objects",
+                objects,
+            ])
             .output()
-            .with_context(|| format!("running {} (run tests/setup.sh to create the venv)", self.opts.python.display()))?;
-        ensure!(out.status.success(), "driver stand-in failed: {}", String::from_utf8_lossy(&out.stderr));
+            .with_context(|| {
+                format!(
+                    "running {} (run tests/setup.sh to create the venv)",
+                    self.opts.python.display()
+                )
+            })?;
+        ensure!(
+            out.status.success(),
+            "driver stand-in failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
@@ -170,8 +239,12 @@ impl World {
 }
 
 fn file_bytes(mount: &Value, path: &str) -> anyhow::Result<Vec<u8>> {
-    let f = mount["files"].as_array().and_then(|fs| fs.iter().find(|f| f["path"] == path)).ok_or_else(|| anyhow!("no file {path} in {mount}"))?;
-    Ok(base64::engine::general_purpose::STANDARD.decode(f["contents_b64"].as_str().unwrap_or_default())?)
+    let f = mount["files"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["path"] == path))
+        .ok_or_else(|| anyhow!("no file {path} in {mount}"))?;
+    Ok(base64::engine::general_purpose::STANDARD
+        .decode(f["contents_b64"].as_str().unwrap_or_default())?)
 }
 
 fn fp(bytes: &[u8]) -> String {
@@ -179,7 +252,11 @@ fn fp(bytes: &[u8]) -> String {
 }
 
 fn version_fp(k: &Value, v: u64) -> String {
-    k["status"]["versions"].as_array().and_then(|vs| vs.iter().find(|x| x["version"] == v)).map(|x| x["fingerprint"].as_str().unwrap_or("").to_string()).unwrap_or_default()
+    k["status"]["versions"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|x| x["version"] == v))
+        .map(|x| x["fingerprint"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
 }
 
 fn current(k: &Value) -> u64 {
@@ -189,8 +266,19 @@ fn current(k: &Value) -> u64 {
 /// Run the story; on failure the error carries every process's last lines.
 pub async fn run(opts: StoryOptions) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = TestApiServer::start_with(ServerOptions { kubeconfig: Some(dir.path().join("kubeconfig")), ..Default::default() }).await?;
-    let mut w = World { socket: dir.path().join("keyward.sock"), opts, server, dir, procs: Vec::new(), controller_args: Vec::new() };
+    let server = TestApiServer::start_with(ServerOptions {
+        kubeconfig: Some(dir.path().join("kubeconfig")),
+        ..Default::default()
+    })
+    .await?;
+    let mut w = World {
+        socket: dir.path().join("keyward.sock"),
+        opts,
+        server,
+        dir,
+        procs: Vec::new(),
+        controller_args: Vec::new(),
+    };
     let r = steps(&mut w).await;
     if let Err(e) = r {
         let report = w.report();
@@ -201,11 +289,21 @@ pub async fn run(opts: StoryOptions) -> anyhow::Result<()> {
 
 async fn steps(w: &mut World) -> anyhow::Result<()> {
     let repo = w.opts.repo.clone();
-    w.say(&format!("test API server on {} (kubeconfig {})", w.server.url(), w.server.kubeconfig_path().display()));
+    w.say(&format!(
+        "test API server on {} (kubeconfig {})",
+        w.server.url(),
+        w.server.kubeconfig_path().display()
+    ));
     w.say("install keyward's CRDs and a namespace for the controller");
     w.show(&["apply", "-f", &repo.join("crds").to_string_lossy()])?;
     w.show(&["create", "namespace", "keyward-system"])?;
-    w.show(&["create", "serviceaccount", "keyward-csi-provider", "-n", "keyward-system"])?;
+    w.show(&[
+        "create",
+        "serviceaccount",
+        "keyward-csi-provider",
+        "-n",
+        "keyward-system",
+    ])?;
     w.show(&["create", "serviceaccount", "payments", "-n", "default"])?;
     w.show(&["create", "serviceaccount", "intruder", "-n", "default"])?;
 
@@ -214,35 +312,66 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     let ks_port = free_port();
     let metrics_port = free_port();
     w.controller_args = vec![
-        "--namespace".into(), "keyward-system".into(),
-        "--metrics-addr".into(), format!("127.0.0.1:{metrics_port}"),
-        "--lease-seconds".into(), "3".into(),
-        "--max-requeue-seconds".into(), "2".into(),
-        "--key-service-listen".into(), format!("127.0.0.1:{ks_port}"),
-        "--key-service-tls-cert-file".into(), tls.cert.to_string_lossy().into_owned(),
-        "--key-service-tls-key-file".into(), tls.key.to_string_lossy().into_owned(),
-        "--key-service-namespace".into(), "keyward-system".into(),
-        "--audit-log".into(), w.dir.path().join("audit.log").to_string_lossy().into_owned(),
+        "--namespace".into(),
+        "keyward-system".into(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{metrics_port}"),
+        "--lease-seconds".into(),
+        "3".into(),
+        "--max-requeue-seconds".into(),
+        "2".into(),
+        "--key-service-listen".into(),
+        format!("127.0.0.1:{ks_port}"),
+        "--key-service-tls-cert-file".into(),
+        tls.cert.to_string_lossy().into_owned(),
+        "--key-service-tls-key-file".into(),
+        tls.key.to_string_lossy().into_owned(),
+        "--key-service-namespace".into(),
+        "keyward-system".into(),
+        "--audit-log".into(),
+        w.dir
+            .path()
+            .join("audit.log")
+            .to_string_lossy()
+            .into_owned(),
     ];
     w.say("start the real controller (embeds the key service, TLS on loopback)");
     w.start_controller()?;
 
-    let provider_token = w.kubectl(&["create", "token", "keyward-csi-provider", "-n", "keyward-system"])?;
+    let provider_token = w.kubectl(&[
+        "create",
+        "token",
+        "keyward-csi-provider",
+        "-n",
+        "keyward-system",
+    ])?;
     let token_file = w.dir.path().join("provider-token");
     std::fs::write(&token_file, provider_token.trim())?;
     w.say("start the real CSI provider on a unix socket (it holds no KEK)");
     let mut cmd = Command::new(&w.opts.bin);
     cmd.arg("provider")
-        .arg("--socket").arg(&w.socket)
-        .arg("--key-service-url").arg(format!("https://localhost:{ks_port}"))
-        .arg("--key-service-ca-file").arg(&tls.ca)
-        .arg("--token-file").arg(&token_file)
+        .arg("--socket")
+        .arg(&w.socket)
+        .arg("--key-service-url")
+        .arg(format!("https://localhost:{ks_port}"))
+        .arg("--key-service-ca-file")
+        .arg(&tls.ca)
+        .arg("--token-file")
+        .arg(&token_file)
         .env("RUST_LOG", "info");
     w.procs.push(Proc::spawn("provider", cmd)?);
 
     w.say("apply the examples: a RotationPolicy and a ManagedKey that allows service account `payments`");
-    w.show(&["apply", "-f", &repo.join("examples/rotation-policy.yaml").to_string_lossy()])?;
-    w.show(&["apply", "-f", &repo.join("examples/managed-key.yaml").to_string_lossy()])?;
+    w.show(&[
+        "apply",
+        "-f",
+        &repo.join("examples/rotation-policy.yaml").to_string_lossy(),
+    ])?;
+    w.show(&[
+        "apply",
+        "-f",
+        &repo.join("examples/managed-key.yaml").to_string_lossy(),
+    ])?;
     let k = w.wait_key("payments-dek", "version 1 active", |k| current(k) == 1)?;
     w.show(&["get", "mk", "-n", "default"])?;
     w.show(&["get", "rp", "-n", "default"])?;
@@ -253,29 +382,64 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     let m1 = w.mount("payments", &token, "- key: payments-dek\n  fileName: dek\n")?;
     ensure!(m1["ok"] == true, "mount refused: {m1}");
     let fp1 = fp(&file_bytes(&m1, "dek")?);
-    println!("mounted file `dek`: fingerprint {fp1} ; status says version 1 = {}", version_fp(&k, 1));
-    ensure!(fp1 == version_fp(&k, 1), "mounted key does not match status fingerprint");
+    println!(
+        "mounted file `dek`: fingerprint {fp1} ; status says version 1 = {}",
+        version_fp(&k, 1)
+    );
+    ensure!(
+        fp1 == version_fp(&k, 1),
+        "mounted key does not match status fingerprint"
+    );
     let ov1 = m1["object_version"].clone();
 
     w.say("rotate now: annotate the ManagedKey");
-    w.show(&["annotate", "mk", "payments-dek", "-n", "default", "keyward.io/rotate-now=demo-1", "--overwrite"])?;
+    w.show(&[
+        "annotate",
+        "mk",
+        "payments-dek",
+        "-n",
+        "default",
+        "keyward.io/rotate-now=demo-1",
+        "--overwrite",
+    ])?;
     let k = w.wait_key("payments-dek", "version 2 active", |k| current(k) == 2)?;
     w.show(&["get", "mk", "payments-dek", "-n", "default"])?;
     let m2 = w.mount("payments", &token, objects)?;
     ensure!(m2["ok"] == true, "mount after rotation refused: {m2}");
     let fp2 = fp(&file_bytes(&m2, "dek")?);
     let fp_prev = fp(&file_bytes(&m2, "dek.previous")?);
-    println!("after rotation: `dek` {fp2} (version 2 = {}), `dek.previous` {fp_prev} (version 1)", version_fp(&k, 2));
-    ensure!(fp2 == version_fp(&k, 2) && fp2 != fp1, "current file did not move to version 2");
-    ensure!(fp_prev == fp1, "previous version not served within the grace period");
-    ensure!(m2["object_version"][0] != ov1[0], "object_version did not change with the rotation");
+    println!(
+        "after rotation: `dek` {fp2} (version 2 = {}), `dek.previous` {fp_prev} (version 1)",
+        version_fp(&k, 2)
+    );
+    ensure!(
+        fp2 == version_fp(&k, 2) && fp2 != fp1,
+        "current file did not move to version 2"
+    );
+    ensure!(
+        fp_prev == fp1,
+        "previous version not served within the grace period"
+    );
+    ensure!(
+        m2["object_version"][0] != ov1[0],
+        "object_version did not change with the rotation"
+    );
 
     w.say("a pod running as another service account asks for the key");
     let other = w.token("intruder")?;
     let denied = w.mount("intruder", &other, "- key: payments-dek\n")?;
     println!("refused: {} {}", denied["code"], denied["message"]);
-    ensure!(denied["ok"] == false && denied["code"] == "PermissionDenied", "intruder was not refused: {denied}");
-    ensure!(denied["message"].as_str().unwrap_or("").contains("payments-dek"), "refusal does not name the key");
+    ensure!(
+        denied["ok"] == false && denied["code"] == "PERMISSION_DENIED",
+        "intruder was not refused: {denied}"
+    );
+    ensure!(
+        denied["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("payments-dek"),
+        "refusal does not name the key"
+    );
 
     w.say("scheduled rotation: a policy with a 4-second period rotates without anyone asking");
     let fast = format!(
@@ -285,43 +449,101 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     std::fs::write(&f, fast)?;
     w.show(&["apply", "-f", &f.to_string_lossy()])?;
     w.wait_key("session-key", "version 1", |k| current(k) == 1)?;
-    let k = w.wait_key("session-key", "rotated by schedule to version 2", |k| current(k) >= 2)?;
-    println!("session-key rotated on schedule: current version {} at {}", current(&k), k["status"]["lastRotation"]);
+    let k = w.wait_key("session-key", "rotated by schedule to version 2", |k| {
+        current(k) >= 2
+    })?;
+    println!(
+        "session-key rotated on schedule: current version {} at {}",
+        current(&k),
+        k["status"]["lastRotation"]
+    );
 
     w.say("kill the controller in the middle of a rotation, restart it");
     let before = current(&w.key("payments-dek")?);
-    w.show(&["annotate", "mk", "payments-dek", "-n", "default", "keyward.io/rotate-now=demo-crash", "--overwrite"])?;
+    w.show(&[
+        "annotate",
+        "mk",
+        "payments-dek",
+        "-n",
+        "default",
+        "keyward.io/rotate-now=demo-crash",
+        "--overwrite",
+    ])?;
     if let Some(p) = w.procs.iter_mut().find(|p| p.name == "controller") {
         p.kill();
     }
     w.procs.retain(|p| p.name != "controller");
     w.start_controller()?;
-    let k = w.wait_key("payments-dek", "exactly one new version after the crash", |k| current(k) == before + 1)?;
+    let k = w.wait_key(
+        "payments-dek",
+        "exactly one new version after the crash",
+        |k| current(k) == before + 1,
+    )?;
     std::thread::sleep(Duration::from_secs(3));
     let k2 = w.key("payments-dek")?;
-    ensure!(current(&k2) == before + 1 && k2["status"]["versionCount"] == k["status"]["versionCount"], "a second version appeared after the restart: {}", k2["status"]);
+    ensure!(
+        current(&k2) == before + 1 && k2["status"]["versionCount"] == k["status"]["versionCount"],
+        "a second version appeared after the restart: {}",
+        k2["status"]
+    );
     let n = current(&k2);
     for v in 1..=n {
-        let m = w.mount("payments", &token, &format!("- key: payments-dek\n  version: \"{v}\"\n  fileName: v{v}\n"))?;
-        ensure!(m["ok"] == true, "version {v} does not unwrap after the crash: {m}");
-        ensure!(fp(&file_bytes(&m, &format!("v{v}"))?) == version_fp(&k2, v), "version {v} material does not match its fingerprint");
+        let m = w.mount(
+            "payments",
+            &token,
+            &format!("- key: payments-dek\n  version: \"{v}\"\n  fileName: v{v}\n"),
+        )?;
+        ensure!(
+            m["ok"] == true,
+            "version {v} does not unwrap after the crash: {m}"
+        );
+        ensure!(
+            fp(&file_bytes(&m, &format!("v{v}"))?) == version_fp(&k2, v),
+            "version {v} material does not match its fingerprint"
+        );
     }
-    println!("versions 1..={n} all unwrap and match their fingerprints; exactly one version was added");
+    println!(
+        "versions 1..={n} all unwrap and match their fingerprints; exactly one version was added"
+    );
 
     w.say("delete the ManagedKey: the material is kept until the deletion window ends");
-    w.show(&["delete", "mk", "payments-dek", "-n", "default", "--wait=false"])?;
-    let k = w.wait_key("payments-dek", "pending deletion", |k| k["status"]["state"] == "PendingDeletion")?;
+    w.show(&[
+        "delete",
+        "mk",
+        "payments-dek",
+        "-n",
+        "default",
+        "--wait=false",
+    ])?;
+    let k = w.wait_key("payments-dek", "pending deletion", |k| {
+        k["status"]["state"] == "PendingDeletion"
+    })?;
     println!("pendingDeletion: {}", k["status"]["pendingDeletion"]);
-    let secret = w.kubectl(&["get", "secret", "payments-dek.keyward-versions", "-n", "default", "-o", "json"])?;
+    let secret = w.kubectl(&[
+        "get",
+        "secret",
+        "payments-dek.keyward-versions",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ])?;
     let secret: Value = serde_json::from_str(&secret)?;
-    ensure!(secret["data"]["v1"].is_string(), "material was not kept during the deletion window");
+    ensure!(
+        secret["data"]["v1"].is_string(),
+        "material was not kept during the deletion window"
+    );
     let refused = w.mount("payments", &token, "- key: payments-dek\n")?;
-    ensure!(refused["ok"] == false, "a key pending deletion was served: {refused}");
+    ensure!(
+        refused["ok"] == false,
+        "a key pending deletion was served: {refused}"
+    );
     println!("material kept, nothing served: {}", refused["message"]);
 
     w.say("audit log: verify the chain the controller wrote");
     let audit = std::fs::read_to_string(w.dir.path().join("audit.log"))?;
-    let summary = crate::audit::verify(&audit, None).map_err(|e| anyhow!("audit log broken: {e}"))?;
+    let summary =
+        crate::audit::verify(&audit, None).map_err(|e| anyhow!("audit log broken: {e}"))?;
     println!("audit log: {} records, chain intact", summary.records);
     ensure!(summary.records >= 4, "too few audit records");
     w.say("done: every step of the story worked");
@@ -335,7 +557,9 @@ pub fn repo_root() -> PathBuf {
 
 /// Default Python: `$KEYWARD_PYTHON`, else the project's venv.
 pub fn default_python(repo: &Path) -> PathBuf {
-    std::env::var_os("KEYWARD_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo.join(".venv/bin/python"))
+    std::env::var_os("KEYWARD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join(".venv/bin/python"))
 }
 
 struct TlsFiles {
@@ -354,7 +578,11 @@ fn write_tls(dir: &Path) -> anyhow::Result<TlsFiles> {
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate()?;
     let cert = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &issuer)?;
-    let files = TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("tls.crt"), key: dir.join("tls.key") };
+    let files = TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    };
     std::fs::write(&files.ca, ca_cert.pem())?;
     std::fs::write(&files.cert, cert.pem())?;
     std::fs::write(&files.key, key.serialize_pem())?;

@@ -18,6 +18,7 @@ import tempfile
 def stubs(proto_dir, out_dir):
     from grpc_tools import protoc
 
+    os.makedirs(out_dir, exist_ok=True)
     if not os.path.exists(os.path.join(out_dir, "csi_provider_pb2_grpc.py")):
         rc = protoc.main([
             "protoc", f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}",

@@ -1,0 +1,23 @@
+//! The user's story end to end with real processes (issue: "the whole user flow"): the test
+//! API server, kubectl, the real controller and provider binaries, and the Python grpcio
+//! stand-in for the CSI driver. On failure the error shows every process's last lines.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_story_end_to_end() {
+    let repo = keyward::story::repo_root();
+    let python = keyward::story::default_python(&repo);
+    assert!(
+        python.exists(),
+        "{} missing: run tests/setup.sh",
+        python.display()
+    );
+    let opts = keyward::story::StoryOptions {
+        bin: std::path::PathBuf::from(env!("CARGO_BIN_EXE_keyward")),
+        python,
+        repo,
+        narrate: false,
+    };
+    if let Err(e) = keyward::story::run(opts).await {
+        panic!("story failed: {e:?}");
+    }
+}
