@@ -442,9 +442,7 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     );
 
     w.say("scheduled rotation: a policy with a 4-second period rotates without anyone asking");
-    let fast = format!(
-        "apiVersion: keyward.io/v1alpha1\nkind: RotationPolicy\nmetadata: {{name: fast, namespace: default}}\nspec: {{rotationPeriod: 4s, gracePeriod: 1h, retainVersions: 3, deletionWindowDays: 7}}\n---\napiVersion: keyward.io/v1alpha1\nkind: ManagedKey\nmetadata: {{name: session-key, namespace: default}}\nspec:\n  policyRef: {{name: fast}}\n  access: {{serviceAccounts: [{{namespace: default, name: payments}}]}}\n"
-    );
+    let fast = "apiVersion: keyward.io/v1alpha1\nkind: RotationPolicy\nmetadata: {name: fast, namespace: default}\nspec: {rotationPeriod: 4s, gracePeriod: 1h, retainVersions: 3, deletionWindowDays: 7}\n---\napiVersion: keyward.io/v1alpha1\nkind: ManagedKey\nmetadata: {name: session-key, namespace: default}\nspec:\n  policyRef: {name: fast}\n  access: {serviceAccounts: [{namespace: default, name: payments}]}\n";
     let f = w.dir.path().join("fast.yaml");
     std::fs::write(&f, fast)?;
     w.show(&["apply", "-f", &f.to_string_lossy()])?;
