@@ -1,0 +1,339 @@
+//! Controller scenarios against the test API server with an injected clock: first version,
+//! rotation as time passes, policy changes, crashes between writes, injected 409/500, two
+//! replicas with leader election, and no key bytes in logs, Events or status.
+
+use base64::Engine;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use keyward::apiserver::{Fault, FaultKind, TestApiServer};
+use keyward::controller::cli::{LeaseConfig, run_leader_elected};
+use keyward::controller::{Context, ManualClock, Metrics};
+use keyward::crd::{ManagedKey, RotationPolicy};
+use keyward::crypto::{Algorithm, SecretBytes};
+use keyward::kek::{Keyring, local::LocalKek};
+use kube::CustomResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Every log line any test in this binary writes.
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug,hyper=info,h2=info,rustls=info,tower=info")
+            .with_writer(move || Capture(b.clone()))
+            .try_init();
+        buf
+    })
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct World {
+    server: TestApiServer,
+    client: kube::Client,
+    clock: Arc<ManualClock>,
+    keyring: Keyring,
+    trigger: Vec<tokio::sync::mpsc::UnboundedSender<()>>,
+}
+
+const T0: i64 = 1_800_000_000;
+
+async fn world() -> World {
+    logs();
+    let server = TestApiServer::start().await.unwrap();
+    let client = server.client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [ManagedKey::crd(), RotationPolicy::crd()] {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let keyring = Keyring::new(Arc::new(
+        LocalKek::in_memory("scenario", SecretBytes::random(32), Algorithm::Aes256Kwp).unwrap(),
+    ));
+    World {
+        server,
+        client,
+        clock: Arc::new(ManualClock::new(Timestamp::from_second(T0).unwrap())),
+        keyring,
+        trigger: vec![],
+    }
+}
+
+impl World {
+    fn ctx(&self, instance: &str) -> (Arc<Context>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let mut ctx = Context::new(
+            self.client.clone(),
+            self.keyring.clone(),
+            metrics.clone(),
+            self.clock.clone(),
+            Some(instance.into()),
+        );
+        ctx.max_requeue = Duration::from_secs(2);
+        (Arc::new(ctx), metrics)
+    }
+
+    fn start(&mut self) -> Arc<Metrics> {
+        let (ctx, metrics) = self.ctx("solo");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.trigger.push(tx);
+        tokio::spawn(keyward::controller::run(
+            ctx,
+            std::future::pending(),
+            Some(rx),
+            Arc::new(AtomicBool::new(false)),
+        ));
+        metrics
+    }
+
+    fn advance(&self, d: SignedDuration) {
+        self.clock.advance(d);
+        for t in &self.trigger {
+            let _ = t.send(());
+        }
+    }
+
+    async fn apply(&self, yaml: &str) {
+        let v: serde_json::Value = serde_yaml_ng::from_str(yaml).unwrap();
+        let kind = v["kind"].as_str().unwrap().to_string();
+        let name = v["metadata"]["name"].as_str().unwrap().to_string();
+        let pp = PatchParams::apply("test").force();
+        if kind == "ManagedKey" {
+            Api::<ManagedKey>::namespaced(self.client.clone(), "default")
+                .patch(&name, &pp, &Patch::Apply(v))
+                .await
+                .unwrap();
+        } else {
+            Api::<RotationPolicy>::namespaced(self.client.clone(), "default")
+                .patch(&name, &pp, &Patch::Apply(v))
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn wait(&self, name: &str, what: &str, f: impl Fn(&ManagedKey) -> bool) -> ManagedKey {
+        let api: Api<ManagedKey> = Api::namespaced(self.client.clone(), "default");
+        let mut last = None;
+        for _ in 0..200 {
+            if let Ok(Some(k)) = api.get_opt(name).await {
+                if f(&k) {
+                    return k;
+                }
+                last = Some(k);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "timed out waiting for {name}: {what}; last status {:?}",
+            last.and_then(|k| k.status)
+        );
+    }
+
+    async fn versions_in_secret(&self, name: &str) -> Vec<u32> {
+        let s = Api::<Secret>::namespaced(self.client.clone(), "default")
+            .get(&keyward::storage::secret_name(name))
+            .await
+            .unwrap();
+        let st = keyward::storage::parse(&s).unwrap();
+        st.envelopes.keys().copied().collect()
+    }
+}
+
+fn current(k: &ManagedKey) -> u32 {
+    k.status
+        .as_ref()
+        .and_then(|s| s.current_version)
+        .unwrap_or(0)
+}
+
+const POLICY: &str = "apiVersion: keyward.io/v1alpha1\nkind: RotationPolicy\nmetadata: {name: monthly, namespace: default}\nspec: {rotationPeriod: 30d, gracePeriod: 1d, retainVersions: 2, deletionWindowDays: 7}\n";
+const KEY: &str = "apiVersion: keyward.io/v1alpha1\nkind: ManagedKey\nmetadata: {name: k, namespace: default}\nspec: {policyRef: {name: monthly}}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_then_rotation_as_time_passes_then_policy_change_replans() {
+    let mut w = world().await;
+    w.start();
+    w.apply(POLICY).await;
+    w.apply(KEY).await;
+    let k = w.wait("k", "first version", |k| current(k) == 1).await;
+    let st = k.status.unwrap();
+    assert_eq!(st.next_rotation.as_deref(), Some("2027-02-14T08:00:00Z"));
+    assert_eq!(w.versions_in_secret("k").await, vec![1]);
+    // Not yet due.
+    w.advance(SignedDuration::from_hours(24 * 29));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(current(&w.wait("k", "still 1", |_| true).await), 1);
+    // Due: rotates.
+    w.advance(SignedDuration::from_hours(24));
+    let k = w.wait("k", "rotated to 2", |k| current(k) == 2).await;
+    let v1 = k.status.as_ref().unwrap().version(1).unwrap();
+    assert_eq!(v1.state, keyward::lifecycle::KeyState::Deactivated);
+    // Policy change re-plans without any trigger: 1d period, the current version is 0s old
+    // but the clock moves 2 days first (without a trigger).
+    w.clock.advance(SignedDuration::from_hours(48));
+    w.apply(&POLICY.replace("30d", "1d")).await;
+    w.wait("k", "policy change rotated to 3", |k| current(k) == 3)
+        .await;
+    assert_eq!(w.versions_in_secret("k").await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_between_writes_and_injected_errors_converge_without_duplicates() {
+    let mut w = world().await;
+    // Status write fails twice (as if the controller died after the Secret write), the first
+    // Secret create is dropped on the wire.
+    w.server.inject_fault(Fault {
+        verb: Some("create".into()),
+        resource: Some("secrets".into()),
+        name: None,
+        times: 1,
+        kind: FaultKind::Drop,
+        delay_ms: 0,
+    });
+    w.server
+        .inject_fault(Fault::status("patch", "managedkeys/status", 500, 2));
+    w.start();
+    w.apply(POLICY).await;
+    w.apply(KEY).await;
+    w.wait("k", "first version despite faults", |k| current(k) == 1)
+        .await;
+    assert_eq!(
+        w.versions_in_secret("k").await,
+        vec![1],
+        "no duplicate first version"
+    );
+    // A rotate-now whose Secret update conflicts twice, then a 500 on the read.
+    w.server
+        .inject_fault(Fault::status("update", "secrets", 409, 2));
+    w.server
+        .inject_fault(Fault::status("get", "secrets", 500, 1));
+    Api::<ManagedKey>::namespaced(w.client.clone(), "default")
+        .patch(
+            "k",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"keyward.io/rotate-now": "r1"}}})),
+        )
+        .await
+        .unwrap();
+    w.wait("k", "rotated once", |k| current(k) == 2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        w.versions_in_secret("k").await,
+        vec![1, 2],
+        "exactly one new version"
+    );
+    let k = w.wait("k", "status", |_| true).await;
+    assert_eq!(k.status.unwrap().last_rotate_request.as_deref(), Some("r1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_only_the_leader_acts() {
+    let w = world().await;
+    let (a, ma) = w.ctx("replica-a");
+    let (b, mb) = w.ctx("replica-b");
+    let lease = |id: &str| LeaseConfig {
+        name: "keyward-controller".into(),
+        namespace: "default".into(),
+        identity: id.into(),
+        seconds: 5,
+    };
+    tokio::spawn(run_leader_elected(
+        a,
+        lease("replica-a"),
+        std::future::pending(),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    tokio::spawn(run_leader_elected(
+        b,
+        lease("replica-b"),
+        std::future::pending(),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    w.apply(POLICY).await;
+    w.apply(KEY).await;
+    w.wait("k", "first version", |k| current(k) == 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (ra, rb) = (ma.reconciles.get(), mb.reconciles.get());
+    assert!(
+        (ra > 0) != (rb > 0),
+        "exactly one replica reconciles: a={ra} b={rb}"
+    );
+    assert_eq!(w.versions_in_secret("k").await, vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_bytes_in_logs_events_or_status() {
+    let mut w = world().await;
+    w.start();
+    w.apply(POLICY).await;
+    w.apply(KEY).await;
+    w.wait("k", "v1", |k| current(k) == 1).await;
+    w.advance(SignedDuration::from_hours(24 * 31));
+    w.wait("k", "v2", |k| current(k) == 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = Api::<Secret>::namespaced(w.client.clone(), "default")
+        .get(&keyward::storage::secret_name("k"))
+        .await
+        .unwrap();
+    let stored = keyward::storage::parse(&s).unwrap();
+    let mut keys = Vec::new();
+    for v in stored.envelopes.keys() {
+        keys.push(
+            keyward::storage::unwrap_version(&w.keyring, &stored, "default", "k", *v)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(keys.len(), 2);
+    // Everything users and operators can see: logs, and every object except the storage
+    // Secret's envelopes (wrapped, by design). Events and status are included.
+    let mut seen = logs().lock().unwrap().clone();
+    for o in w.server.snapshot() {
+        if o["type"] == "keyward.io/wrapped-key" {
+            let mut o = o.clone();
+            o["data"] = json!({"state.json": o["data"]["state.json"]});
+            seen.extend_from_slice(o.to_string().as_bytes());
+        } else {
+            seen.extend_from_slice(o.to_string().as_bytes());
+        }
+    }
+    assert!(seen.len() > 1000, "captured too little to be meaningful");
+    let text = String::from_utf8_lossy(&seen).to_lowercase();
+    let has_events = w
+        .server
+        .snapshot()
+        .iter()
+        .any(|o| o["kind"] == "Event" && o["reason"] == "KeyRotated");
+    assert!(has_events, "rotation Event recorded");
+    for k in &keys {
+        let raw = k.expose();
+        assert!(
+            !seen.windows(raw.len()).any(|win| win == raw),
+            "raw key bytes found"
+        );
+        assert!(!text.contains(&hex::encode(raw)), "hex key found");
+        for eng in [
+            &base64::engine::general_purpose::STANDARD,
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ] {
+            let b = eng.encode(raw).to_lowercase();
+            assert!(!text.contains(&b[..b.len() - 2]), "base64 key found");
+        }
+    }
+}
