@@ -544,6 +544,10 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
         crate::audit::verify(&audit, None).map_err(|e| anyhow!("audit log broken: {e}"))?;
     println!("audit log: {} records, chain intact", summary.records);
     ensure!(summary.records >= 4, "too few audit records");
+    ensure!(
+        audit.contains("\"action\":\"mount\"") && audit.contains("\"outcome\":\"denied\""),
+        "mounts served and refused are not in the audit log"
+    );
     w.say("done: every step of the story worked");
     Ok(())
 }

@@ -228,6 +228,10 @@ impl Audit {
             version = event.version, outcome = %event.outcome, reason = %event.reason,
             pod = event.pod.as_deref().unwrap_or(""),
         );
+        self.write_chained(event);
+    }
+
+    fn write_chained(&self, event: AuditEvent) {
         let mut c = self.chain.lock().expect("audit lock");
         if c.file.is_none() {
             return;
@@ -248,6 +252,12 @@ impl Audit {
         {
             self.checkpoint_locked(&mut c);
         }
+    }
+
+    /// Append to the chained file only (for callers that already log the event on the
+    /// `keyward::audit` tracing target themselves).
+    pub fn append_only(&self, event: AuditEvent) {
+        self.write_chained(event);
     }
 
     /// Append a signed checkpoint now (also done every `checkpoint_every` records).

@@ -166,9 +166,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     if !args.disable_key_service {
         // Every replica answers providers (reads and unwraps only); only the leader rotates.
         let ks = args.key_service.clone();
-        let (c, k) = (client.clone(), ctx.keyring.clone());
+        let (c, k, a) = (client.clone(), ctx.keyring.clone(), ctx.audit.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::keyservice::serve(ks, c, k, shutdown_signal()).await {
+            if let Err(e) = crate::keyservice::serve(ks, c, k, a, shutdown_signal()).await {
                 tracing::error!(error = %e, "key service stopped");
                 std::process::exit(1);
             }

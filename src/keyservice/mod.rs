@@ -221,10 +221,11 @@ pub async fn serve(
     args: KeyServiceArgs,
     client: kube::Client,
     keyring: Keyring,
+    audit: Arc<crate::audit::Audit>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), KeyServiceError> {
     let tls = args.tls()?;
-    let svc = build(&args, client, keyring).await?;
+    let svc = build(&args, client, keyring).await?.with_audit(audit);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| KeyServiceError::Bind {

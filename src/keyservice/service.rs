@@ -134,6 +134,7 @@ pub struct KeyService<R: TokenReviewer> {
     keyring: Keyring,
     version_key: VersionIdKey,
     settings: Settings,
+    audit: Arc<crate::audit::Audit>,
 }
 
 /// Validate a ManagedKey name (a DNS subdomain); the error names the fix.
@@ -172,6 +173,7 @@ fn selector(s: &Option<crate::proto::keyservice::VersionSelector>) -> Selector {
 struct AuditCtx<'a> {
     req: &'a FetchRequest,
     verified: Option<&'a Identity>,
+    sink: &'a crate::audit::Audit,
 }
 
 impl AuditCtx<'_> {
@@ -198,6 +200,16 @@ impl AuditCtx<'_> {
             detail = %e,
             "key request refused"
         );
+        self.sink.append_only(crate::audit::AuditEvent {
+            actor: sa,
+            action: "mount".into(),
+            key: format!("{}/{key}", self.req.pod_namespace),
+            version: version.parse().ok(),
+            outcome: "denied".into(),
+            reason: e.to_string(),
+            pod: Some(format!("{}/{}", self.req.pod_namespace, self.req.pod_name)),
+            node: None,
+        });
     }
 
     fn served(&self, key: &str, versions: &[u32]) {
@@ -213,6 +225,18 @@ impl AuditCtx<'_> {
             outcome = "served",
             "key served"
         );
+        for v in versions {
+            self.sink.append_only(crate::audit::AuditEvent {
+                actor: sa.clone(),
+                action: "mount".into(),
+                key: format!("{}/{key}", self.req.pod_namespace),
+                version: Some(*v),
+                outcome: "ok".into(),
+                reason: "served".into(),
+                pod: Some(format!("{}/{}", self.req.pod_namespace, self.req.pod_name)),
+                node: None,
+            });
+        }
     }
 }
 
@@ -231,7 +255,14 @@ impl<R: TokenReviewer> KeyService<R> {
             keyring,
             version_key,
             settings,
+            audit: Arc::new(crate::audit::Audit::stdout_only()),
         }
+    }
+
+    /// Also write mounts served and refused to this tamper-evident audit log.
+    pub fn with_audit(mut self, audit: Arc<crate::audit::Audit>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Authenticate the provider (`caller_token`) and the pod, then answer.
@@ -244,6 +275,7 @@ impl<R: TokenReviewer> KeyService<R> {
         let audit = AuditCtx {
             req,
             verified: None,
+            sink: &self.audit,
         };
         let r = self.authenticate(caller_token, req, pod_token_expiry).await;
         let pod = match r {
@@ -256,6 +288,7 @@ impl<R: TokenReviewer> KeyService<R> {
         let audit = AuditCtx {
             req,
             verified: Some(&pod),
+            sink: &self.audit,
         };
         self.answer(&pod, req, &audit).await
     }
