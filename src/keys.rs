@@ -262,6 +262,61 @@ pub fn jwk(
     Ok(Zeroizing::new(v.to_string()))
 }
 
+/// Public JWK from an SPKI DER public key (for public-only grants, which never see the
+/// private key).
+pub fn public_jwk_from_spki(
+    alg: KeyAlgorithm,
+    spki: &[u8],
+    kid: &str,
+) -> Result<Zeroizing<String>, KeyError> {
+    use KeyAlgorithm::*;
+    use pkcs8::DecodePublicKey;
+    let mut v = match alg {
+        Rsa2048 | Rsa3072 | Rsa4096 => {
+            use rsa::traits::PublicKeyParts;
+            let k = rsa::RsaPublicKey::from_public_key_der(spki)
+                .map_err(|_| KeyError::Invalid("rsa"))?;
+            json!({"kty": "RSA", "n": b64u(&k.n().to_bytes_be()), "e": b64u(&k.e().to_bytes_be()), "alg": "RS256", "use": "sig"})
+        }
+        EcdsaP256 => {
+            let k = p256::PublicKey::from_public_key_der(spki)
+                .map_err(|_| KeyError::Invalid("ecdsa-p256"))?;
+            let mut j: Value = serde_json::from_str(&k.to_jwk_string()).expect("jwk json");
+            j["alg"] = "ES256".into();
+            j["use"] = "sig".into();
+            j
+        }
+        EcdsaP384 => {
+            let k = p384::PublicKey::from_public_key_der(spki)
+                .map_err(|_| KeyError::Invalid("ecdsa-p384"))?;
+            let mut j: Value = serde_json::from_str(&k.to_jwk_string()).expect("jwk json");
+            j["alg"] = "ES384".into();
+            j["use"] = "sig".into();
+            j
+        }
+        Ed25519 | X25519 => {
+            if spki.len() != 44 {
+                return Err(KeyError::Invalid(alg.as_str()));
+            }
+            let (crv, a, u) = if alg == Ed25519 {
+                ("Ed25519", "EdDSA", "sig")
+            } else {
+                ("X25519", "ECDH-ES", "enc")
+            };
+            json!({"kty": "OKP", "crv": crv, "x": b64u(&spki[12..]), "alg": a, "use": u})
+        }
+        _ => {
+            return Err(KeyError::Unsupported {
+                format: "public jwk".into(),
+                algorithm: alg.as_str(),
+                hint: "symmetric keys have no public part",
+            });
+        }
+    };
+    v["kid"] = kid.into();
+    Ok(Zeroizing::new(v.to_string()))
+}
+
 /// JWKS with the public keys of the given versions (current first, then still-valid previous
 /// ones), so verifiers accept both during a rotation's grace period.
 pub fn jwks(alg: KeyAlgorithm, versions: &[(String, &SecretBytes)]) -> Result<String, KeyError> {

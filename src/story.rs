@@ -233,6 +233,20 @@ impl World {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    fn python(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.opts.python)
+            .current_dir(&self.opts.repo)
+            .args(args)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "python {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     fn report(&self) -> String {
         self.procs.iter().map(Proc::report).collect()
     }
@@ -454,6 +468,100 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
         "session-key rotated on schedule: current version {} at {}",
         current(&k),
         k["status"]["lastRotation"]
+    );
+
+    w.say("JWT signing key: sign with the previous version, verify against the mounted JWKS during and after the grace period");
+    let jwt_yaml = "apiVersion: keyward.io/v1alpha1\nkind: RotationPolicy\nmetadata: {name: jwt, namespace: default}\nspec: {rotationPeriod: 90d, gracePeriod: 8s, retainVersions: 3, deletionWindowDays: 7}\n---\napiVersion: keyward.io/v1alpha1\nkind: ManagedKey\nmetadata: {name: jwt-signer, namespace: default}\nspec:\n  algorithm: ecdsa-p256\n  policyRef: {name: jwt}\n  access:\n    serviceAccounts:\n    - {namespace: default, name: payments}\n    - {namespace: default, name: intruder, publicOnly: true}\n";
+    let f = w.dir.path().join("jwt.yaml");
+    std::fs::write(&f, jwt_yaml)?;
+    w.show(&["apply", "-f", &f.to_string_lossy()])?;
+    w.wait_key("jwt-signer", "version 1", |k| current(k) == 1)?;
+    let m = w.mount(
+        "payments",
+        &token,
+        "- key: jwt-signer\n  format: jwk\n  fileName: signer.jwk\n",
+    )?;
+    ensure!(m["ok"] == true, "private JWK mount refused: {m}");
+    let jwk_path = w.dir.path().join("signer.jwk");
+    std::fs::write(&jwk_path, file_bytes(&m, "signer.jwk")?)?;
+    let jwt = w.python(&["tests/py/jwt_check.py", "sign", &jwk_path.to_string_lossy()])?;
+    println!("signed a JWT with version 1 (ES256)");
+    w.show(&[
+        "annotate",
+        "mk",
+        "jwt-signer",
+        "-n",
+        "default",
+        "keyward.io/rotate-now=jwt-1",
+        "--overwrite",
+    ])?;
+    w.wait_key("jwt-signer", "version 2", |k| current(k) == 2)?;
+    // The verifier has a public-only grant: private formats are refused, JWKS is served.
+    let verifier_token = w.token("intruder")?;
+    let private = w.mount(
+        "intruder",
+        &verifier_token,
+        "- key: jwt-signer\n  format: pem\n",
+    )?;
+    ensure!(
+        private["ok"] == false,
+        "a public-only grant got a private key: {private}"
+    );
+    println!(
+        "public-only grant asking for a private PEM: refused ({})",
+        private["message"]
+    );
+    let jwks_mount = |w: &World| -> anyhow::Result<(std::path::PathBuf, usize)> {
+        let m = w.mount(
+            "intruder",
+            &verifier_token,
+            "- key: jwt-signer\n  format: jwks\n  fileName: jwks.json\n",
+        )?;
+        ensure!(m["ok"] == true, "JWKS mount refused: {m}");
+        let bytes = file_bytes(&m, "jwks.json")?;
+        let v: Value = serde_json::from_slice(&bytes)?;
+        ensure!(
+            v.to_string().find("\"d\"").is_none(),
+            "JWKS carries private members"
+        );
+        let p = w.dir.path().join("jwks.json");
+        std::fs::write(&p, &bytes)?;
+        Ok((p, v["keys"].as_array().map(Vec::len).unwrap_or(0)))
+    };
+    let (p, n) = jwks_mount(w)?;
+    ensure!(
+        n == 2,
+        "JWKS during grace should hold current and previous, holds {n}"
+    );
+    let out = w.python(&[
+        "tests/py/jwt_check.py",
+        "verify",
+        &p.to_string_lossy(),
+        jwt.trim(),
+    ])?;
+    println!("during grace: {}", out.trim());
+    std::thread::sleep(Duration::from_secs(9));
+    let (p, n) = jwks_mount(w)?;
+    ensure!(
+        n == 1,
+        "JWKS after grace should hold only the current key, holds {n}"
+    );
+    let after = Command::new(&w.opts.python)
+        .current_dir(&w.opts.repo)
+        .args([
+            "tests/py/jwt_check.py",
+            "verify",
+            &p.to_string_lossy(),
+            jwt.trim(),
+        ])
+        .output()?;
+    ensure!(
+        after.status.code() == Some(3),
+        "a token of the previous version still verifies after the grace period"
+    );
+    println!(
+        "after grace: {}",
+        String::from_utf8_lossy(&after.stdout).trim()
     );
 
     w.say("kill the controller in the middle of a rotation, restart it");

@@ -159,6 +159,10 @@ pub struct ServiceAccountRef {
     /// Service account name.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// Only public parts (verifiers of signatures, JWKS consumers): the key service never
+    /// sends private material for this grant, and only public formats can be mounted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public_only: bool,
 }
 
 /// A scheduled destruction.

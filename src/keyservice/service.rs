@@ -417,13 +417,29 @@ impl<R: TokenReviewer> KeyService<R> {
             let name = k.key.as_str();
             let sel = selector(&k.selector);
             let rec = &records[name];
-            let allowed = rec
+            let grants: Vec<bool> = rec
                 .key
                 .spec
                 .access
                 .service_accounts
                 .iter()
-                .any(|s| s.namespace == pod.namespace && s.name == pod.service_account);
+                .filter(|s| s.namespace == pod.namespace && s.name == pod.service_account)
+                .map(|s| s.public_only)
+                .collect();
+            let allowed = !grants.is_empty();
+            // A full grant wins over a public-only one for the same service account.
+            let public_only = allowed && grants.iter().all(|p| *p);
+            let algorithm = rec.key.spec.algorithm;
+            if public_only && algorithm.is_symmetric() {
+                return Err(fail(
+                    name,
+                    &sel.to_string(),
+                    FetchError::Internal(format!(
+                        "{ns}/{name} is a symmetric {} key: a public-only grant cannot mount it; grant full access or use an asymmetric algorithm",
+                        algorithm.as_str()
+                    )),
+                ));
+            }
             if !allowed {
                 return Err(fail(
                     name,
@@ -480,7 +496,16 @@ impl<R: TokenReviewer> KeyService<R> {
                                 )),
                             ));
                         }
-                        let b = bytes::Bytes::from_owner(Zeroizing::new(m.expose().to_vec()));
+                        let b = if public_only {
+                            let der = crate::keys::public_spki_der(algorithm, &m)
+                                .map_err(|e| {
+                                    fail(name, &v.to_string(), FetchError::Internal(e.to_string()))
+                                })?
+                                .unwrap_or_default();
+                            bytes::Bytes::from(der)
+                        } else {
+                            bytes::Bytes::from_owner(Zeroizing::new(m.expose().to_vec()))
+                        };
                         unwrapped.insert((name, *v), b.clone());
                         b
                     }
@@ -499,6 +524,7 @@ impl<R: TokenReviewer> KeyService<R> {
                 algorithm: rec.key.spec.algorithm.as_str().into(),
                 versions,
                 current: selection.current.unwrap_or(0),
+                public_only,
             });
         }
         Ok(FetchResponse { keys: out })

@@ -57,6 +57,48 @@ pub fn fetch_request(p: &MountParams) -> (FetchRequest, Vec<usize>) {
     )
 }
 
+/// JWK `kid`: the key service's opaque, stable version id (reveals nothing about the key).
+fn kid(_o: &ObjectSpec, version_id: &str) -> String {
+    version_id.chars().take(22).collect()
+}
+
+/// One JWKS file from every version of the answer, current first.
+fn jwks_file(o: &ObjectSpec, r: &KeyResult) -> Result<(File, ObjectVersion), Status> {
+    let mut order: Vec<&crate::proto::keyservice::ServedVersion> = r.versions.iter().collect();
+    order.sort_by_key(|v| (v.version != r.current, std::cmp::Reverse(v.version)));
+    let keys = order
+        .iter()
+        .map(|v| {
+            encode(
+                super::params::Format::PublicJwk,
+                &r.algorithm,
+                &v.material,
+                &kid(o, &v.version_id),
+                r.public_only,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| Status::failed_precondition(format!("object {:?}: {m}", o.key)))?;
+    let contents = super::format::jwks(&keys).map_err(Status::internal)?;
+    // The set changes when any member changes: version = the member ids joined.
+    let version = order
+        .iter()
+        .map(|v| v.version_id.as_str())
+        .collect::<Vec<_>>()
+        .join(".");
+    Ok((
+        File {
+            path: o.file_name.clone(),
+            mode: o.mode as i32,
+            contents: bytes::Bytes::from_owner(contents),
+        },
+        ObjectVersion {
+            id: o.file_name.clone(),
+            version,
+        },
+    ))
+}
+
 fn file(
     o: &ObjectSpec,
     r: &KeyResult,
@@ -73,8 +115,14 @@ fn file(
                 o.key
             ))
         })?;
-    let contents = encode(o.format, &r.algorithm, &v.material)
-        .map_err(|m| Status::internal(format!("object {:?}: encoding failed: {m}", o.key)))?;
+    let contents = encode(
+        o.format,
+        &r.algorithm,
+        &v.material,
+        &kid(o, &v.version_id),
+        r.public_only,
+    )
+    .map_err(|m| Status::failed_precondition(format!("object {:?}: {m}", o.key)))?;
     Ok((
         File {
             path: path.clone(),
@@ -118,6 +166,12 @@ pub fn build_response(
             versions.push(ov);
             Ok(())
         };
+        if o.format == super::params::Format::Jwks {
+            let (f, ov) = jwks_file(o, r)?;
+            files.push(f);
+            versions.push(ov);
+            continue;
+        }
         match o.selector {
             Selector::All => {
                 for v in &r.versions {
@@ -203,12 +257,14 @@ mod tests {
         let resp = FetchResponse {
             keys: vec![
                 KeyResult {
+                    public_only: false,
                     key: "a".into(),
                     algorithm: "aes-256".into(),
                     versions: vec![sv(2, 2)],
                     current: 2,
                 },
                 KeyResult {
+                    public_only: false,
                     key: "a".into(),
                     algorithm: "aes-256".into(),
                     versions: vec![sv(1, 1), sv(2, 2)],
@@ -254,6 +310,7 @@ mod tests {
         let (req, map) = fetch_request(&p);
         let resp = FetchResponse {
             keys: vec![KeyResult {
+                public_only: false,
                 key: "a".into(),
                 algorithm: "aes-256".into(),
                 versions: vec![sv(1, 1)],
@@ -272,12 +329,14 @@ mod tests {
         let resp = FetchResponse {
             keys: vec![
                 KeyResult {
+                    public_only: false,
                     key: "a".into(),
                     algorithm: "aes-256".into(),
                     versions: vec![sv(1, 1)],
                     current: 1,
                 },
                 KeyResult {
+                    public_only: false,
                     key: "b".into(),
                     algorithm: "aes-256".into(),
                     versions: vec![sv(1, 1)],
@@ -295,6 +354,7 @@ mod tests {
         big.material = bytes::Bytes::from(vec![1u8; 600 * 1024]);
         let resp = FetchResponse {
             keys: vec![KeyResult {
+                public_only: false,
                 key: "a".into(),
                 algorithm: "aes-256".into(),
                 versions: vec![big],

@@ -58,19 +58,38 @@ pub enum Format {
     Base64,
     /// Lowercase hex, no newline.
     Hex,
+    /// PKCS#8 PEM private key (asymmetric algorithms).
+    Pem,
+    /// SPKI PEM public key.
+    PublicPem,
+    /// JWK with private members (kid = stable id of key + version).
+    Jwk,
+    /// JWK with public members only.
+    PublicJwk,
+    /// JWKS with the public keys of the current and still-valid previous versions.
+    Jwks,
 }
 
 impl Format {
+    /// Formats that carry no private material (the only ones a public-only grant can mount).
+    pub fn is_public(self) -> bool {
+        matches!(self, Self::PublicPem | Self::PublicJwk | Self::Jwks)
+    }
+
     /// Parse a `format` value.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "raw" => Ok(Self::Raw),
             "base64" => Ok(Self::Base64),
             "hex" => Ok(Self::Hex),
-            "pem" | "jwk" | "jwks" => Err(format!(
-                "format {s:?} is not supported yet by this keyward version; use raw, base64 or hex"
+            "pem" => Ok(Self::Pem),
+            "public-pem" => Ok(Self::PublicPem),
+            "jwk" => Ok(Self::Jwk),
+            "public-jwk" => Ok(Self::PublicJwk),
+            "jwks" => Ok(Self::Jwks),
+            other => Err(format!(
+                "unknown format {other:?}; use raw, base64, hex, pem, public-pem, jwk, public-jwk or jwks"
             )),
-            other => Err(format!("unknown format {other:?}; use raw, base64 or hex")),
         }
     }
 }
@@ -265,9 +284,14 @@ pub fn parse_objects(yaml: &str, default_mode: u32) -> Result<Vec<ObjectSpec>, P
             ))
         })?;
         check_key_name(&key).map_err(|m| invalid(format!("objects[{i}]: {m}")))?;
-        let selector = parse_selector(&r.version, &key).map_err(invalid)?;
         let format = Format::parse(r.format.as_deref().unwrap_or("raw"))
             .map_err(|m| invalid(format!("object {key:?}: {m}")))?;
+        // A JWKS holds every version verifiers must accept: current plus previous in grace.
+        let selector = if format == Format::Jwks && r.version.is_none() {
+            Selector::All
+        } else {
+            parse_selector(&r.version, &key).map_err(invalid)?
+        };
         let file_name = r.file_name.unwrap_or_else(|| key.clone());
         check_file_name(&file_name).map_err(|m| invalid(format!("object {key:?}: {m}")))?;
         let mode = match &r.mode {

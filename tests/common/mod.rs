@@ -398,6 +398,7 @@ impl KeyBuilder {
                         .map(|(n, s)| ServiceAccountRef {
                             namespace: n.to_string(),
                             name: s.to_string(),
+                            public_only: false,
                         })
                         .collect(),
                 },
