@@ -582,7 +582,7 @@ mod tests {
             ("- key: other-ns/db", "another namespace"),
             ("- key: Db_Bad", "not a valid ManagedKey name"),
             ("- version: current", "`key`"),
-            ("- key: db\n  format: pem", "not supported yet"),
+            ("- key: db\n  format: pkcs12", "unknown format"),
             ("- key: db\n  format: rot13", "unknown format"),
             ("- key: db\n  version: newest", "not current, previous, all"),
             ("- key: db\n  version: 0", "not current, previous, all"),
