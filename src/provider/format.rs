@@ -137,4 +137,52 @@ mod tests {
             k
         );
     }
+
+    #[test]
+    fn key_formats_and_public_only_grants() {
+        use crate::crd::KeyAlgorithm;
+        let m = crate::keys::generate(KeyAlgorithm::EcdsaP256);
+        let pem = encode(Format::Pem, "ecdsa-p256", m.expose(), "k1", false).unwrap();
+        assert!(pem.starts_with(b"-----BEGIN PRIVATE KEY-----"));
+        let jwk: serde_json::Value = serde_json::from_slice(
+            &encode(Format::Jwk, "ecdsa-p256", m.expose(), "k1", false).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                jwk["kid"].as_str(),
+                jwk["alg"].as_str(),
+                jwk["d"].is_string()
+            ),
+            (Some("k1"), Some("ES256"), true)
+        );
+        // A public-only grant holds the SPKI only and can never produce private forms.
+        let spki = crate::keys::public_spki_der(KeyAlgorithm::EcdsaP256, &m)
+            .unwrap()
+            .unwrap();
+        for f in [Format::Raw, Format::Pem, Format::Jwk, Format::Hex] {
+            assert!(encode(f, "ecdsa-p256", &spki, "k1", true).is_err(), "{f:?}");
+        }
+        let public: serde_json::Value = serde_json::from_slice(
+            &encode(Format::PublicJwk, "ecdsa-p256", &spki, "k1", true).unwrap(),
+        )
+        .unwrap();
+        assert!(public.get("d").is_none());
+        assert_eq!(public["x"], jwk["x"]);
+        let ppem = encode(Format::PublicPem, "ecdsa-p256", &spki, "k1", true).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&ppem).unwrap(),
+            crate::keys::public_pem(KeyAlgorithm::EcdsaP256, &m)
+                .unwrap()
+                .unwrap()
+        );
+        let set =
+            jwks(&[encode(Format::PublicJwk, "ecdsa-p256", &spki, "k1", true).unwrap()]).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&set).unwrap()["keys"][0]["kid"],
+            "k1"
+        );
+        // Symmetric keys have no public forms.
+        assert!(encode(Format::PublicPem, "aes-256", &[1u8; 32], "k", false).is_err());
+    }
 }
