@@ -337,3 +337,65 @@ async fn no_key_bytes_in_logs_events_or_status() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kek_rotation_rewraps_every_version_in_the_background() {
+    let mut w = world().await;
+    // The local backend on a Secret in the API server, as in production.
+    let kek = LocalKek::from_secret(
+        w.client.clone(),
+        "default",
+        "keyward-root-key",
+        Algorithm::Aes256Kwp,
+    )
+    .await
+    .unwrap();
+    w.keyring = Keyring::new(Arc::new(kek));
+    let metrics = w.start();
+    w.apply(POLICY).await;
+    w.apply(KEY).await;
+    w.wait("k", "v1", |k| current(k) == 1).await;
+    Api::<ManagedKey>::namespaced(w.client.clone(), "default")
+        .patch(
+            "k",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"keyward.io/rotate-now": "x"}}})),
+        )
+        .await
+        .unwrap();
+    w.wait("k", "v2", |k| current(k) == 2).await;
+    let before = w.versions_in_secret("k").await;
+    // Rotate the KEK (as `keyward kek rotate` does) and let the controller notice.
+    let new_version = w.keyring.primary().rotate().await.unwrap();
+    assert_eq!(new_version, 2);
+    w.advance(SignedDuration::from_secs(1));
+    let k = w
+        .wait("k", "every version rewrapped under KEK v2", |k| {
+            k.status.as_ref().is_some_and(|s| {
+                s.versions
+                    .iter()
+                    .all(|v| v.kek.as_deref().is_some_and(|x| x.ends_with("@2")))
+            })
+        })
+        .await;
+    assert_eq!(
+        k.status.unwrap().versions.len(),
+        2,
+        "no version added by a rewrap"
+    );
+    assert_eq!(w.versions_in_secret("k").await, before);
+    assert!(metrics.rewraps.get() >= 2);
+    // Every version still unwraps (old KEK version kept until nothing references it).
+    let s = Api::<Secret>::namespaced(w.client.clone(), "default")
+        .get(&keyward::storage::secret_name("k"))
+        .await
+        .unwrap();
+    let stored = keyward::storage::parse(&s).unwrap();
+    for v in stored.envelopes.keys() {
+        let env = keyward::crypto::Envelope::decode(&stored.envelopes[v]).unwrap();
+        assert_eq!(env.kek_version, 2);
+        keyward::storage::unwrap_version(&w.keyring, &stored, "default", "k", *v)
+            .await
+            .unwrap();
+    }
+}

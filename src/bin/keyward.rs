@@ -34,6 +34,9 @@ enum Cmd {
         #[arg(long)]
         embedded: bool,
     },
+    /// KEK operations.
+    #[command(subcommand)]
+    Kek(KekCmd),
     /// Run the test Kubernetes API server (test support; not for production).
     TestApiserver(keyward::apiserver::Args),
     /// Write the CRD YAML files (default: ./crds).
@@ -44,6 +47,20 @@ enum Cmd {
     },
     /// Run the CSI provider for the Secrets Store CSI Driver (a DaemonSet on every node).
     Provider(keyward::provider::ProviderArgs),
+}
+
+#[derive(Subcommand)]
+enum KekCmd {
+    /// Create a new KEK version and make it current; controllers rewrap every envelope in
+    /// the background and old versions keep unwrapping meanwhile.
+    Rotate {
+        /// Namespace the controller runs in (where the local root-key Secret lives).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "keyward-system")]
+        namespace: String,
+        /// The same KEK flags the controller uses.
+        #[command(flatten)]
+        kek: keyward::kek::config::KekArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,6 +113,15 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("\nDEMO FAILED: {e:?}");
                 std::process::exit(1);
             }
+        }
+        Cmd::Kek(KekCmd::Rotate { namespace, kek }) => {
+            let client = kube::Client::try_default().await?;
+            let ring = keyward::kek::config::build_keyring(&kek, Some(client), &namespace).await?;
+            let v = ring.primary().rotate().await?;
+            println!(
+                "KEK {} rotated: version {v} is now current; controllers rewrap envelopes within their requeue interval",
+                ring.primary().kek_id()
+            );
         }
         Cmd::TestApiserver(args) => keyward::apiserver::run(args).await?,
         Cmd::Controller(args) => keyward::controller::cli::run(*args).await?,
