@@ -40,8 +40,12 @@ pub async fn reconcile(mk: Arc<ManagedKey>, ctx: Arc<Context>) -> Result<Action,
                 reason: e.reason().into(),
             })
             .inc();
-        tracing::warn!(key = %format!("{}/{}", mk.namespace().unwrap_or_default(), mk.name_any()), error = %e, "reconcile failed");
-        if !e.is_conflict() {
+        let key = format!("{}/{}", mk.namespace().unwrap_or_default(), mk.name_any());
+        if e.is_conflict() {
+            // Expected with optimistic concurrency (a stale cache read); retried at once.
+            tracing::debug!(%key, error = %e, "reconcile lost a write race; retrying");
+        } else {
+            tracing::warn!(%key, error = %e, "reconcile failed");
             publish(
                 &ctx,
                 &mk,
