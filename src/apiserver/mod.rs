@@ -924,13 +924,7 @@ async fn resource(
                 .lock()
                 .expect("lock")
                 .create(&rt, &t.version, &ns, b);
-            match r {
-                Ok((o, ch)) => {
-                    publish(inner, ch);
-                    ok_json(StatusCode::CREATED, &o)
-                }
-                Err(e) => store_error(e, Some(&rt), &name),
-            }
+            answer(inner, r, StatusCode::CREATED, &rt, &name)
         }
         "update" => {
             let b = match parse_body(headers, body) {
@@ -945,13 +939,7 @@ async fn resource(
                 b,
                 status_only,
             );
-            match r {
-                Ok((o, ch)) => {
-                    publish(inner, ch);
-                    ok_json(StatusCode::OK, &o)
-                }
-                Err(e) => store_error(e, Some(&rt), &name),
-            }
+            answer(inner, r, StatusCode::OK, &rt, &name)
         }
         "patch" => patch(
             inner,
@@ -965,13 +953,7 @@ async fn resource(
         ),
         "delete" => {
             let r = inner.state.lock().expect("lock").delete(&rt, &ns, &name);
-            match r {
-                Ok((o, ch)) => {
-                    publish(inner, ch);
-                    ok_json(StatusCode::OK, &o)
-                }
-                Err(e) => store_error(e, Some(&rt), &name),
-            }
+            answer(inner, r, StatusCode::OK, &rt, &name)
         }
         "deletecollection" => {
             let mut st = inner.state.lock().expect("lock");
@@ -1006,6 +988,23 @@ async fn resource(
             format!("{method} not allowed"),
             None,
         ),
+    }
+}
+
+/// Publish a write's changes and answer with the object, or map the store error.
+fn answer(
+    inner: &Inner,
+    r: Result<(Value, Vec<Arc<Change>>), StoreError>,
+    code: StatusCode,
+    rt: &ResType,
+    name: &str,
+) -> Response {
+    match r {
+        Ok((o, ch)) => {
+            publish(inner, ch);
+            ok_json(code, &o)
+        }
+        Err(e) => store_error(e, Some(rt), name),
     }
 }
 
