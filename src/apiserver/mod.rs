@@ -1211,7 +1211,18 @@ fn patch(
             .ok_or_else(|| StoreError::NotFound(format!("{} {name:?} not found", qualified(rt))))?;
         let mut next = cur.clone();
         if ct.starts_with("application/json-patch+json") {
-            let p: json_patch::Patch = serde_json::from_slice(body)
+            let mut ops: Vec<Value> = serde_json::from_slice(body)
+                .map_err(|e| StoreError::BadRequest(format!("invalid JSON patch: {e}")))?;
+            // Like the real server, `test` of a missing path against null passes (kube-runtime's
+            // finalizer helper sends it for objects without finalizers).
+            ops.retain(|op| {
+                !(op["op"] == "test"
+                    && op["value"].is_null()
+                    && op["path"]
+                        .as_str()
+                        .is_some_and(|p| next.pointer(p).is_none()))
+            });
+            let p: json_patch::Patch = serde_json::from_value(Value::Array(ops))
                 .map_err(|e| StoreError::BadRequest(format!("invalid JSON patch: {e}")))?;
             json_patch::patch(&mut next, &p).map_err(|e| {
                 StoreError::Invalid(
