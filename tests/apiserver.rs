@@ -460,3 +460,68 @@ fn rustls_pemfile_der(pem: &str) -> Vec<u8> {
         .decode(b64)
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_controller_with_finalizer_helper() {
+    use kube::runtime::controller::{Action, Controller};
+    use kube::runtime::finalizer::{Event, finalizer};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (_s, c) = server_with_crd().await;
+    let api: Api<Widget> = Api::namespaced(c.clone(), "default");
+    let cleanups = Arc::new(AtomicUsize::new(0));
+    let ctx = Arc::new((api.clone(), cleanups.clone()));
+    async fn reconcile(
+        w: Arc<Widget>,
+        ctx: Arc<(Api<Widget>, Arc<AtomicUsize>)>,
+    ) -> Result<Action, kube::runtime::finalizer::Error<std::convert::Infallible>> {
+        let counter = ctx.1.clone();
+        finalizer(&ctx.0, "example.keyward.io/cleanup", w, |ev| async move {
+            if let Event::Cleanup(_) = ev {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(Action::await_change())
+        })
+        .await
+    }
+    tokio::spawn(
+        Controller::new(api.clone(), watcher::Config::default())
+            .run(
+                reconcile,
+                |_, _, _| Action::requeue(Duration::from_millis(200)),
+                ctx,
+            )
+            .for_each(|_| async {}),
+    );
+    api.create(&PostParams::default(), &widget("fin", 1))
+        .await
+        .unwrap();
+    let mut has = false;
+    for _ in 0..100 {
+        if api
+            .get("fin")
+            .await
+            .unwrap()
+            .finalizers()
+            .iter()
+            .any(|f| f == "example.keyward.io/cleanup")
+        {
+            has = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(has, "finalizer added by kube-runtime's helper");
+    api.delete("fin", &DeleteParams::default()).await.unwrap();
+    for _ in 0..100 {
+        if api.get_opt("fin").await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        api.get_opt("fin").await.unwrap().is_none(),
+        "object gone after cleanup"
+    );
+    assert_eq!(cleanups.load(Ordering::SeqCst), 1);
+}
