@@ -1,20 +1,45 @@
-"""Render, lint and validate the Helm chart with helm-python-sdk (embedded Helm) and
-kubernetes-validate, for the default values and several others. Exit 1 on any failure.
+"""Checks of the Helm chart charts/keyward, run by tests/chart.rs (or directly:
+`.venv/bin/python tests/py/chart_test.py [OUTDIR]`). Exit 1 on any failure.
 
-Writes the default rendering to argv[1] (a directory) for the Rust test that applies it to the
-test API server."""
+- renders the chart with the embedded Helm of helm-python-sdk for the default values and
+  several other value sets (each KEK backend, custom socket dir, provided vs generated TLS,
+  one replica without leader election, audit variants, ...);
+- strict `helm lint` for each set;
+- validates every rendered manifest and the examples with kubernetes-validate (strict) against
+  the Kubernetes versions in K8S_VERSIONS; ManagedKey/RotationPolicy examples against our CRD
+  schemas; the SecretProviderClass example against the provider's `objects` contract;
+- values.schema.json refuses bad values (each asserted with the offending key named);
+- chart CRDs are byte-identical to crds/;
+- RBAC: evaluates the rendered Roles/Bindings (a small RBAC evaluator) to prove the provider
+  can do nothing and the controller's Secret access is exactly what the chart documents;
+- the kind e2e script prints SKIPPED and exits 0 without a Docker engine.
+
+With OUTDIR it writes there, for the Rust test: apply.yaml (the default rendering minus
+PodDisruptionBudget, which the test API server does not serve) and args.json (every rendered
+command line, which the Rust test feeds to the real binary).
+"""
+import base64
+import copy
+import hashlib
 import json
 import os
 import subprocess
 import sys
 
 import helm_python as helm
+import jsonschema
 import kubernetes_validate
 import yaml
+from cryptography import x509
 
+# The chart's kubeVersion floor, the version we state (kind-config.yaml), and the newest schema
+# kubernetes-validate ships.
+K8S_VERSIONS = ["1.27.0", "1.33.0", "1.37.0"]
 K8S = "1.33.0"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(ROOT, "charts", "keyward")
+NS = "keyward-system"
+REL = "keyward"
 failures = []
 
 
@@ -22,10 +47,11 @@ def check(ok, what):
     print(("ok   " if ok else "FAIL ") + what)
     if not ok:
         failures.append(what)
+    return ok
 
 
 def merge(base, extra):
-    out = json.loads(json.dumps(base))
+    out = copy.deepcopy(base)
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = merge(out[k], v)
@@ -36,16 +62,29 @@ def merge(base, extra):
 
 chart = helm.Chart.load(CHART)
 defaults = chart.values
+
 SETS = {
     "default": {},
     "passphrase": {"kek": {"backend": "passphrase", "passphrase": {"secretName": "kek-pass", "kdf": "pbkdf2"}}},
-    "pkcs11": {"kek": {"backend": "pkcs11", "pkcs11": {"module": "/usr/lib/softhsm/libsofthsm2.so", "tokenLabel": "keyward", "pinSecretName": "hsm-pin"}}},
+    "pkcs11": {
+        "kek": {"backend": "pkcs11", "pkcs11": {"module": "/usr/lib/softhsm/libsofthsm2.so", "tokenLabel": "keyward", "pinSecretName": "hsm-pin"}},
+        "extraVolumes": [{"name": "softhsm", "configMap": {"name": "softhsm-conf"}}],
+        "extraVolumeMounts": [{"name": "softhsm", "mountPath": "/etc/softhsm", "readOnly": True}],
+        "extraEnv": [{"name": "SOFTHSM2_CONF", "value": "/etc/softhsm/softhsm2.conf"}],
+    },
     "awskms": {"kek": {"backend": "awskms", "awskms": {"keyId": "alias/keyward", "region": "eu-west-1", "credentialsSecretName": "aws"}}},
+    "awskms-endpoint": {"kek": {"backend": "awskms", "awskms": {"keyId": "alias/keyward", "region": "us-east-1", "endpointUrl": "http://moto:5000"}}},
     "custom-socket-dir": {"provider": {"socketDir": "/etc/kubernetes/secrets-store-csi-providers"}},
     "own-tls": {"keyService": {"tls": {"generate": False, "secretName": "my-tls"}}},
     "single-replica": {"controller": {"replicas": 1, "leaderElection": False}},
     "audit-signed": {"audit": {"signingKeySecretName": "audit-key", "checkpointEvery": 10}},
     "audit-off": {"audit": {"enabled": False}},
+    "provider-nonroot-digest": {
+        "provider": {"runAsUser": 10001},
+        "image": {"digest": "sha256:" + "ab" * 32},
+        "keyService": {"providerTokenAudience": "keyward-provider"},
+        "imagePullSecrets": [{"name": "regcred"}],
+    },
 }
 
 
@@ -56,11 +95,68 @@ def docs(rendered):
             continue
         for d in yaml.safe_load_all(text):
             if d:
-                out.append((path, d))
+                out.append((os.path.basename(path), d))
     return out
 
 
-default_docs = None
+def render(values):
+    return chart.render(values, name=REL, namespace=NS, is_install=True)
+
+
+def one(ds, kind, name=None):
+    found = [d for _, d in ds if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+def validate(d, where):
+    for v in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(d, v, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            check(False, f"{where}: {d.get('kind')} {d['metadata'].get('name')} invalid for Kubernetes {v}: {e.message} at {list(e.path)}")
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- a small RBAC evaluator
+def can(ds, sa, verb, group, resource, namespace=None, name=None):
+    """Whether service account NS/sa may `verb` `resource` (in `namespace`, None = cluster-wide)."""
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for _, d in ds if d["kind"] in ("Role", "ClusterRole")}
+    for _, b in ds:
+        if b["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == sa and s.get("namespace", b["metadata"].get("namespace")) == NS for s in b["subjects"]):
+            continue
+        ref = b["roleRef"]
+        bns = b["metadata"].get("namespace") if b["kind"] == "RoleBinding" else None
+        if b["kind"] == "RoleBinding" and namespace != bns:
+            continue
+        role = roles.get((ref["kind"], bns if ref["kind"] == "Role" else None, ref["name"]))
+        if role is None:
+            continue
+        for r in role.get("rules", []):
+            if (group in r.get("apiGroups", []) or "*" in r.get("apiGroups", [])) \
+                    and (resource in r.get("resources", []) or "*" in r.get("resources", [])) \
+                    and (verb in r["verbs"] or "*" in r["verbs"]) \
+                    and (not r.get("resourceNames") or name in r["resourceNames"]):
+                return True
+    return False
+
+
+# The validator is strict: an unknown field in a pod template is an error, not ignored.
+_probe = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "probe"}, "spec": {
+    "selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
+    "spec": {"containers": [{"name": "c", "image": "i", "readOnlyRootFilesystem": True}]}}}}
+try:
+    kubernetes_validate.validate(_probe, K8S, strict=True)
+    check(False, "kubernetes-validate strict mode accepted a misplaced field")
+except kubernetes_validate.ValidationError:
+    check(True, "kubernetes-validate strict mode refuses a misplaced field (the probe)")
+
+
+# ---------------------------------------------------------------- value sets
+rendered_sets = {}
 all_args = []
 for name, extra in SETS.items():
     values = merge(defaults, extra)
@@ -70,71 +166,285 @@ for name, extra in SETS.items():
     except Exception as e:  # noqa: BLE001
         check(False, f"{name}: schema refused valid values: {e}")
         continue
-    rendered = chart.render(values, name="keyward", namespace="keyward-system", is_install=True)
-    report = helm.lint(CHART, values, strict=True, namespace="keyward-system", kube_version="v" + K8S)
+    try:
+        rendered = render(values)
+    except Exception as e:  # noqa: BLE001
+        check(False, f"{name}: render failed: {e}")
+        continue
+    report = helm.lint(CHART, extra, strict=True, namespace=NS, kube_version="v" + K8S)
     errs = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2] + report.get("errors", [])
     check(not errs, f"{name}: strict lint clean {errs if errs else ''}")
     ds = docs(rendered)
-    check(len(ds) >= 9, f"{name}: rendered {len(ds)} manifests")
-    for path, d in ds:
-        try:
-            kubernetes_validate.validate(d, K8S, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            check(False, f"{name}: {path} {d.get('kind')} invalid for Kubernetes {K8S}: {e.message}")
-    check(True, f"{name}: every manifest validates against Kubernetes {K8S}")
-    dep = next(d for _, d in ds if d["kind"] == "Deployment")
-    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-    backend = values["kek"]["backend"]
-    check(f"--kek-backend={backend}" in args, f"{name}: controller runs --kek-backend={backend}")
-    sc = dep["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-    check(sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"], f"{name}: controller hardened")
-    ds_ = next(d for _, d in ds if d["kind"] == "DaemonSet")
-    host = ds_["spec"]["template"]["spec"]["volumes"][0]["hostPath"]["path"]
-    check(host == values["provider"]["socketDir"], f"{name}: provider socket hostPath {host}")
-    all_args.append({"set": name, "controller": args, "provider": ds_["spec"]["template"]["spec"]["containers"][0]["args"]})
-    if name == "default":
-        default_docs = ds
+    rendered_sets[name] = (values, ds, rendered)
+    kinds = sorted(d["kind"] for _, d in ds)
+    ok = all([validate(d, name) for _, d in ds])
+    check(ok, f"{name}: {len(ds)} manifests ({', '.join(kinds)}) validate strictly against Kubernetes {', '.join(K8S_VERSIONS)}")
 
-# Bad values are refused by the schema, with the offending key named.
-for bad, key in [({"kek": {"backend": "vault"}}, "backend"), ({"controller": {"replicas": 0}}, "replicas"), ({"surprise": 1}, "surprise"), ({"provider": {"socketDir": "relative/dir"}}, "socketDir")]:
+    dep = one(ds, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    args = c["args"]
+    kek = values["kek"]
+    backend = kek["backend"]
+    check(f"--kek-backend={backend}" in args, f"{name}: controller runs --kek-backend={backend}")
+    check(dep["spec"]["replicas"] == values["controller"]["replicas"], f"{name}: {dep['spec']['replicas']} controller replicas")
+    check(f"--leader-election={str(values['controller']['leaderElection']).lower()}" in args, f"{name}: --leader-election matches values")
+    sc = c["securityContext"]
+    check(sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and sc["runAsUser"] != 0 and not sc["allowPrivilegeEscalation"]
+          and sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault"
+          and pod["securityContext"]["runAsNonRoot"], f"{name}: controller hardened (non-root, read-only root fs, no escalation, no caps, RuntimeDefault)")
+    check(c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+          and any(p["name"] == "metrics" and p["containerPort"] == values["controller"]["metricsPort"] for p in c["ports"]),
+          f"{name}: probes /healthz /readyz on the metrics port")
+    check(c["resources"].get("requests") and c["resources"].get("limits"), f"{name}: controller resources set")
+    env = {e["name"]: e for e in c["env"]}
+    check(env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace" and "POD_NAME" in env, f"{name}: POD_NAMESPACE/POD_NAME from the downward API")
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    if backend == "passphrase":
+        check(vols["passphrase"]["secret"]["secretName"] == kek["passphrase"]["secretName"] and "--passphrase-file=/etc/keyward/passphrase/passphrase" in args
+              and mounts["passphrase"] == "/etc/keyward/passphrase", f"{name}: passphrase Secret mounted and passed as --passphrase-file")
+    if backend == "pkcs11":
+        check(vols["pkcs11-pin"]["secret"]["secretName"] == kek["pkcs11"]["pinSecretName"] and "--pkcs11-pin-file=/etc/keyward/pkcs11/pin" in args
+              and f"--pkcs11-module={kek['pkcs11']['module']}" in args and "softhsm" in vols and env.get("SOFTHSM2_CONF"),
+              f"{name}: PIN Secret mounted, module path, extra volume and env passed")
+    if backend == "awskms":
+        check(f"--aws-kms-key-id={kek['awskms']['keyId']}" in args and f"--aws-region={kek['awskms']['region']}" in args, f"{name}: KMS key and region passed")
+        if kek["awskms"]["credentialsSecretName"]:
+            check(env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "aws" and env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"],
+                  f"{name}: AWS credentials from Secret refs")
+        if kek["awskms"]["endpointUrl"]:
+            check(f"--aws-endpoint-url={kek['awskms']['endpointUrl']}" in args, f"{name}: --aws-endpoint-url passed")
+    if backend == "local":
+        check(f"--local-kek-secret={kek['local']['secretName']}" in args, f"{name}: --local-kek-secret passed")
+    if values["audit"]["enabled"]:
+        check("--audit-log=/var/log/keyward/audit.log" in args and mounts.get("audit-log") == "/var/log/keyward"
+              and vols["audit-log"]["emptyDir"], f"{name}: audit log on an emptyDir")
+        if values["audit"]["signingKeySecretName"]:
+            check("--audit-signing-key=/etc/keyward/audit/audit.key" in args and vols["audit-key"]["secret"]["secretName"] == "audit-key",
+                  f"{name}: audit signing key mounted from its Secret")
+    else:
+        check(not any(a.startswith("--audit") for a in args) and "audit-log" not in vols, f"{name}: no audit flags when audit is off")
+
+    # Key service: Service in front of every controller replica, TLS from the chosen Secret.
+    svc = one(ds, "Service", f"{REL}-key-service")
+    check(svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"] and svc["spec"]["ports"][0]["port"] == values["keyService"]["port"],
+          f"{name}: key-service Service selects the controller pods")
+    tls_secret = values["keyService"]["tls"]["secretName"] if not values["keyService"]["tls"]["generate"] else f"{REL}-key-service-tls"
+    check(vols["tls"]["secret"]["secretName"] == tls_secret, f"{name}: controller serves TLS from Secret {tls_secret}")
+
+    # Provider DaemonSet.
+    dset = one(ds, "DaemonSet")
+    ppod = dset["spec"]["template"]["spec"]
+    pc = ppod["containers"][0]
+    pvols = {v["name"]: v for v in ppod["volumes"]}
+    host = pvols["provider-socket"]["hostPath"]["path"]
+    check(host == values["provider"]["socketDir"] and pc["volumeMounts"][0]["mountPath"] == "/provider"
+          and "--socket=/provider/keyward.sock" in pc["args"], f"{name}: provider socket {host}/keyward.sock (hostPath)")
+    check(pvols["tls"]["secret"]["secretName"] == tls_secret and [i["key"] for i in pvols["tls"]["secret"]["items"]] == ["ca.crt"],
+          f"{name}: provider mounts only ca.crt of {tls_secret}")
+    check(ppod.get("automountServiceAccountToken") is False, f"{name}: provider does not mount the default API token")
+    check(ppod["nodeSelector"] == {"kubernetes.io/os": "linux"} and ppod["tolerations"], f"{name}: provider on Linux nodes, tolerates taints")
+    check(pc["resources"]["requests"] == {"cpu": "50m", "memory": "100Mi"}, f"{name}: provider requests 50m/100Mi")
+    psc = pc["securityContext"]
+    check(psc["capabilities"]["drop"] == ["ALL"] and psc["readOnlyRootFilesystem"] and not psc["allowPrivilegeEscalation"] and not psc["privileged"],
+          f"{name}: provider drops all capabilities, read-only root fs, no escalation, not privileged (runs as uid {psc['runAsUser']})")
+    check(f"--key-service-url=https://{REL}-key-service.{NS}.svc:{values['keyService']['port']}" in pc["args"]
+          and f"--audience={values['keyService']['audience']}" in pc["args"], f"{name}: provider dials the key service over https")
+    tok = pvols["token"]["projected"]["sources"][0]["serviceAccountToken"]
+    pa = values["keyService"]["providerTokenAudience"]
+    check(tok.get("audience", "") == pa and ((f"--provider-token-audience={pa}" in args) == bool(pa)),
+          f"{name}: provider token audience {pa or '(API server)'} on both sides")
+
+    # Generated TLS: one certificate per render, shared by the Secret and both checksums.
+    if values["keyService"]["tls"]["generate"]:
+        sec = one(ds, "Secret", tls_secret)
+        data = {k: base64.b64decode(v) for k, v in sec["data"].items()}
+        cert = x509.load_pem_x509_certificate(data["tls.crt"])
+        ca = x509.load_pem_x509_certificate(data["ca.crt"])
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        check(f"{REL}-key-service.{NS}.svc" in sans and cert.issuer == ca.subject, f"{name}: generated certificate for {REL}-key-service.{NS}.svc signed by the generated CA")
+        try:
+            cert.verify_directly_issued_by(ca)
+            check(True, f"{name}: certificate signature verifies against ca.crt")
+        except Exception as e:  # noqa: BLE001
+            check(False, f"{name}: certificate does not verify against ca.crt: {e}")
+        a1 = dep["spec"]["template"]["metadata"]["annotations"]["checksum/key-service-tls"]
+        a2 = dset["spec"]["template"]["metadata"]["annotations"]["checksum/key-service-tls"]
+        check(a1 == a2, f"{name}: controller and providers carry the same TLS checksum (roll together)")
+    else:
+        check(not [d for _, d in ds if d["kind"] == "Secret"], f"{name}: no TLS Secret rendered when the user provides one")
+        check("checksum/key-service-tls" not in (dep["spec"]["template"]["metadata"].get("annotations") or {}), f"{name}: no TLS checksum for a user Secret")
+
+    # Leader election and PDB.
+    role = one(ds, "Role")
+    lease_rules = [r for r in role["rules"] if "leases" in r["resources"]]
+    if values["controller"]["leaderElection"]:
+        check(any(r.get("resourceNames") == [values["controller"]["leaseName"]] for r in lease_rules), f"{name}: Lease access limited to {values['controller']['leaseName']}")
+    else:
+        check(not lease_rules, f"{name}: no Lease access without leader election")
+    pdbs = [d for _, d in ds if d["kind"] == "PodDisruptionBudget"]
+    check(bool(pdbs) == (values["controller"]["replicas"] > 1), f"{name}: PodDisruptionBudget {'present' if pdbs else 'absent'}")
+    check(rendered.get(f"{REL}/templates/NOTES.txt", "").count("kubectl get mk") == 1, f"{name}: NOTES.txt tells the next steps")
+
+    all_args.append({"set": name, "controller": args, "provider": pc["args"]})
+
+# Two renders generate two different certificates (so the checksum really tracks the cert).
+c1 = one(docs(render(defaults)), "Secret")["data"]["ca.crt"]
+c2 = one(docs(render(defaults)), "Secret")["data"]["ca.crt"]
+check(c1 != c2, "each fresh install generates its own CA")
+
+# ---------------------------------------------------------------- schema refuses bad values
+BAD = [
+    ({"kek": {"backend": "vault"}}, "/kek/backend"),
+    ({"controller": {"replicas": 0}}, "/controller/replicas"),
+    ({"controller": {"leaseSeconds": 1}}, "/controller/leaseSeconds"),
+    ({"surprise": 1}, "surprise"),
+    ({"controller": {"replica": 2}}, "replica"),
+    ({"provider": {"socketDir": "relative/dir"}}, "/provider/socketDir"),
+    ({"keyService": {"tokenCacheSeconds": -1}}, "/keyService/tokenCacheSeconds"),
+    ({"keyService": {"port": 70000}}, "/keyService/port"),
+    ({"keyService": {"tls": {"generate": False}}}, "/keyService/tls/secretName"),
+    ({"kek": {"backend": "passphrase"}}, "/kek/passphrase/secretName"),
+    ({"kek": {"backend": "pkcs11", "pkcs11": {"module": "/m.so", "tokenLabel": "t"}}}, "/kek/pkcs11/pinSecretName"),
+    ({"kek": {"backend": "awskms", "awskms": {"keyId": "k"}}}, "/kek/awskms/region"),
+    ({"kek": {"wrapAlgorithm": "des"}}, "/kek/wrapAlgorithm"),
+    ({"provider": {"resources": {"requests": {"cpu": "lots"}}}}, "/provider/resources/requests/cpu"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+]
+for bad, key in BAD:
+    values = merge(defaults, bad)
     try:
-        chart.validate_schema(merge(defaults, bad))
+        chart.validate_schema(values)
         check(False, f"schema accepted bad values {bad}")
     except Exception as e:  # noqa: BLE001
-        check(key in str(e), f"schema refuses {bad}: {str(e)[:120]}")
+        msg = " ".join(str(e).split())
+        check(key in msg, f"schema refuses {bad}: {msg[msg.find('- at'):][:110]}")
+    # helm install would refuse it too: render validates the schema first.
+    try:
+        render(values)
+        check(False, f"render accepted bad values {bad}")
+    except helm.HelmValuesError:
+        pass
 try:
-    chart.render(merge(defaults, {"controller": {"replicas": 2, "leaderElection": False}}), name="keyward", namespace="keyward-system")
+    render(merge(defaults, {"controller": {"replicas": 2, "leaderElection": False}}))
     check(False, "two replicas without leader election rendered")
 except Exception as e:  # noqa: BLE001
-    check("leaderElection" in str(e), "two replicas without leader election refused")
+    check("leaderElection must be true" in str(e), "two replicas without leader election refused by the template")
+check(all(k in yaml.safe_load(open(os.path.join(CHART, "values.yaml"))) for k in chart.schema["properties"]) if isinstance(chart.schema, dict)
+      else all(k in defaults for k in json.load(open(os.path.join(CHART, "values.schema.json")))["properties"]),
+      "every top-level key of the schema has a default in values.yaml")
 
-# CRDs in the chart are the generated ones.
+# ---------------------------------------------------------------- values.yaml is commented
+lines = open(os.path.join(CHART, "values.yaml")).read().splitlines()
+uncommented = []
+for i, line in enumerate(lines):
+    s = line.strip()
+    if not s or s.startswith("#") or s.startswith("-"):
+        continue
+    key = s.split(":")[0]
+    prev = lines[i - 1].strip() if i else ""
+    leaf = not s.endswith(":")
+    # Leaves need a comment above, unless they are in a self-explanatory group (resources).
+    if leaf and not prev.startswith("#") and key not in ("requests", "limits", "pullPolicy", "podAnnotations", "tolerations", "affinity",
+                                                          "priorityClassName", "logLevel", "nodeSelector", "secretName", "regenerate",
+                                                          "validityDays", "extraVolumeMounts", "kubernetes.io/os", "enabled") \
+            and not lines[i - 1].rstrip().endswith(":"):
+        uncommented.append(key)
+check(not uncommented, f"values.yaml: every setting is commented {uncommented if uncommented else ''}")
+
+# ---------------------------------------------------------------- CRDs
 for f in sorted(os.listdir(os.path.join(ROOT, "crds"))):
-    a = open(os.path.join(ROOT, "crds", f)).read()
-    b = open(os.path.join(CHART, "crds", f)).read()
+    a = open(os.path.join(ROOT, "crds", f), "rb").read()
+    b = open(os.path.join(CHART, "crds", f), "rb").read()
     check(a == b, f"chart crds/{f} identical to crds/{f}")
+check(sorted(os.listdir(os.path.join(ROOT, "crds"))) == sorted(os.listdir(os.path.join(CHART, "crds"))), "chart has exactly the generated CRDs")
+crd_schemas = {}
+for f in os.listdir(os.path.join(CHART, "crds")):
+    crd = yaml.safe_load(open(os.path.join(CHART, "crds", f)))
+    validate(crd, f"crds/{f}")
+    for v in crd["spec"]["versions"]:
+        crd_schemas[(crd["spec"]["group"] + "/" + v["name"], crd["spec"]["names"]["kind"])] = v["schema"]["openAPIV3Schema"]
 
-# Least privilege: the provider has no RBAC; the controller's Secret access is as documented.
-bindings = [d for _, d in default_docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
-subjects = [s["name"] for b in bindings for s in b["subjects"]]
-check("keyward-csi-provider" not in subjects, "provider service account is bound to no role")
-cr = next(d for _, d in default_docs if d["kind"] == "ClusterRole")
-secret_rules = [r for r in cr["rules"] if "secrets" in r["resources"]]
-check(len(secret_rules) == 1 and sorted(secret_rules[0]["verbs"]) == sorted(["get", "list", "watch", "create", "update", "delete"]), "controller secret verbs as documented")
-check(not any("*" in r["verbs"] or "*" in r["resources"] for r in cr["rules"]), "no wildcard rules")
-prov = next(d for _, d in default_docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]
-check(prov.get("automountServiceAccountToken") is False, "provider does not mount the default API token")
-check([i["key"] for i in prov["volumes"][1]["secret"]["items"]] == ["ca.crt"], "provider mounts only ca.crt of the TLS Secret")
+# ---------------------------------------------------------------- examples
+example_docs = []
+for f in ["rotation-policy.yaml", "managed-key.yaml", "secretproviderclass.yaml", "pod.yaml"]:
+    for d in yaml.safe_load_all(open(os.path.join(ROOT, "examples", f))):
+        if d:
+            example_docs.append((f, d))
+for f, d in example_docs:
+    key = (d["apiVersion"], d["kind"])
+    if key in crd_schemas:
+        try:
+            jsonschema.validate(d.get("spec", {}), crd_schemas[key]["properties"]["spec"])
+            check(True, f"examples/{f}: {d['kind']} {d['metadata']['name']} matches our CRD schema")
+        except jsonschema.ValidationError as e:
+            check(False, f"examples/{f}: {d['kind']} does not match the CRD schema: {e.message}")
+    elif d["kind"] == "SecretProviderClass":
+        objs = yaml.safe_load(d["spec"]["parameters"]["objects"])
+        allowed = {"key", "version", "format", "fileName", "mode"}
+        ok = d["spec"]["provider"] == "keyward" and isinstance(objs, list) and all(
+            set(o) <= allowed and (str(o.get("version", "current")) in ("current", "previous", "all") or str(o.get("version")).isdigit())
+            and o.get("format", "raw") in ("raw", "base64", "hex", "pem", "jwk", "jwks") for o in objs)
+        check(ok, f"examples/{f}: SecretProviderClass uses provider keyward and valid objects")
+    else:
+        check(validate(d, f"examples/{f}"), f"examples/{f}: {d['kind']} {d['metadata']['name']} validates against Kubernetes")
+mk = next(d for _, d in example_docs if d["kind"] == "ManagedKey")
+spc = next(d for _, d in example_docs if d["kind"] == "SecretProviderClass")
+pod = next(d for _, d in example_docs if d["kind"] == "Pod")
+allowed_sas = {(s["namespace"], s["name"]) for s in mk["spec"]["access"]["serviceAccounts"]}
+check((pod["metadata"]["namespace"], pod["spec"]["serviceAccountName"]) in allowed_sas
+      and pod["spec"]["volumes"][0]["csi"]["volumeAttributes"]["secretProviderClass"] == spc["metadata"]["name"]
+      and all(o["key"] == mk["metadata"]["name"] for o in yaml.safe_load(spc["spec"]["parameters"]["objects"]))
+      and spc["metadata"]["namespace"] == mk["metadata"]["namespace"] == pod["metadata"]["namespace"],
+      "examples: Pod -> SecretProviderClass -> ManagedKey payments-dek, service account allowed")
 
-# The e2e suite skips cleanly without a Docker engine.
-r = subprocess.run([os.path.join(ROOT, "tests/e2e/kind-e2e.sh")], capture_output=True, text=True, env={**os.environ, "KEYWARD_E2E_EXISTING_CLUSTER": ""})
+# ---------------------------------------------------------------- RBAC, least privilege
+_, dds, _ = rendered_sets["default"]
+ctl, prov = f"{REL}-controller", f"{REL}-csi-provider"
+probe = [("get", "", "secrets"), ("list", "", "secrets"), ("create", "", "pods"), ("get", "keyward.io", "managedkeys"),
+         ("create", "authentication.k8s.io", "tokenreviews"), ("create", "", "serviceaccounts/token"), ("get", "", "configmaps")]
+check(not any(can(dds, prov, v, g, r, ns) for v, g, r in probe for ns in (None, "default", NS)), "provider: no API access at all (secrets, keys, token reviews, ...)")
+check(not [b for _, b in dds if b["kind"].endswith("Binding") and any(s["name"] == prov for s in b["subjects"])], "provider: bound to no Role or ClusterRole")
+check(one(dds, "ServiceAccount", prov).get("automountServiceAccountToken") is False, "provider: its ServiceAccount does not automount a token")
+# The controller's Secret access, exactly as documented in rbac.yaml and docs/install.md.
+storage = {v: can(dds, ctl, v, "", "secrets", "default") for v in ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")}
+check(storage == {"get": True, "list": True, "watch": True, "create": True, "update": True, "patch": False, "delete": False, "deletecollection": False},
+      f"controller: storage Secrets in key namespaces get/list/watch/create/update, never patch/delete ({storage})")
+cr = one(dds, "ClusterRole")
+check(sorted(r for rule in cr["rules"] if "secrets" in rule["resources"] for r in rule["verbs"]) == sorted(["get", "list", "watch", "create", "update"]),
+      "controller: one cluster-wide Secret rule with exactly the documented verbs")
+role = one(dds, "Role")
+named = [r for r in role["rules"] if "secrets" in r["resources"] and r.get("resourceNames")]
+check(named and sorted(named[0]["resourceNames"]) == sorted(["keyward-root-key", "keyward-object-version-key"]) and named[0]["verbs"] == ["get", "update"],
+      "controller: Role names its root-key and object-version Secrets in its own namespace")
+check(can(dds, ctl, "patch", "coordination.k8s.io", "leases", NS, "keyward-controller") and not can(dds, ctl, "patch", "coordination.k8s.io", "leases", "default", "keyward-controller")
+      and not can(dds, ctl, "patch", "coordination.k8s.io", "leases", NS, "other"), "controller: only its own Lease, only in its namespace")
+check(can(dds, ctl, "create", "authentication.k8s.io", "tokenreviews") and can(dds, ctl, "create", "events.k8s.io", "events", "default")
+      and can(dds, ctl, "patch", "keyward.io", "managedkeys/status", "default") and not can(dds, ctl, "patch", "keyward.io", "rotationpolicies", "default")
+      and not can(dds, ctl, "create", "", "pods", "default") and not can(dds, ctl, "create", "", "serviceaccounts/token", "default"),
+      "controller: token reviews, events, status; no policy writes, pods or token requests")
+check(not any("*" in r["verbs"] or "*" in r["resources"] or "*" in r["apiGroups"] or {"escalate", "bind", "impersonate"} & set(r["verbs"])
+              for _, d in dds if d["kind"] in ("Role", "ClusterRole") for r in d["rules"]), "no wildcard, escalate, bind or impersonate rules")
+tpl = open(os.path.join(CHART, "templates", "rbac.yaml")).read().splitlines()
+rule_lines = [i for i, l in enumerate(tpl) if l.strip().startswith("- apiGroups:")]
+check(all(tpl[i - 1].strip().startswith("#") for i in rule_lines), f"rbac.yaml: each of {len(rule_lines)} rules has a comment saying why")
+
+# ---------------------------------------------------------------- the e2e script skips cleanly
+env = {k: v for k, v in os.environ.items() if k != "KEYWARD_E2E_EXISTING_CLUSTER"}
+r = subprocess.run([os.path.join(ROOT, "tests/e2e/kind-e2e.sh")], capture_output=True, text=True, env=env, timeout=120)
 check(r.returncode == 0 and r.stdout.startswith("SKIPPED:"), f"e2e without Docker: exit {r.returncode}, {r.stdout.strip()[:100]}")
+r = subprocess.run(["bash", "-n", os.path.join(ROOT, "tests/e2e/kind-e2e.sh")], capture_output=True, text=True)
+check(r.returncode == 0, f"e2e script parses (bash -n) {r.stderr}")
+kind_cfg = yaml.safe_load(open(os.path.join(ROOT, "kind-config.yaml")))
+images = {n.get("image", "") for n in kind_cfg["nodes"]}
+check(len(images) == 1 and images.pop().startswith("kindest/node:v" + K8S.rsplit(".", 1)[0]), f"kind-config.yaml pins a kindest/node image of Kubernetes {K8S.rsplit('.', 1)[0]}")
 
 if len(sys.argv) > 1:
     os.makedirs(sys.argv[1], exist_ok=True)
-    keep = [d for _, d in default_docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
-    with open(os.path.join(sys.argv[1], "rbac.yaml"), "w") as f:
-        yaml.safe_dump_all(keep, f)
+    _, dds, _ = rendered_sets["default"]
+    with open(os.path.join(sys.argv[1], "apply.yaml"), "w") as f:
+        yaml.safe_dump_all([d for _, d in dds if d["kind"] != "PodDisruptionBudget"], f)
     with open(os.path.join(sys.argv[1], "args.json"), "w") as f:
         json.dump(all_args, f)
 
