@@ -1,7 +1,7 @@
 //! The Helm chart: rendered, strictly linted and validated (tests/py/chart_test.py with the
 //! embedded Helm of helm-python-sdk and kubernetes-validate); every rendered command line is
-//! accepted by the real binary; the rendered CRDs, RBAC and a sample apply to the test API
-//! server with kubectl.
+//! accepted by the real binary (`keyward controller|provider ARGS --help`); the chart's CRDs,
+//! its default rendering and the examples apply to the test API server with kubectl.
 
 use keyward::apiserver::TestApiServer;
 use std::process::Command;
@@ -27,7 +27,7 @@ async fn chart_renders_lints_validates_and_applies() {
     let python = keyward::story::default_python(&repo);
     assert!(
         python.exists(),
-        "{} missing: run tests/setup.sh",
+        "{} missing: run tests/setup.sh (or `make setup`) to create the venv with helm-python-sdk and kubernetes-validate, or point KEYWARD_PYTHON at a Python that has them",
         python.display()
     );
     let out = tempfile::tempdir().unwrap();
@@ -70,7 +70,9 @@ async fn chart_renders_lints_validates_and_applies() {
         }
     }
 
-    // The rendered CRDs, RBAC and a sample apply to the test API server.
+    // The chart's CRDs, the whole default rendering (ServiceAccounts, RBAC, TLS Secret,
+    // Deployment, Services, DaemonSet; not the PodDisruptionBudget, which the test API server
+    // does not serve) and the examples apply to the test API server with kubectl.
     let s = TestApiServer::start().await.unwrap();
     kubectl(
         &s,
@@ -86,25 +88,33 @@ async fn chart_renders_lints_validates_and_applies() {
         &[
             "apply",
             "-f",
-            out.path().join("rbac.yaml").to_str().unwrap(),
+            out.path().join("apply.yaml").to_str().unwrap(),
         ],
     );
-    kubectl(
-        &s,
-        &[
-            "apply",
-            "-f",
-            repo.join("examples/rotation-policy.yaml").to_str().unwrap(),
-        ],
-    );
-    kubectl(
-        &s,
-        &[
-            "apply",
-            "-f",
-            repo.join("examples/managed-key.yaml").to_str().unwrap(),
-        ],
-    );
-    kubectl(&s, &["get", "clusterrole", "keyward-controller"]);
+    for example in ["rotation-policy.yaml", "managed-key.yaml", "pod.yaml"] {
+        kubectl(
+            &s,
+            &[
+                "apply",
+                "-f",
+                repo.join("examples").join(example).to_str().unwrap(),
+            ],
+        );
+    }
+    for (kind, name) in [
+        ("clusterrole", "keyward-controller"),
+        ("clusterrolebinding", "keyward-controller"),
+        ("role", "keyward-controller"),
+        ("rolebinding", "keyward-controller"),
+        ("serviceaccount", "keyward-csi-provider"),
+        ("secret", "keyward-key-service-tls"),
+        ("deployment", "keyward-controller"),
+        ("daemonset", "keyward-csi-provider"),
+        ("service", "keyward-key-service"),
+    ] {
+        kubectl(&s, &["-n", "keyward-system", "get", kind, name]);
+    }
     kubectl(&s, &["get", "mk", "payments-dek"]);
+    kubectl(&s, &["get", "rotationpolicy", "quarterly"]);
+    kubectl(&s, &["get", "pod", "payments"]);
 }
