@@ -436,6 +436,10 @@ r = subprocess.run([os.path.join(ROOT, "tests/e2e/kind-e2e.sh")], capture_output
 check(r.returncode == 0 and r.stdout.startswith("SKIPPED:"), f"e2e without Docker: exit {r.returncode}, {r.stdout.strip()[:100]}")
 r = subprocess.run(["bash", "-n", os.path.join(ROOT, "tests/e2e/kind-e2e.sh")], capture_output=True, text=True)
 check(r.returncode == 0, f"e2e script parses (bash -n) {r.stderr}")
+import shutil  # noqa: E402
+if shutil.which("shellcheck"):
+    r = subprocess.run(["shellcheck", "-S", "warning", os.path.join(ROOT, "tests/e2e/kind-e2e.sh")], capture_output=True, text=True)
+    check(r.returncode == 0, f"shellcheck -S warning clean on the e2e script {r.stdout[:300]}")
 kind_cfg = yaml.safe_load(open(os.path.join(ROOT, "kind-config.yaml")))
 images = {n.get("image", "") for n in kind_cfg["nodes"]}
 check(len(images) == 1 and images.pop().startswith("kindest/node:v" + K8S.rsplit(".", 1)[0]), f"kind-config.yaml pins a kindest/node image of Kubernetes {K8S.rsplit('.', 1)[0]}")
