@@ -87,7 +87,7 @@ async fn run(n: usize) -> (f64, f64) {
     let pid = child.id();
     let mut peak: f64 = 0.0;
     loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         peak = peak.max(peak_rss_mib(pid).unwrap_or(0.0));
         let done = keys
             .list(&ListParams::default())

@@ -33,6 +33,9 @@ pub struct ControllerArgs {
     /// Lease duration in seconds (a new leader takes over at most this long after a crash).
     #[arg(long, env = "KEYWARD_LEASE_SECONDS", default_value_t = 15)]
     pub lease_seconds: u64,
+    /// Reconciles in flight at once (bounds API-server load and open connections).
+    #[arg(long, env = "KEYWARD_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
     /// Longest wait between two reconciles of one key, in seconds.
     #[arg(long, env = "KEYWARD_MAX_REQUEUE_SECONDS", default_value_t = 300)]
     pub max_requeue_seconds: u64,
@@ -143,6 +146,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         Some(identity.clone()),
     );
     ctx.max_requeue = std::time::Duration::from_secs(args.max_requeue_seconds.max(1));
+    ctx.concurrency = args.concurrency.max(1);
     if let Some(path) = &args.audit_log {
         ctx.audit = Arc::new(crate::audit::Audit::open(
             path,

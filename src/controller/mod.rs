@@ -85,6 +85,8 @@ pub struct Context {
     pub max_requeue: Duration,
     /// Audit sink for rotations, state changes and deletions.
     pub audit: Arc<crate::audit::Audit>,
+    /// Reconciles in flight at once (bounds API-server load and connections).
+    pub concurrency: u16,
 }
 
 impl Context {
@@ -108,6 +110,7 @@ impl Context {
             metrics,
             max_requeue: Duration::from_secs(300),
             audit: Arc::new(crate::audit::Audit::stdout_only()),
+            concurrency: 16,
         }
     }
 }
@@ -124,7 +127,8 @@ pub async fn run(
     let keys: Api<ManagedKey> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::all(client.clone());
     let policies: Api<RotationPolicy> = Api::all(client.clone());
-    let controller = Controller::new(keys, watcher::Config::default());
+    let controller = Controller::new(keys, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency));
     let store = controller.store();
     let mut controller = controller
         .owns(secrets, watcher::Config::default().labels(KEY_LABEL))
