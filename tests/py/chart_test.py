@@ -76,7 +76,7 @@ SETS = {
     "awskms-endpoint": {"kek": {"backend": "awskms", "awskms": {"keyId": "alias/keyward", "region": "us-east-1", "endpointUrl": "http://moto:5000"}}},
     "custom-socket-dir": {"provider": {"socketDir": "/etc/kubernetes/secrets-store-csi-providers"}},
     "own-tls": {"keyService": {"tls": {"generate": False, "secretName": "my-tls"}}},
-    "single-replica": {"controller": {"replicas": 1, "leaderElection": False}},
+    "single-replica": {"controller": {"replicas": 1, "leaderElection": False, "concurrency": 4}},
     "audit-signed": {"audit": {"signingKeySecretName": "audit-key", "checkpointEvery": 10}},
     "audit-off": {"audit": {"enabled": False}},
     "provider-nonroot-digest": {
@@ -299,6 +299,7 @@ BAD = [
     ({"kek": {"backend": "vault"}}, "/kek/backend"),
     ({"controller": {"replicas": 0}}, "/controller/replicas"),
     ({"controller": {"leaseSeconds": 1}}, "/controller/leaseSeconds"),
+    ({"controller": {"concurrency": 0}}, "/controller/concurrency"),
     ({"surprise": 1}, "surprise"),
     ({"controller": {"replica": 2}}, "replica"),
     ({"provider": {"socketDir": "relative/dir"}}, "/provider/socketDir"),
