@@ -446,8 +446,8 @@ async fn every_bad_input_is_refused_and_nothing_is_returned() {
         ),
         (
             "- key: db\n  format: jwks",
-            Code::InvalidArgument,
-            "not supported yet",
+            Code::FailedPrecondition,
+            "symmetric keys have no public part",
         ),
         (
             "- key: db\n  fileName: /etc/shadow",
