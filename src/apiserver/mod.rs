@@ -1318,21 +1318,25 @@ fn strategic_merge(target: &mut Value, patch: &Value) {
     }
 }
 
-fn token_review(inner: &Inner, mut review: Value) -> Value {
-    let token = review
-        .pointer("/spec/token")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let wanted: Vec<String> = review
-        .pointer("/spec/audiences")
+/// The strings of the JSON array at `pointer` (empty when absent).
+fn strings_at(v: &Value, pointer: &str) -> Vec<String> {
+    v.pointer(pointer)
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
                 .filter_map(|x| x.as_str().map(String::from))
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn token_review(inner: &Inner, mut review: Value) -> Value {
+    let token = review
+        .pointer("/spec/token")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let wanted = strings_at(&review, "/spec/audiences");
     let id = inner.tokens.lock().expect("lock").get(&token).cloned();
     let status = match id {
         None => json!({"authenticated": false, "error": "invalid bearer token"}),
@@ -1391,15 +1395,7 @@ fn token_request(inner: &Inner, rt: &ResType, ns: &str, sa: &str, mut req: Value
         .unwrap_or(3600)
         .max(600);
     let exp = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs);
-    let audiences: Vec<String> = req
-        .pointer("/spec/audiences")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let audiences = strings_at(&req, "/spec/audiences");
     let pod = req
         .pointer("/spec/boundObjectRef")
         .filter(|b| b["kind"] == "Pod");
