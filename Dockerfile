@@ -14,9 +14,12 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY benches benches
 COPY src src
+# Workspace members (test support) must be present for cargo to read the workspace; only the
+# `keyward` package is compiled and nothing of them reaches the image.
+COPY crates crates
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin keyward \
+    cargo build --release --locked -p keyward --bin keyward \
  && install -D -m 0755 -s target/release/keyward /out/keyward
 
 FROM gcr.io/distroless/cc-debian12:nonroot

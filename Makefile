@@ -6,21 +6,23 @@ KIND_CLUSTER ?= keyward
 
 # Install what the tests need (idempotent), then run every test.
 test: setup
-	KEYWARD_PYTHON=$(CURDIR)/.venv/bin/python cargo test --all-targets
+	KEYWARD_PYTHON=$(CURDIR)/.venv/bin/python cargo test --workspace --all-targets
 
 setup:
 	tests/setup.sh
 
 unit:
-	cargo test --lib
+	cargo test --workspace --lib
 
 # The main job: the whole user story as a watchable demo (kind cluster if reachable,
-# otherwise the embedded test apiserver).
+# otherwise the embedded test apiserver). The demo lives in its own crate (crates/keyward-demo)
+# and runs the product binary built beside it.
 demo: setup
-	KEYWARD_PYTHON=$(CURDIR)/.venv/bin/python cargo run --release -- demo
+	cargo build --release -p keyward --bin keyward
+	KEYWARD_PYTHON=$(CURDIR)/.venv/bin/python cargo run --release -p keyward-demo -- --keyward-bin $(CURDIR)/target/release/keyward $(DEMO_ARGS)
 
 crds:
-	cargo run -- crdgen
+	cargo run -p keyward -- crdgen
 
 # Multi-stage build (Dockerfile); BuildKit for the cargo cache mounts.
 image:

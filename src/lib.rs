@@ -4,7 +4,6 @@
 //! (KEK), rotated on schedule, tracked through the NIST SP 800-57 lifecycle, audited, and
 //! delivered to the pods allowed to have them through the Secrets Store CSI Driver.
 
-pub mod apiserver;
 pub mod audit;
 pub mod controller;
 pub mod crd;
@@ -17,5 +16,5 @@ pub mod lifecycle;
 pub mod proto;
 pub mod provider;
 pub mod rotation;
+pub mod shutdown;
 pub mod storage;
-pub mod story;

@@ -3,7 +3,7 @@
 //! accepted by the real binary (`keyward controller|provider ARGS --help`); the chart's CRDs,
 //! its default rendering and the examples apply to the test API server with kubectl.
 
-use keyward::apiserver::TestApiServer;
+use kube_test_apiserver::TestApiServer;
 use std::process::Command;
 
 fn kubectl(s: &TestApiServer, args: &[&str]) {
@@ -23,8 +23,8 @@ fn kubectl(s: &TestApiServer, args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_renders_lints_validates_and_applies() {
-    let repo = keyward::story::repo_root();
-    let python = keyward::story::default_python(&repo);
+    let repo = keyward_demo::story::repo_root();
+    let python = keyward_demo::story::default_python(&repo);
     assert!(
         python.exists(),
         "{} missing: run tests/setup.sh (or `make setup`) to create the venv with helm-python-sdk and kubernetes-validate, or point KEYWARD_PYTHON at a Python that has them",

@@ -593,7 +593,7 @@ async fn stale_socket_is_replaced_and_removed_on_shutdown() {
 
 #[tokio::test]
 async fn plaintext_key_service_needs_the_insecure_flag_and_tls_needs_a_ca() {
-    use keyward::keyservice::{CallerToken, ClientConfig, KeyServiceClient};
+    use keyward::provider::{CallerToken, ClientConfig, KeyServiceClient};
     let mut cfg = ClientConfig {
         url: "http://127.0.0.1:1".into(),
         ca_pem: None,
@@ -619,8 +619,8 @@ async fn plaintext_key_service_needs_the_insecure_flag_and_tls_needs_a_ca() {
 async fn a_key_service_with_an_untrusted_certificate_is_refused() {
     let e = env().await;
     let other = certs();
-    let client = keyward::keyservice::KeyServiceClient::new(
-        &keyward::keyservice::ClientConfig {
+    let client = keyward::provider::KeyServiceClient::new(
+        &keyward::provider::ClientConfig {
             url: e.key_service_url.clone(),
             ca_pem: Some(other.ca_pem.into_bytes()),
             server_name: None,
@@ -628,7 +628,7 @@ async fn a_key_service_with_an_untrusted_certificate_is_refused() {
             insecure: false,
             timeout: Duration::from_secs(5),
         },
-        keyward::keyservice::CallerToken::Static(PROVIDER_TOKEN.into()),
+        keyward::provider::CallerToken::Static(PROVIDER_TOKEN.into()),
     )
     .unwrap();
     let sock = e.dir.path().join("untrusted.sock");

@@ -4,20 +4,20 @@
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_story_end_to_end() {
-    let repo = keyward::story::repo_root();
-    let python = keyward::story::default_python(&repo);
+    let repo = keyward_demo::story::repo_root();
+    let python = keyward_demo::story::default_python(&repo);
     assert!(
         python.exists(),
         "{} missing: run tests/setup.sh",
         python.display()
     );
-    let opts = keyward::story::StoryOptions {
+    let opts = keyward_demo::story::StoryOptions {
         bin: std::path::PathBuf::from(env!("CARGO_BIN_EXE_keyward")),
         python,
         repo,
         narrate: false,
     };
-    if let Err(e) = keyward::story::run(opts).await {
+    if let Err(e) = keyward_demo::story::run(opts).await {
         panic!("story failed: {e:?}");
     }
 }

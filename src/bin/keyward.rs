@@ -26,19 +26,9 @@ enum Cmd {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
-    /// The user's story end to end, narrated: on a reachable cluster with keyward installed,
-    /// the kind e2e suite; otherwise the embedded test API server with the real controller and
-    /// provider binaries and a gRPC client standing in for the CSI driver.
-    Demo {
-        /// Run on the embedded test API server even if a cluster is reachable.
-        #[arg(long)]
-        embedded: bool,
-    },
     /// KEK operations.
     #[command(subcommand)]
     Kek(KekCmd),
-    /// Run the test Kubernetes API server (test support; not for production).
-    TestApiserver(keyward::apiserver::Args),
     /// Write the CRD YAML files (default: ./crds).
     Crdgen {
         /// Output directory.
@@ -91,29 +81,6 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.cmd {
-        Cmd::Demo { embedded } => {
-            let repo = keyward::story::repo_root();
-            if !embedded && cluster_reachable() {
-                println!(
-                    "a cluster is reachable through KUBECONFIG: running the kind e2e suite against it"
-                );
-                let st = std::process::Command::new(repo.join("tests/e2e/kind-e2e.sh"))
-                    .env("KEYWARD_E2E_EXISTING_CLUSTER", "1")
-                    .status()?;
-                std::process::exit(st.code().unwrap_or(1));
-            }
-            println!("no cluster reachable: using keyward's embedded test API server");
-            let opts = keyward::story::StoryOptions {
-                bin: std::env::current_exe()?,
-                python: keyward::story::default_python(&repo),
-                repo,
-                narrate: true,
-            };
-            if let Err(e) = keyward::story::run(opts).await {
-                eprintln!("\nDEMO FAILED: {e:?}");
-                std::process::exit(1);
-            }
-        }
         Cmd::Kek(KekCmd::Rotate { namespace, kek }) => {
             let client = kube::Client::try_default().await?;
             let ring = keyward::kek::config::build_keyring(&kek, Some(client), &namespace).await?;
@@ -123,7 +90,6 @@ async fn main() -> anyhow::Result<()> {
                 ring.primary().kek_id()
             );
         }
-        Cmd::TestApiserver(args) => keyward::apiserver::run(args).await?,
         Cmd::Controller(args) => keyward::controller::cli::run(*args).await?,
         Cmd::Audit(AuditCmd::Verify { file, public_key }) => {
             let text = std::fs::read_to_string(&file)?;
@@ -186,17 +152,6 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Provider(args) => keyward::provider::run(args).await?,
     }
     Ok(())
-}
-
-/// Whether `KUBECONFIG` names a cluster that answers (kubectl, 5 s).
-fn cluster_reachable() -> bool {
-    std::env::var_os("KUBECONFIG").is_some()
-        && std::process::Command::new("kubectl")
-            .args(["version", "--request-timeout=5s"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
 }
 
 #[cfg(test)]

@@ -94,6 +94,7 @@ pub async fn serve_http(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     keyring: Keyring,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -106,24 +107,10 @@ pub async fn serve_http(
         });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /healthz /readyz /metrics");
-    axum::serve(listener, app).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }
 
 /// Run the controller process.
@@ -155,49 +142,70 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         )?);
     }
     let ctx = Arc::new(ctx);
+    // One signal for every task: SIGTERM/SIGINT, or a task that cannot go on (the key service
+    // losing its listener), stops the controller, releases the Lease and ends the process.
+    let shutdown = crate::shutdown::Shutdown::on_signals();
     {
         // Pick up KEK rotations made by another replica or `keyward kek rotate`.
         let ring = ctx.keyring.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+                    _ = stop.wait() => return,
+                }
                 if let Err(e) = ring.refresh().await {
                     tracing::warn!(error = %e, "KEK refresh failed");
                 }
             }
         });
     }
-    if !args.disable_key_service {
+    let key_service = if args.disable_key_service {
+        None
+    } else {
         // Every replica answers providers (reads and unwraps only); only the leader rotates.
         let ks = args.key_service.clone();
         let (c, k, a) = (client.clone(), ctx.keyring.clone(), ctx.audit.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::keyservice::serve(ks, c, k, a, shutdown_signal()).await {
+        let stop = shutdown.clone();
+        Some(tokio::spawn(async move {
+            let wait = stop.clone();
+            let r = crate::keyservice::serve(ks, c, k, a, async move { wait.wait().await }).await;
+            if let Err(e) = &r {
                 tracing::error!(error = %e, "key service stopped");
-                std::process::exit(1);
+                stop.trigger("key service failed");
             }
-        });
-    }
-    let http = tokio::spawn(serve_http(
-        args.metrics_addr,
-        metrics,
-        ready.clone(),
-        keyring,
-    ));
-
-    if !args.leader_election {
-        super::run(ctx, shutdown_signal(), None, ready).await;
-        http.abort();
-        return Ok(());
-    }
-    let lease = LeaseConfig {
-        name: args.lease_name.clone(),
-        namespace: args.namespace.clone(),
-        identity,
-        seconds: args.lease_seconds,
+            r
+        }))
     };
-    run_leader_elected(ctx, lease, shutdown_signal(), ready).await?;
-    http.abort();
+    let http = {
+        let stop = shutdown.clone();
+        tokio::spawn(serve_http(
+            args.metrics_addr,
+            metrics,
+            ready.clone(),
+            keyring,
+            async move { stop.wait().await },
+        ))
+    };
+    let stop = shutdown.clone();
+    if args.leader_election {
+        let lease = LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args.namespace.clone(),
+            identity,
+            seconds: args.lease_seconds,
+        };
+        run_leader_elected(ctx, lease, async move { stop.wait().await }, ready).await?;
+    } else {
+        super::run(ctx, async move { stop.wait().await }, None, ready).await;
+    }
+    // The controller returns only once the signal fired; let the other tasks finish with it.
+    shutdown.trigger("controller stopped");
+    let _ = http.await;
+    if let Some(ks) = key_service {
+        ks.await??;
+    }
     Ok(())
 }
 

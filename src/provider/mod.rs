@@ -2,14 +2,15 @@
 //! Driver calls. It holds no KEK and reads no Secrets: every Mount is forwarded, with the
 //! pod's token, to the key service, which decides. See docs/provider.md.
 
+pub mod client;
 pub mod format;
 pub mod mount;
 pub mod params;
 
-use crate::keyservice::{CallerToken, ClientConfig, KeyServiceClient, KeyServiceError};
 use crate::proto::csi::csi_driver_provider_server::{CsiDriverProvider, CsiDriverProviderServer};
 use crate::proto::csi::{MountRequest, MountResponse, VersionRequest, VersionResponse};
 use crate::proto::keyservice::{FetchRequest, FetchResponse};
+pub use client::{CallerToken, ClientConfig, ClientError, KeyServiceClient};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -45,7 +46,7 @@ pub enum ProviderError {
     },
     /// Key service client setup failed.
     #[error(transparent)]
-    KeyService(#[from] KeyServiceError),
+    KeyService(#[from] ClientError),
     /// gRPC server failure.
     #[error("provider gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -258,20 +259,10 @@ pub async fn serve(
     Ok(r?)
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-    tracing::info!("shutting down");
-}
-
 /// `keyward provider`: run until SIGTERM/SIGINT.
 pub async fn run(args: ProviderArgs) -> Result<(), ProviderError> {
     let client = args.client()?;
     let provider = Provider::new(Arc::new(client), args.audience.clone());
-    serve(&args.socket, provider, shutdown_signal()).await
+    let shutdown = crate::shutdown::Shutdown::on_signals();
+    serve(&args.socket, provider, async move { shutdown.wait().await }).await
 }

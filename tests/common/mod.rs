@@ -7,13 +7,14 @@ use keyward::crd::{AccessPolicy, ManagedKey, ManagedKeySpec, ServiceAccountRef};
 use keyward::crypto::{Algorithm, KeyContext, SecretBytes, fingerprint};
 use keyward::kek::{Keyring, local::LocalKek};
 use keyward::keyservice::{
-    AuthError, CachingReviewer, CallerToken, ClientConfig, Identity, KeyRecord, KeyService,
-    KeyServiceClient, KeySource, Settings, SourceError, TokenReviewer, VersionIdKey,
+    AuthError, CachingReviewer, Identity, KeyRecord, KeyService, KeySource, Settings, SourceError,
+    TokenReviewer, VersionIdKey,
 };
 use keyward::lifecycle::KeyState;
 use keyward::proto::csi::csi_driver_provider_client::CsiDriverProviderClient;
 use keyward::proto::csi::{MountRequest, MountResponse};
 use keyward::provider::Provider;
+use keyward::provider::{CallerToken, ClientConfig, KeyServiceClient};
 use keyward::rotation::StoredState;
 use keyward::storage::Stored;
 use std::collections::HashMap;

@@ -19,7 +19,7 @@
 #   KEEP_CLUSTER=1                  keep the cluster afterwards (for debugging)
 #   E2E_ARTIFACTS=DIR               where diagnostics go on failure (default: a temp dir)
 #   KEYWARD_E2E_EXISTING_CLUSTER=1  use the cluster KUBECONFIG points at instead of creating
-#                                   one (`keyward demo` does this); the CSI driver and keyward
+#                                   one (`make demo` does this); the CSI driver and keyward
 #                                   are installed there only if missing, nothing is deleted.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

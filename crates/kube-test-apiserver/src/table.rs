@@ -1,6 +1,6 @@
 //! `meta.k8s.io/v1` Tables for `kubectl get`.
 
-use super::types::ResType;
+use crate::types::ResType;
 use serde_json::{Value, json};
 
 /// Evaluate a simple JSONPath (`.a.b`, `.a[0].b`) against an object.

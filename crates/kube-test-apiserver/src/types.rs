@@ -1,4 +1,4 @@
-//! Resource types the server knows: built-ins keyward uses, and kinds registered by CRDs.
+//! Resource types the server knows: built-ins that operators and their tests use, and kinds registered by CRDs.
 
 use serde_json::{Value, json};
 
@@ -187,7 +187,7 @@ impl ResType {
     }
 }
 
-/// The built-in types keyward and kubectl need.
+/// The built-in types operators under test and kubectl need.
 pub fn builtins() -> Vec<ResType> {
     let mut v = vec![
         ResType::builtin("", "v1", "namespaces", "Namespace", false, &["ns"]),

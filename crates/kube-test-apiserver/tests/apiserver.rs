@@ -4,20 +4,20 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use keyward::apiserver::{Fault, TestApiServer, TokenIdentity};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{CustomResource, CustomResourceExt, Resource, ResourceExt};
+use kube_test_apiserver::{Fault, TestApiServer, TokenIdentity};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
 
-/// A sample CRD, independent of keyward's own.
+/// A sample CRD.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, JsonSchema, Default)]
 #[kube(
-    group = "example.keyward.io",
+    group = "example.test.io",
     version = "v1",
     kind = "Widget",
     namespaced,
@@ -182,7 +182,7 @@ async fn crud_conflicts_generation_and_status_subresource() {
         4
     );
     // Server-side apply creates when missing.
-    let applied = api.patch("b", &PatchParams::apply("test").force(), &Patch::Apply(json!({"apiVersion": "example.keyward.io/v1", "kind": "Widget", "metadata": {"name": "b"}, "spec": {"size": 5}}))).await.unwrap();
+    let applied = api.patch("b", &PatchParams::apply("test").force(), &Patch::Apply(json!({"apiVersion": "example.test.io/v1", "kind": "Widget", "metadata": {"name": "b"}, "spec": {"size": 5}}))).await.unwrap();
     assert_eq!(applied.spec.size, 5);
     // Schema validation: 422 naming the field.
     let e = api
@@ -239,7 +239,7 @@ async fn finalizers_hold_deletion_and_owned_objects_are_collected() {
 
 #[tokio::test]
 async fn watch_resumes_after_drop_and_410_relists() {
-    let s = TestApiServer::start_with(keyward::apiserver::ServerOptions {
+    let s = TestApiServer::start_with(kube_test_apiserver::ServerOptions {
         history: 20,
         ..Default::default()
     })
@@ -321,7 +321,7 @@ async fn token_review_and_token_request() {
             service_account: "web".into(),
             pod_name: Some("web-0".into()),
             pod_uid: Some("u1".into()),
-            audiences: vec!["keyward".into()],
+            audiences: vec!["my-audience".into()],
             expires_at: None,
         },
     );
@@ -332,7 +332,7 @@ async fn token_review_and_token_request() {
             service_account: "web".into(),
             pod_name: None,
             pod_uid: None,
-            audiences: vec!["keyward".into()],
+            audiences: vec!["my-audience".into()],
             expires_at: Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5)),
         },
     );
@@ -345,7 +345,7 @@ async fn token_review_and_token_request() {
         ..Default::default()
     };
     let ok = api
-        .create(&PostParams::default(), &review("tok", "keyward"))
+        .create(&PostParams::default(), &review("tok", "my-audience"))
         .await
         .unwrap()
         .status
@@ -360,7 +360,11 @@ async fn token_review_and_token_request() {
         user.extra.unwrap()["authentication.kubernetes.io/pod-name"],
         vec!["web-0".to_string()]
     );
-    for (t, aud) in [("tok", "other"), ("old", "keyward"), ("nope", "keyward")] {
+    for (t, aud) in [
+        ("tok", "other"),
+        ("old", "my-audience"),
+        ("nope", "my-audience"),
+    ] {
         let st = api
             .create(&PostParams::default(), &review(t, aud))
             .await
@@ -371,10 +375,10 @@ async fn token_review_and_token_request() {
     }
     // kubectl create token issues a token the TokenReview accepts.
     assert!(kubectl(&s, &["create", "serviceaccount", "web"]).0);
-    let (ok, out) = kubectl(&s, &["create", "token", "web", "--audience", "keyward"]);
+    let (ok, out) = kubectl(&s, &["create", "token", "web", "--audience", "my-audience"]);
     assert!(ok, "{out}");
     let st = api
-        .create(&PostParams::default(), &review(out.trim(), "keyward"))
+        .create(&PostParams::default(), &review(out.trim(), "my-audience"))
         .await
         .unwrap()
         .status
@@ -421,11 +425,11 @@ async fn kubectl_applies_gets_and_deletes_custom_resources() {
     let (ok, out) = kubectl(&s, &["apply", "-f", crd.to_str().unwrap()]);
     assert!(ok, "{out}");
     let cr = dir.path().join("w.yaml");
-    std::fs::write(&cr, "apiVersion: example.keyward.io/v1\nkind: Widget\nmetadata: {name: k1, namespace: default}\nspec: {size: 4, color: red}\n").unwrap();
+    std::fs::write(&cr, "apiVersion: example.test.io/v1\nkind: Widget\nmetadata: {name: k1, namespace: default}\nspec: {size: 4, color: red}\n").unwrap();
     let (ok, out) = kubectl(&s, &["apply", "-f", cr.to_str().unwrap()]);
     assert!(ok, "{out}");
     // Re-apply with a change goes through kubectl's patch path.
-    std::fs::write(&cr, "apiVersion: example.keyward.io/v1\nkind: Widget\nmetadata: {name: k1, namespace: default}\nspec: {size: 6, color: red}\n").unwrap();
+    std::fs::write(&cr, "apiVersion: example.test.io/v1\nkind: Widget\nmetadata: {name: k1, namespace: default}\nspec: {size: 6, color: red}\n").unwrap();
     let (ok, out) = kubectl(&s, &["apply", "-f", cr.to_str().unwrap()]);
     assert!(ok, "{out}");
     let (ok, out) = kubectl(&s, &["get", "widgets"]);
@@ -440,7 +444,7 @@ async fn kubectl_applies_gets_and_deletes_custom_resources() {
     assert_eq!(v["spec"]["size"], 6);
     // A bad CR is refused with the schema's message.
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "apiVersion: example.keyward.io/v1\nkind: Widget\nmetadata: {name: k2, namespace: default}\nspec: {size: 4, color: green}\n").unwrap();
+    std::fs::write(&bad, "apiVersion: example.test.io/v1\nkind: Widget\nmetadata: {name: k2, namespace: default}\nspec: {size: 4, color: green}\n").unwrap();
     let (ok, out) = kubectl(&s, &["apply", "-f", bad.to_str().unwrap()]);
     assert!(!ok);
     assert!(
@@ -476,7 +480,7 @@ async fn runtime_controller_with_finalizer_helper() {
         ctx: Arc<(Api<Widget>, Arc<AtomicUsize>)>,
     ) -> Result<Action, kube::runtime::finalizer::Error<std::convert::Infallible>> {
         let counter = ctx.1.clone();
-        finalizer(&ctx.0, "example.keyward.io/cleanup", w, |ev| async move {
+        finalizer(&ctx.0, "example.test.io/cleanup", w, |ev| async move {
             if let Event::Cleanup(_) = ev {
                 counter.fetch_add(1, Ordering::SeqCst);
             }
@@ -504,7 +508,7 @@ async fn runtime_controller_with_finalizer_helper() {
             .unwrap()
             .finalizers()
             .iter()
-            .any(|f| f == "example.keyward.io/cleanup")
+            .any(|f| f == "example.test.io/cleanup")
         {
             has = true;
             break;

@@ -2,8 +2,8 @@
 //! resumption, and the Kubernetes write rules (generation, status subresource, finalizers,
 //! optimistic concurrency, garbage collection).
 
-use super::schema::{self, FieldError};
-use super::types::ResType;
+use crate::schema::{self, FieldError};
+use crate::types::ResType;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -84,7 +84,7 @@ impl State {
     pub fn new(history_cap: usize) -> Self {
         let mut s = Self {
             rv: 0,
-            types: super::types::builtins(),
+            types: crate::types::builtins(),
             objects: HashMap::new(),
             history: VecDeque::new(),
             history_cap,

@@ -3,9 +3,9 @@
 //! standing in for the Secrets Store CSI Driver. `keyward demo` narrates it; `tests/story.rs`
 //! runs it in CI with every check enforced.
 
-use crate::apiserver::{ServerOptions, TestApiServer};
 use anyhow::{Context as _, anyhow, bail, ensure};
 use base64::Engine;
+use kube_test_apiserver::{ServerOptions, TestApiServer};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -261,8 +261,15 @@ fn file_bytes(mount: &Value, path: &str) -> anyhow::Result<Vec<u8>> {
         .decode(f["contents_b64"].as_str().unwrap_or_default())?)
 }
 
+/// keyward's published fingerprint, recomputed here from the mounted bytes as a user would
+/// (docs/crypto.md): SHA-256 over the domain tag `keyward-fingerprint-v1\0` and the material,
+/// first 16 bytes in hex. An independent re-implementation, so a drift in either fails the story.
 fn fp(bytes: &[u8]) -> String {
-    crate::crypto::fingerprint(&crate::crypto::SecretBytes::from_slice(bytes))
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"keyward-fingerprint-v1\0");
+    h.update(bytes);
+    format!("sha256:{}", hex::encode(&h.finalize()[..16]))
 }
 
 fn version_fp(k: &Value, v: u64) -> String {
@@ -647,11 +654,25 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     println!("material kept, nothing served: {}", refused["message"]);
 
     w.say("audit log: verify the chain the controller wrote");
-    let audit = std::fs::read_to_string(w.dir.path().join("audit.log"))?;
-    let summary =
-        crate::audit::verify(&audit, None).map_err(|e| anyhow!("audit log broken: {e}"))?;
-    println!("audit log: {} records, chain intact", summary.records);
-    ensure!(summary.records >= 4, "too few audit records");
+    let audit_path = w.dir.path().join("audit.log");
+    let audit = std::fs::read_to_string(&audit_path)?;
+    let verified = Command::new(&w.opts.bin)
+        .args(["audit", "verify"])
+        .arg(&audit_path)
+        .output()?;
+    let said = String::from_utf8_lossy(&verified.stdout).into_owned();
+    ensure!(
+        verified.status.success(),
+        "keyward audit verify refused the log: {said}{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let records: u64 = said
+        .strip_prefix("ok: ")
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("unexpected answer from keyward audit verify: {said}"))?;
+    println!("keyward audit verify: {}", said.trim());
+    ensure!(records >= 4, "too few audit records ({records})");
     ensure!(
         audit.contains("\"action\":\"mount\"") && audit.contains("\"outcome\":\"denied\""),
         "mounts served and refused are not in the audit log"
@@ -660,9 +681,14 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Path of the repository root when run from the source tree.
+/// Path of the repository root when run from the source tree (this crate lives in
+/// `crates/keyward-demo`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| here.to_path_buf())
 }
 
 /// Default Python: `$KEYWARD_PYTHON`, else the project's venv.

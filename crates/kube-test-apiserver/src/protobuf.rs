@@ -1,5 +1,5 @@
 //! Just enough of the Kubernetes protobuf wire format to read what `kubectl create` sends for
-//! the simple built-ins keyward's tests create (Namespace, ServiceAccount, ConfigMap,
+//! the simple built-ins tests create (Namespace, ServiceAccount, ConfigMap,
 //! TokenRequest). Anything else is answered with 415 so the client can send JSON.
 
 use serde_json::{Map, Value, json};

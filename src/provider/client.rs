@@ -1,0 +1,166 @@
+//! The provider's side of the key-service connection: its own service-account token, TLS to
+//! the controller's key service, and one multiplexed HTTP/2 channel. The request and response
+//! types both sides use are the generated ones in `crate::proto::keyservice`.
+
+use crate::proto::keyservice::key_service_client::KeyServiceClient as RawClient;
+use crate::proto::keyservice::{FetchRequest, FetchResponse};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+
+/// Errors building the key-service client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A flag is missing or inconsistent.
+    #[error("key service client configuration: {0}")]
+    Config(&'static str),
+    /// The URL is plaintext and `--insecure-key-service` was not given.
+    #[error(
+        "key service URL {0} is not https://; use TLS or pass --insecure-key-service for a local demo"
+    )]
+    Plaintext(String),
+    /// The endpoint or TLS settings were refused by the transport.
+    #[error("key service client transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+type CachedToken = (std::time::Instant, Arc<str>);
+
+/// Where the provider's own service-account token comes from.
+#[derive(Clone)]
+pub enum CallerToken {
+    /// A fixed token (tests).
+    Static(Arc<str>),
+    /// A projected token file, re-read every minute (kubelet rotates it).
+    File(PathBuf, Arc<std::sync::Mutex<Option<CachedToken>>>),
+}
+
+impl std::fmt::Debug for CallerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Static(_) => f.write_str("CallerToken::Static([redacted])"),
+            Self::File(p, _) => write!(f, "CallerToken::File({})", p.display()),
+        }
+    }
+}
+
+impl CallerToken {
+    /// A token read from `path`.
+    pub fn file(path: PathBuf) -> Self {
+        Self::File(path, Arc::default())
+    }
+
+    fn get(&self) -> Result<Arc<str>, tonic::Status> {
+        match self {
+            Self::Static(t) => Ok(t.clone()),
+            Self::File(path, cache) => {
+                let mut c = cache.lock().expect("token lock");
+                if let Some((at, t)) = c.as_ref()
+                    && at.elapsed() < Duration::from_secs(60)
+                {
+                    return Ok(t.clone());
+                }
+                let t: Arc<str> = std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        tonic::Status::unavailable(format!(
+                            "reading the provider's own service-account token {} (--token-file): {e}",
+                            path.display()
+                        ))
+                    })?
+                    .trim()
+                    .into();
+                *c = Some((std::time::Instant::now(), t.clone()));
+                Ok(t)
+            }
+        }
+    }
+}
+
+/// How the provider connects to the key service.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `https://host:port` (or `http://` with `insecure`).
+    pub url: String,
+    /// PEM CA that signed the key service's certificate.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Override of the TLS server name (default: the URL's host).
+    pub server_name: Option<String>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Allow plaintext.
+    pub insecure: bool,
+    /// Per-call deadline.
+    pub timeout: Duration,
+}
+
+/// The provider's handle on the key service: one multiplexed HTTP/2 connection, the
+/// provider's token attached to every call.
+#[derive(Clone)]
+pub struct KeyServiceClient {
+    inner: RawClient<Channel>,
+    token: CallerToken,
+}
+
+impl KeyServiceClient {
+    /// Connect lazily (the first call dials) so the provider starts even while the
+    /// controller is not up yet.
+    pub fn new(cfg: &ClientConfig, token: CallerToken) -> Result<Self, ClientError> {
+        let is_https = cfg.url.starts_with("https://");
+        if !is_https && !cfg.insecure {
+            return Err(ClientError::Plaintext(cfg.url.clone()));
+        }
+        let mut ep = Endpoint::from_shared(cfg.url.clone())?
+            .timeout(cfg.timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        if is_https {
+            let mut tls = ClientTlsConfig::new();
+            let ca = cfg.ca_pem.as_ref().ok_or_else(|| {
+                ClientError::Config(
+                    "set --key-service-ca-file to the CA that signed the key service's certificate",
+                )
+            })?;
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+            if let Some(n) = &cfg.server_name {
+                tls = tls.domain_name(n.clone());
+            }
+            if let Some((c, k)) = &cfg.client_identity {
+                tls = tls.identity(TlsIdentity::from_pem(c, k));
+            }
+            ep = ep.tls_config(tls)?;
+        } else {
+            tracing::warn!(
+                url = %cfg.url,
+                "talking to the key service WITHOUT TLS (--insecure-key-service): local demos only"
+            );
+        }
+        Ok(Self {
+            inner: RawClient::new(ep.connect_lazy()).max_decoding_message_size(8 * 1024 * 1024),
+            token,
+        })
+    }
+
+    /// Fetch keys for a pod; errors are the key service's gRPC status, passed through.
+    pub async fn fetch(&self, req: FetchRequest) -> Result<FetchResponse, tonic::Status> {
+        let token = self.token.get()?;
+        let mut r = tonic::Request::new(req);
+        let v = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::internal("provider token is not valid header text"))?;
+        r.metadata_mut().insert("authorization", v);
+        let mut c = self.inner.clone();
+        c.fetch(r).await.map(tonic::Response::into_inner).map_err(|s| {
+            if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown {
+                tonic::Status::new(
+                    s.code(),
+                    format!("key service unreachable or failed: {} (check --key-service-url, TLS settings and that the controller is running)", s.message()),
+                )
+            } else {
+                s
+            }
+        })
+    }
+}
