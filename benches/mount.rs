@@ -13,13 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn request(objects: &str) -> MountRequest {
-    MountRequest {
-        attributes: attrs(NS, SA, "web-0", Some("tok"), objects).to_string(),
-        secrets: "{}".into(),
-        target_path: String::new(),
-        permission: "420".into(),
-        current_object_version: vec![],
-    }
+    driver_request(&attrs(NS, SA, "web-0", Some("tok"), objects))
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {

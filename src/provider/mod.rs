@@ -6,6 +6,7 @@ pub mod client;
 pub mod format;
 pub mod mount;
 pub mod params;
+pub mod paths;
 
 use crate::proto::csi::csi_driver_provider_server::{CsiDriverProvider, CsiDriverProviderServer};
 use crate::proto::csi::{MountRequest, MountResponse, VersionRequest, VersionResponse};

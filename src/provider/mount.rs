@@ -7,7 +7,7 @@ use crate::proto::csi::{File, MountResponse, ObjectVersion};
 use crate::proto::keyservice::{
     FetchRequest, FetchResponse, KeyRequest, KeyResult, VersionSelector, version_selector,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use tonic::Status;
 
 /// Largest total the driver should receive (the Kubernetes Secret size limit).
@@ -152,6 +152,8 @@ pub fn build_response(
     }
     let mut files = Vec::new();
     let mut versions = Vec::new();
+    // Which object each file came from, for error messages.
+    let mut owners: Vec<String> = Vec::new();
     for (o, &i) in p.objects.iter().zip(map) {
         let r = &resp.keys[i];
         if r.key != o.key || r.versions.is_empty() {
@@ -164,12 +166,14 @@ pub fn build_response(
             let (f, ov) = file(o, r, path, v)?;
             files.push(f);
             versions.push(ov);
+            owners.push(o.key.clone());
             Ok(())
         };
         if o.format == super::params::Format::Jwks {
             let (f, ov) = jwks_file(o, r)?;
             files.push(f);
             versions.push(ov);
+            owners.push(o.key.clone());
             continue;
         }
         match o.selector {
@@ -184,14 +188,31 @@ pub fn build_response(
             _ => push(o.file_name.clone(), r.versions[0].version)?,
         }
     }
-    let mut seen = HashSet::new();
+    // The driver writes these paths (v1.6.0 `fileutil.WritePayloads`); refuse what its writer
+    // would refuse, naming the object, instead of letting the mount fail as `FileWriteError`.
+    let owner = |path: &str| {
+        files
+            .iter()
+            .zip(&owners)
+            .find(|(f, _)| f.path == path)
+            .map(|(_, k)| k.as_str())
+            .unwrap_or("?")
+    };
     for f in &files {
-        if !seen.insert(f.path.as_str()) {
+        if let Some(problem) = super::paths::path_problem(&f.path) {
             return Err(Status::invalid_argument(format!(
-                "file {:?} would be written twice (an `all` object's <fileName>.v<N> collides with another fileName); rename one of the objects",
+                "object {:?}: file {:?} {problem}; change its fileName",
+                owner(&f.path),
                 f.path
             )));
         }
+    }
+    if let Some((path, problem)) = super::paths::set_problem(files.iter().map(|f| f.path.as_str()))
+    {
+        return Err(Status::invalid_argument(format!(
+            "object {:?}: file {path:?} {problem} (an `all` object writes <fileName>.v<N> and <fileName>); rename one of the objects",
+            owner(&path)
+        )));
     }
     let total: usize = files.iter().map(|f| f.contents.len()).sum();
     if total > MAX_TOTAL_BYTES {
@@ -363,5 +384,28 @@ mod tests {
         };
         let e = build_response(&p, &map, &resp, req.keys.len()).unwrap_err();
         assert!(e.message().contains("1 MiB"), "{}", e.message());
+    }
+
+    #[test]
+    fn a_file_that_another_object_needs_as_a_directory_is_refused_naming_it() {
+        let p = params("- key: a\n  fileName: x\n- key: b\n  fileName: x/y");
+        let (req, map) = fetch_request(&p);
+        let key = |k: &str| KeyResult {
+            public_only: false,
+            key: k.into(),
+            algorithm: "aes-256".into(),
+            versions: vec![sv(1, 1)],
+            current: 1,
+        };
+        let resp = FetchResponse {
+            keys: vec![key("a"), key("b")],
+        };
+        let e = build_response(&p, &map, &resp, req.keys.len()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("object \"a\"") && e.message().contains("x/y"),
+            "{}",
+            e.message()
+        );
     }
 }

@@ -201,34 +201,22 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("mode {s:?} is above 0777"))
 }
 
-/// Check a file name: relative, components of `[A-Za-z0-9._-]`, no `.` or `..`.
+/// Check a file name: what the driver's writer accepts (see [`super::paths`]), and components
+/// of `[A-Za-z0-9._-]` so names stay portable and printable.
 pub fn check_file_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("fileName is empty".into());
-    }
-    if name.starts_with('/') {
-        return Err(format!(
-            "fileName {name:?} is absolute; use a relative name such as \"db.key\""
-        ));
+    if let Some(problem) = super::paths::path_problem(name) {
+        return Err(format!("fileName {name:?} {problem}"));
     }
     if name.len() > 253 {
         return Err(format!("fileName {name:?} is longer than 253 characters"));
     }
-    for c in name.split('/') {
-        if c == ".." || c == "." {
-            return Err(format!(
-                "fileName {name:?} contains {c:?}; use a plain relative name"
-            ));
-        }
-        if c.is_empty()
-            || !c
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-        {
-            return Err(format!(
-                "fileName {name:?} may only contain letters, digits, '.', '_', '-' and '/' between non-empty parts"
-            ));
-        }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' || b == b'/')
+    {
+        return Err(format!(
+            "fileName {name:?} may only contain letters, digits, '.', '_', '-' and '/' between non-empty parts"
+        ));
     }
     Ok(())
 }
@@ -348,11 +336,18 @@ pub fn parse_mount(
 ) -> Result<MountParams, ParamError> {
     let attrs: BTreeMap<String, String> = serde_json::from_str(attributes)
         .map_err(|e| invalid(format!("attributes are not a JSON object of strings: {e}")))?;
-    let secrets: BTreeMap<String, String> = if secrets.trim().is_empty() {
-        BTreeMap::new()
-    } else {
-        serde_json::from_str(secrets)
-            .map_err(|e| invalid(format!("secrets are not a JSON object of strings: {e}")))?
+    // The driver sends `json.Marshal` of the CSI secrets map (v1.6.0 `nodeserver.go`
+    // `NodePublishVolume`): the text `null` when the volume has no nodePublishSecretRef and no
+    // tokens ride in secrets (a nil Go map), the normal case; an object otherwise.
+    let secrets: BTreeMap<String, String> = match secrets.trim() {
+        "" | "null" | "{}" => BTreeMap::new(),
+        text => serde_json::from_str::<Option<BTreeMap<String, String>>>(text)
+            .map_err(|e| {
+                invalid(format!(
+                    "secrets are neither null nor a JSON object of strings: {e}"
+                ))
+            })?
+            .unwrap_or_default(),
     };
     let need = |k: &str| -> Result<String, ParamError> {
         attrs.get(k).filter(|v| !v.is_empty()).cloned().ok_or_else(|| {
@@ -470,6 +465,27 @@ mod tests {
         assert!(!format!("{p:?}").contains("tkn"));
     }
 
+    /// The driver's `secrets` forms (v1.6.0 `nodeserver.go` `NodePublishVolume` marshals the
+    /// CSI secrets map): `null` with no nodePublishSecretRef (the normal case), an object of
+    /// the Secret's data with one. Only a non-object is refused.
+    #[test]
+    fn secrets_as_the_driver_sends_them() {
+        let now = SystemTime::now();
+        let a = attrs("- key: db", Some(&tok(FUTURE)));
+        for ok in ["null", " null ", "{}", "", r#"{"username":"u","password":"p"}"#] {
+            let p = parse_mount(&a, ok, "420", "keyward", now)
+                .unwrap_or_else(|e| panic!("secrets {ok:?} refused: {e}"));
+            assert_eq!(p.token.token, "tkn");
+        }
+        for bad in ["[]", "\"x\"", "{\"a\": 1}", "nul"] {
+            let e = parse_mount(&a, bad, "420", "keyward", now).unwrap_err();
+            assert!(
+                matches!(e, ParamError::Invalid(ref m) if m.contains("neither null nor a JSON object")),
+                "{bad}: {e}"
+            );
+        }
+    }
+
     #[test]
     fn token_in_secrets_is_accepted() {
         let secrets = serde_json::json!({SA_TOKENS: tok(FUTURE)}).to_string();
@@ -568,6 +584,9 @@ mod tests {
             "sp ace",
             "a\\b",
             "..",
+            "..hidden",
+            "dir/..data",
+            ".",
         ] {
             assert!(check_file_name(bad).is_err(), "{bad}");
         }

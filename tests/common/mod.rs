@@ -322,18 +322,31 @@ pub async fn mount_on(
     attrs: &serde_json::Value,
 ) -> Result<MountResponse, tonic::Status> {
     let mut c = CsiDriverProviderClient::new(uds_channel(socket).await);
-    c.mount(MountRequest {
-        attributes: attrs.to_string(),
-        secrets: "{}".into(),
-        target_path: "/var/lib/kubelet/pods/x/volumes/y".into(),
-        permission: "420".into(),
-        current_object_version: vec![],
-    })
-    .await
-    .map(|r| r.into_inner())
+    c.mount(driver_request(attrs))
+        .await
+        .map(|r| r.into_inner())
 }
 
-/// Driver-style attributes for pod `pod` of `ns`/`sa` with `objects`, token for `keyward`.
+/// A Mount request as the Secrets Store CSI Driver v1.6.0 builds it
+/// (`pkg/secrets-store/nodeserver.go` `NodePublishVolume` + `provider_client.go`
+/// `MountContent`): `secrets` is `json.Marshal` of a nil map, the text `null`, when the pod
+/// has no nodePublishSecretRef; `permission` is `json.Marshal(os.FileMode(0644))` = `420`;
+/// `current_object_version` is never filled; `target_path` is kubelet's. The Python stand-in
+/// (tests/py/csi_driver.py) builds the same request.
+pub fn driver_request(attrs: &serde_json::Value) -> MountRequest {
+    let uid = attrs["csi.storage.k8s.io/pod.uid"].as_str().unwrap_or("uid");
+    MountRequest {
+        attributes: attrs.to_string(),
+        secrets: "null".into(),
+        target_path: format!(
+            "/var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~csi/secrets-store-inline/mount"
+        ),
+        permission: "420".into(),
+        current_object_version: vec![],
+    }
+}
+
+/// Driver-style attributes (kubelet pod-info keys, token map as a JSON string) for pod `pod` of `ns`/`sa` with `objects`, token for `keyward`.
 pub fn attrs(
     ns: &str,
     sa: &str,
@@ -347,7 +360,8 @@ pub fn attrs(
         "csi.storage.k8s.io/pod.namespace": ns,
         "csi.storage.k8s.io/pod.uid": format!("uid-{pod}"),
         "csi.storage.k8s.io/serviceAccount.name": sa,
-        "csi.storage.k8s.io/ephemeral": "false",
+        // Inline (Ephemeral) volumes, the only mode the driver's CSIDriver declares.
+        "csi.storage.k8s.io/ephemeral": "true",
         "objects": objects,
     });
     if let Some(t) = token {
