@@ -49,7 +49,7 @@ async fn chart_renders_lints_validates_and_applies() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("args.json")).unwrap())
             .unwrap();
     for set in sets.as_array().unwrap() {
-        for component in ["controller", "provider"] {
+        for component in ["controller", "provider", "provider_probe", "provider_ready"] {
             let args: Vec<String> = set[component]
                 .as_array()
                 .unwrap()

@@ -640,3 +640,31 @@ async fn a_key_service_with_an_untrusted_certificate_is_refused() {
         "key service unreachable",
     );
 }
+
+/// The DaemonSet's probe (`keyward provider-probe`) answers for a live provider and fails,
+/// naming the socket, when nothing listens there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_probe_calls_version_over_the_socket() {
+    let e = env().await;
+    let run = |socket: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args(["provider-probe", "--timeout-seconds", "2", "--socket"])
+            .arg(socket)
+            .output()
+            .unwrap()
+    };
+    let sock = e.socket.clone();
+    let ok = tokio::task::spawn_blocking(move || run(&sock)).await.unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("ok: keyward provider "));
+    let missing = e.dir.path().join("nobody.sock");
+    let m = missing.clone();
+    let bad = tokio::task::spawn_blocking(move || run(&m)).await.unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("nobody.sock"), "{err}");
+}

@@ -37,6 +37,16 @@ enum Cmd {
     },
     /// Run the CSI provider for the Secrets Store CSI Driver (a DaemonSet on every node).
     Provider(keyward::provider::ProviderArgs),
+    /// Check a running provider: call `Version` on its socket as the CSI driver does; exit 0
+    /// when it answers v1alpha1 (the DaemonSet's liveness and readiness probe).
+    ProviderProbe {
+        /// The provider's socket.
+        #[arg(long, default_value = "/var/run/secrets-store-csi-providers/keyward.sock")]
+        socket: std::path::PathBuf,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout_seconds: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -150,6 +160,21 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Provider(args) => keyward::provider::run(args).await?,
+        Cmd::ProviderProbe {
+            socket,
+            timeout_seconds,
+        } => match keyward::provider::probe::probe(
+            &socket,
+            std::time::Duration::from_secs(timeout_seconds.max(1)),
+        )
+        .await
+        {
+            Ok(v) => println!("ok: keyward provider {v} answers on {}", socket.display()),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        },
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod format;
 pub mod mount;
 pub mod params;
 pub mod paths;
+pub mod probe;
 
 use crate::proto::csi::csi_driver_provider_server::{CsiDriverProvider, CsiDriverProviderServer};
 use crate::proto::csi::{MountRequest, MountResponse, VersionRequest, VersionResponse};

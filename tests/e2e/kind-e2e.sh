@@ -8,8 +8,8 @@
 #   3. a pod whose service account is not allowed never starts; its Events name the reason.
 # Logs and state are collected on failure; the cluster is deleted at the end.
 #
-# Needs docker (with a running engine), kind (>= v0.29.0 for the pinned node image), kubectl
-# and helm. Without them it prints `SKIPPED: <reason>` and exits 0.
+# Needs docker (with a running engine), kind (>= v0.29.0 for the pinned node image), kubectl,
+# helm and python3. Kubernetes >= 1.30 (the CSI driver chart 1.6.0 requires it). Without them it prints `SKIPPED: <reason>` and exits 0.
 #
 # Environment:
 #   KIND_CLUSTER=keyward            cluster name
@@ -105,18 +105,40 @@ if [ -z "$existing" ]; then
     ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"} --wait 120s
 fi
 
-if ! kubectl get csidriver secrets-store.csi.k8s.io >/dev/null 2>&1; then
-  command -v helm >/dev/null 2>&1 || fail "the Secrets Store CSI Driver is not installed and helm is missing"
-  step "Secrets Store CSI Driver chart $CSI_VERSION (rotation every 5s, token audience keyward)"
+# The CSIDriver secrets-store.csi.k8s.io is shared by every provider on the cluster: keep the
+# audiences others asked for and append keyward's (`--set tokenRequests[0]...` would replace
+# them and break the other providers' mounts).
+AUDIENCE=keyward
+merged_token_requests() {
+  local have
+  have=$(kubectl get csidriver secrets-store.csi.k8s.io -o jsonpath='{.spec.tokenRequests}' 2>/dev/null || true)
+  python3 -c 'import json,sys
+have = json.loads(sys.argv[1] or "[]")
+if not any(r.get("audience") == sys.argv[2] for r in have):
+    have.append({"audience": sys.argv[2]})
+print(json.dumps(have, separators=(",", ":")))' "$have" "$AUDIENCE"
+}
+# The driver re-mounts a pod only when kubelet republishes it (about every 60-90 s with
+# requiresRepublish) and its rotationPollInterval has passed since the last write, so a
+# rotated key can take max(poll interval, 90 s) to reach the file; 60 s of slack on top.
+ROTATION_POLL_SECONDS=5
+ROTATION_WAIT=$(( (ROTATION_POLL_SECONDS > 90 ? ROTATION_POLL_SECONDS : 90) + 60 ))
+
+if ! kubectl get csidriver secrets-store.csi.k8s.io >/dev/null 2>&1 \
+   || ! kubectl get csidriver secrets-store.csi.k8s.io -o jsonpath='{.spec.tokenRequests[*].audience}' | grep -qw "$AUDIENCE"; then
+  command -v helm >/dev/null 2>&1 || fail "the Secrets Store CSI Driver is missing or lacks audience $AUDIENCE, and helm is missing"
+  step "Secrets Store CSI Driver chart $CSI_VERSION (rotation every ${ROTATION_POLL_SECONDS}s, token audience $AUDIENCE appended)"
   helm repo add secrets-store-csi-driver https://kubernetes-sigs.github.io/secrets-store-csi-driver/charts --force-update >/dev/null
   helm upgrade --install csi secrets-store-csi-driver/secrets-store-csi-driver -n kube-system \
-    --version "$CSI_VERSION" \
-    --set 'tokenRequests[0].audience=keyward' \
-    --set enableSecretRotation=true --set rotationPollInterval=5s \
+    --version "$CSI_VERSION" --reuse-values \
+    --set-json "tokenRequests=$(merged_token_requests)" \
+    --set enableSecretRotation=true --set rotationPollInterval=${ROTATION_POLL_SECONDS}s \
     --wait --timeout 5m
 fi
-kubectl get csidriver secrets-store.csi.k8s.io -o jsonpath='{.spec.tokenRequests[*].audience}' | grep -qw keyward \
-  || fail "the CSIDriver secrets-store.csi.k8s.io has no tokenRequests for audience keyward"
+kubectl get csidriver secrets-store.csi.k8s.io -o jsonpath='{.spec.tokenRequests[*].audience}' | grep -qw "$AUDIENCE" \
+  || fail "the CSIDriver secrets-store.csi.k8s.io has no tokenRequests for audience $AUDIENCE"
+kubectl get csidriver secrets-store.csi.k8s.io -o jsonpath='{.spec.requiresRepublish}' | grep -qx true \
+  || fail "the CSIDriver secrets-store.csi.k8s.io has requiresRepublish false: rotated keys would never reach running pods (enableSecretRotation=true)"
 
 if ! kubectl -n "$NS" get deploy keyward-controller >/dev/null 2>&1; then
   command -v helm >/dev/null 2>&1 || fail "keyward is not installed in $NS and helm is missing"
@@ -162,7 +184,7 @@ v2=$(current_version)
 want2=$(status_fingerprint "$v2")
 [ -n "$want2" ] && [ "$want2" != "$want1" ] || fail "version $v2 has no new fingerprint in .status ($want2)"
 remounted() { [ "$(mounted_fingerprint)" = "$want2" ]; }
-until_ok 120 "the mounted file to become version $v2 (driver rotation poll 5s)" remounted
+until_ok "$ROTATION_WAIT" "the mounted file to become version $v2 (kubelet republish period + driver poll ${ROTATION_POLL_SECONDS}s)" remounted
 echo "ok: after the rotation /keys/dek is version $v2 ($want2)"
 # version: all also mounts the previous version (Deactivated, within the 7d grace period).
 prev=$(kubectl -n "$APP_NS" exec payments -- cat "/keys/dek.v$v1" | fingerprint)

@@ -34,7 +34,7 @@ from cryptography import x509
 
 # The chart's kubeVersion floor, the version we state (kind-config.yaml), and the newest schema
 # kubernetes-validate ships.
-K8S_VERSIONS = ["1.27.0", "1.33.0", "1.37.0"]
+K8S_VERSIONS = ["1.30.0", "1.33.0", "1.37.0"]
 K8S = "1.33.0"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(ROOT, "charts", "keyward")
@@ -246,6 +246,9 @@ for name, extra in SETS.items():
     check(ppod.get("automountServiceAccountToken") is False, f"{name}: provider does not mount the default API token")
     check(ppod["nodeSelector"] == {"kubernetes.io/os": "linux"} and ppod["tolerations"], f"{name}: provider on Linux nodes, tolerates taints")
     check(pc["resources"]["requests"] == {"cpu": "50m", "memory": "100Mi"}, f"{name}: provider requests 50m/100Mi")
+    probes = {k: pc.get(k, {}).get("exec", {}).get("command", []) for k in ("livenessProbe", "readinessProbe")}
+    check(all(c[:2] == ["/usr/local/bin/keyward", "provider-probe"] and "--socket=/provider/keyward.sock" in c for c in probes.values()),
+          f"{name}: provider liveness and readiness probes call Version on its socket")
     psc = pc["securityContext"]
     check(psc["capabilities"]["drop"] == ["ALL"] and psc["readOnlyRootFilesystem"] and not psc["allowPrivilegeEscalation"] and not psc["privileged"],
           f"{name}: provider drops all capabilities, read-only root fs, no escalation, not privileged (runs as uid {psc['runAsUser']})")
@@ -287,7 +290,8 @@ for name, extra in SETS.items():
     check(bool(pdbs) == (values["controller"]["replicas"] > 1), f"{name}: PodDisruptionBudget {'present' if pdbs else 'absent'}")
     check(rendered.get(f"{REL}/templates/NOTES.txt", "").count("kubectl get mk") == 1, f"{name}: NOTES.txt tells the next steps")
 
-    all_args.append({"set": name, "controller": args, "provider": pc["args"]})
+    all_args.append({"set": name, "controller": args, "provider": pc["args"],
+                     "provider_probe": probes["livenessProbe"][1:], "provider_ready": probes["readinessProbe"][1:]})
 
 # Two renders generate two different certificates (so the checksum really tracks the cert).
 c1 = one(docs(render(defaults)), "Secret")["data"]["ca.crt"]
