@@ -119,7 +119,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let keyring =
         crate::kek::config::build_keyring(&args.kek, Some(client.clone()), &args.namespace).await?;
     tracing::info!(kek = %keyring.describe(), "KEK ready");
-    let metrics = Arc::new(Metrics::default());
+    let mut registry = Metrics::default();
+    let serve_metrics = crate::keyservice::ServeMetrics::default();
+    serve_metrics.register(&mut registry.registry);
+    let metrics = Arc::new(registry);
     let ready = Arc::new(AtomicBool::new(false));
     let identity = args
         .identity
@@ -170,7 +173,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let stop = shutdown.clone();
         Some(tokio::spawn(async move {
             let wait = stop.clone();
-            let r = crate::keyservice::serve(ks, c, k, a, async move { wait.wait().await }).await;
+            let r =
+                crate::keyservice::serve(ks, c, k, a, serve_metrics, async move { wait.wait().await })
+                    .await;
             if let Err(e) = &r {
                 tracing::error!(error = %e, "key service stopped");
                 stop.trigger("key service failed");

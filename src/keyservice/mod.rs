@@ -5,12 +5,14 @@
 
 pub mod auth;
 pub mod select;
+pub mod served;
 pub mod service;
 pub mod source;
 pub mod version_id;
 
 pub use auth::{AuthError, CachingReviewer, Identity, KubeTokenReviewer, TokenReviewer};
 pub use select::{SelectError, Selection, Selector};
+pub use served::{ServeMetrics, ServedMemory};
 pub use service::{AUDIT_TARGET, FetchError, KeyService, Settings};
 pub use source::{ApiKeySource, KeyRecord, KeySource, SourceError};
 pub use version_id::{VersionIdError, VersionIdKey};
@@ -219,10 +221,14 @@ pub async fn serve(
     client: kube::Client,
     keyring: Keyring,
     audit: Arc<crate::audit::Audit>,
+    metrics: ServeMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), KeyServiceError> {
     let tls = args.tls()?;
-    let svc = build(&args, client, keyring).await?.with_audit(audit);
+    let svc = build(&args, client, keyring)
+        .await?
+        .with_audit(audit)
+        .with_serve_metrics(metrics);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| KeyServiceError::Bind {

@@ -135,6 +135,7 @@ pub struct KeyService<R: TokenReviewer> {
     version_key: VersionIdKey,
     settings: Settings,
     audit: Arc<crate::audit::Audit>,
+    served: Arc<super::ServedMemory>,
 }
 
 /// Validate a ManagedKey name (a DNS subdomain); the error names the fix.
@@ -174,6 +175,7 @@ struct AuditCtx<'a> {
     req: &'a FetchRequest,
     verified: Option<&'a Identity>,
     sink: &'a crate::audit::Audit,
+    served: &'a super::ServedMemory,
 }
 
 impl AuditCtx<'_> {
@@ -213,6 +215,24 @@ impl AuditCtx<'_> {
     }
 
     fn served(&self, key: &str, versions: &[u32]) {
+        // Only what changed is recorded: a version this pod already received from this replica
+        // is a re-mount (counted in keyward_key_service_repeat_serves).
+        let pod_id = if self.req.pod_uid.is_empty() {
+            format!("{}/{}", self.req.pod_namespace, self.req.pod_name)
+        } else {
+            self.req.pod_uid.clone()
+        };
+        let versions: Vec<u32> = versions
+            .iter()
+            .copied()
+            .filter(|v| {
+                self.served
+                    .first_time(&pod_id, &self.req.pod_namespace, key, *v)
+            })
+            .collect();
+        if versions.is_empty() {
+            return;
+        }
         let sa = self.verified.map(Identity::sa).unwrap_or_default();
         tracing::info!(
             target: AUDIT_TARGET,
@@ -225,7 +245,7 @@ impl AuditCtx<'_> {
             outcome = "served",
             "key served"
         );
-        for v in versions {
+        for v in &versions {
             self.sink.append_only(crate::audit::AuditEvent {
                 actor: sa.clone(),
                 action: "mount".into(),
@@ -256,7 +276,20 @@ impl<R: TokenReviewer> KeyService<R> {
             version_key,
             settings,
             audit: Arc::new(crate::audit::Audit::stdout_only()),
+            served: Arc::new(super::ServedMemory::new(
+                super::served::DEFAULT_CAPACITY,
+                super::ServeMetrics::default(),
+            )),
         }
+    }
+
+    /// Export serve counters through `metrics` (first serves vs re-mounts).
+    pub fn with_serve_metrics(mut self, metrics: super::ServeMetrics) -> Self {
+        self.served = Arc::new(super::ServedMemory::new(
+            super::served::DEFAULT_CAPACITY,
+            metrics,
+        ));
+        self
     }
 
     /// Also write mounts served and refused to this tamper-evident audit log.
@@ -276,6 +309,7 @@ impl<R: TokenReviewer> KeyService<R> {
             req,
             verified: None,
             sink: &self.audit,
+            served: &self.served,
         };
         let r = self.authenticate(caller_token, req, pod_token_expiry).await;
         let pod = match r {
@@ -289,6 +323,7 @@ impl<R: TokenReviewer> KeyService<R> {
             req,
             verified: Some(&pod),
             sink: &self.audit,
+            served: &self.served,
         };
         self.answer(&pod, req, &audit).await
     }

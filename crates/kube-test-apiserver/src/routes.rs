@@ -187,6 +187,18 @@ pub(crate) async fn handle(
         );
     };
     let verb = verb_of(&method, &target, &q);
+    {
+        let res = match &target.sub {
+            Some(s) => format!("{}/{s}", target.plural),
+            None => target.plural.clone(),
+        };
+        *inner
+            .requests
+            .lock()
+            .expect("lock")
+            .entry((verb.to_string(), res))
+            .or_default() += 1;
+    }
     if let Some(r) = apply_fault(&inner, verb, &target).await {
         return r;
     }

@@ -22,6 +22,9 @@ pub(crate) struct Inner {
     pub(crate) tokens: Mutex<HashMap<String, TokenIdentity>>,
     pub(crate) faults: Mutex<Vec<Fault>>,
     pub(crate) close_watches: tokio::sync::watch::Sender<u64>,
+    /// Resource requests served, by (verb, resource[/subresource]), for tests that count the
+    /// API calls a component makes.
+    pub(crate) requests: Mutex<std::collections::BTreeMap<(String, String), u64>>,
 }
 
 /// The running server. Dropping it shuts it down.
@@ -58,6 +61,7 @@ impl TestApiServer {
             tokens: Mutex::new(HashMap::new()),
             faults: Mutex::new(Vec::new()),
             close_watches: tokio::sync::watch::channel(0).0,
+            requests: Mutex::default(),
         });
         let (dir, kubeconfig) = match opts.kubeconfig {
             Some(p) => (None, p),
@@ -153,6 +157,17 @@ impl TestApiServer {
     /// End every open watch stream (clients must resume).
     pub fn close_watches(&self) {
         self.inner.close_watches.send_modify(|g| *g += 1);
+    }
+
+    /// Resource requests received so far (discovery and /version excluded), keyed by
+    /// (verb, resource or resource/subresource); `create tokenreviews` counts TokenReviews.
+    pub fn request_counts(&self) -> std::collections::BTreeMap<(String, String), u64> {
+        self.inner.requests.lock().expect("lock").clone()
+    }
+
+    /// Total of [`TestApiServer::request_counts`].
+    pub fn request_total(&self) -> u64 {
+        self.inner.requests.lock().expect("lock").values().sum()
     }
 
     /// Every stored object.

@@ -1,0 +1,132 @@
+//! Audit of serves that grows with changes, not with mounts. With rotation on, the CSI driver
+//! re-mounts every pod every couple of minutes; recording each repeat would write
+//! O(pods x rounds) audit records that say nothing new. A (pod, key, version) is recorded the
+//! first time this replica serves it; repeats only count in a metric. The memory is bounded:
+//! when full, the oldest entries are forgotten, so a very long-running pod may be recorded
+//! again (never less than once per replica, version and pod).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+
+/// Default number of (pod, key, version) entries remembered (16 bytes each, about 3 MiB).
+pub const DEFAULT_CAPACITY: usize = 100_000;
+
+/// Counters the key service exports for serving.
+#[derive(Clone, Debug, Default)]
+pub struct ServeMetrics {
+    /// Versions served to a pod for the first time (each also an audit record).
+    pub first_serves: Counter,
+    /// Versions served again to a pod that already had them (no audit record).
+    pub repeat_serves: Counter,
+}
+
+impl ServeMetrics {
+    /// Add the counters to a registry (the controller's `/metrics`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "keyward_key_service_first_serves",
+            "Key versions served to a pod for the first time (each one is audited)",
+            self.first_serves.clone(),
+        );
+        registry.register(
+            "keyward_key_service_repeat_serves",
+            "Key versions served again to a pod that already had them (re-mounts; not audited again)",
+            self.repeat_serves.clone(),
+        );
+    }
+}
+
+/// Which (pod, key, version) this replica has already served and audited.
+#[derive(Debug)]
+pub struct ServedMemory {
+    hasher: RandomState,
+    inner: Mutex<(HashSet<u128>, VecDeque<u128>)>,
+    capacity: usize,
+    metrics: ServeMetrics,
+}
+
+impl ServedMemory {
+    /// Remember up to `capacity` entries.
+    pub fn new(capacity: usize, metrics: ServeMetrics) -> Self {
+        Self {
+            hasher: RandomState::new(),
+            inner: Mutex::default(),
+            capacity: capacity.max(1),
+            metrics,
+        }
+    }
+
+    fn id(&self, pod: &str, namespace: &str, key: &str, version: u32) -> u128 {
+        // Two independent 64-bit hashes of length-prefixed parts: collisions among 100,000
+        // entries are far below one in 10^20.
+        let parts = [pod, namespace, key];
+        let h = |salt: u8| {
+            let mut s = self.hasher.build_hasher();
+            std::hash::Hasher::write_u8(&mut s, salt);
+            for p in parts {
+                std::hash::Hasher::write_usize(&mut s, p.len());
+                std::hash::Hasher::write(&mut s, p.as_bytes());
+            }
+            std::hash::Hasher::write_u32(&mut s, version);
+            std::hash::Hasher::finish(&s)
+        };
+        (u128::from(h(1)) << 64) | u128::from(h(2))
+    }
+
+    /// True when this is the first serve of `version` of `namespace/key` to `pod` (then it
+    /// must be audited); false for a repeat (counted only). `pod` should be the pod UID.
+    pub fn first_time(&self, pod: &str, namespace: &str, key: &str, version: u32) -> bool {
+        let id = self.id(pod, namespace, key, version);
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (set, order) = &mut *g;
+        if set.contains(&id) {
+            self.metrics.repeat_serves.inc();
+            return false;
+        }
+        if set.len() >= self.capacity
+            && let Some(old) = order.pop_front()
+        {
+            set.remove(&old);
+        }
+        set.insert(id);
+        order.push_back(id);
+        self.metrics.first_serves.inc();
+        true
+    }
+
+    /// Entries remembered now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.len()
+    }
+
+    /// Nothing remembered yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_serve_per_pod_key_version_then_counted_repeats() {
+        let m = ServeMetrics::default();
+        let s = ServedMemory::new(3, m.clone());
+        assert!(s.first_time("uid-1", "ns", "db", 1));
+        assert!(!s.first_time("uid-1", "ns", "db", 1));
+        assert!(s.first_time("uid-1", "ns", "db", 2), "a new version is a change");
+        assert!(s.first_time("uid-2", "ns", "db", 1), "another pod is a change");
+        assert!(!s.first_time("uid-2", "ns", "db", 1));
+        // Part boundaries are kept apart ("ab"+"c" vs "a"+"bc").
+        assert!(s.first_time("uid-1", "nsa", "b", 1));
+        assert_eq!((m.first_serves.get(), m.repeat_serves.get()), (4, 2));
+        // Bounded: the fourth distinct entry pushed the oldest out.
+        assert_eq!(s.len(), 3);
+        assert!(s.first_time("uid-1", "ns", "db", 1), "oldest entry was forgotten");
+    }
+}
