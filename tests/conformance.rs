@@ -75,5 +75,7 @@ async fn python_grpcio_client_mounts_like_the_driver() {
         stdout.contains("conformance: all checks passed"),
         "{stdout}"
     );
-    assert!(stdout.matches("\nok: ").count() >= 12, "{stdout}");
+    let checks = stdout.matches("\nok: ").count();
+    assert!(checks >= 30, "only {checks} checks ran\n{stdout}");
+    println!("driver stand-in conformance: {checks} checks passed");
 }

@@ -201,9 +201,18 @@ impl World {
             .to_string())
     }
 
+    /// One pod's first mount through the driver stand-in (tests/py/csi_driver.py, which builds
+    /// the request and writes the files as Secrets Store CSI Driver v1.6.0 does). A fresh
+    /// target directory per call: each call is a new pod volume.
     fn mount(&self, sa: &str, token: &str, objects: &str) -> anyhow::Result<Value> {
+        static MOUNTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MOUNTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let target = self.dir.path().join("volumes").join(format!("{n}-{sa}"));
         let out = Command::new(&self.opts.python)
-            .arg(self.opts.repo.join("tests/py/driver_mount.py"))
+            .arg(self.opts.repo.join("tests/py/csi_driver.py"))
+            .arg("mount")
+            .arg("--target")
+            .arg(target.join("mount"))
             .arg("--socket")
             .arg(&self.socket)
             .arg("--proto-dir")
@@ -449,9 +458,12 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     w.say("a pod running as another service account asks for the key");
     let other = w.token("intruder")?;
     let denied = w.mount("intruder", &other, "- key: payments-dek\n")?;
-    println!("refused: {} {}", denied["code"], denied["message"]);
+    println!(
+        "refused: {} ({}) {}",
+        denied["code"], denied["grpc_code"], denied["message"]
+    );
     ensure!(
-        denied["ok"] == false && denied["code"] == "PERMISSION_DENIED",
+        denied["ok"] == false && denied["grpc_code"] == "PERMISSION_DENIED",
         "intruder was not refused: {denied}"
     );
     ensure!(
