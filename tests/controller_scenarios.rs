@@ -399,3 +399,95 @@ async fn kek_rotation_rewraps_every_version_in_the_background() {
             .unwrap();
     }
 }
+
+/// Documented status promises: `publicKey` for asymmetric versions, the `RotationDue` notice
+/// (`notifyBeforeExpiry`) with one Warning Event per notice, and one audit record per destroyed
+/// version, written after the destruction is saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_keys_rotation_notice_and_one_destroy_record() {
+    use k8s_openapi::api::events::v1::Event;
+    let mut w = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.log");
+    let (ctx, _) = w.ctx("solo");
+    let mut ctx = Arc::into_inner(ctx).unwrap();
+    ctx.audit = Arc::new(keyward::audit::Audit::open(&audit_path, None, 0).unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    w.trigger.push(tx);
+    tokio::spawn(keyward::controller::run(
+        Arc::new(ctx),
+        std::future::pending(),
+        Some(rx),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    w.apply("apiVersion: keyward.io/v1alpha1\nkind: RotationPolicy\nmetadata: {name: notice, namespace: default}\nspec: {rotationPeriod: 10d, notifyBeforeExpiry: 2d, gracePeriod: 1d, retainVersions: 1, deletionWindowDays: 7}\n").await;
+    w.apply("apiVersion: keyward.io/v1alpha1\nkind: ManagedKey\nmetadata: {name: signer, namespace: default}\nspec: {algorithm: ed25519, policyRef: {name: notice}}\n").await;
+    w.apply(KEY).await;
+    let k = w.wait("signer", "first version", |k| current(k) == 1).await;
+    let pem = k.status.as_ref().unwrap().version(1).unwrap().public_key.clone();
+    let pem = pem.expect("status.versions[].publicKey is set for an ed25519 key");
+    let der = spki_der(&pem);
+    assert_eq!(der.len(), 44, "Ed25519 SubjectPublicKeyInfo is 44 bytes");
+    let aes = w.wait("k", "first version", |k| current(k) == 1).await;
+    assert_eq!(aes.status.unwrap().version(1).unwrap().public_key, None);
+
+    let due = |k: &ManagedKey| {
+        k.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "RotationDue"))
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    assert_eq!(due(&k), Some(("False".into(), "NotDue".into())));
+    let notices = || async {
+        Api::<Event>::namespaced(w.client.clone(), "default")
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("RotationDue")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("signer")
+            })
+            .count()
+    };
+    assert_eq!(notices().await, 0);
+    // Inside the notice period (2d before the 10d rotation): condition and one Warning Event.
+    w.advance(SignedDuration::from_hours(24 * 8 + 1));
+    w.wait("signer", "RotationDue DueSoon", |k| {
+        due(k) == Some(("True".into(), "DueSoon".into()))
+    })
+    .await;
+    w.advance(SignedDuration::from_hours(1));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(notices().await, 1, "one notice per notice period");
+    // Rotation clears it.
+    w.advance(SignedDuration::from_hours(24 * 2));
+    let k = w
+        .wait("signer", "rotated, notice cleared", |k| {
+            current(k) == 2 && due(k) == Some(("False".into(), "NotDue".into()))
+        })
+        .await;
+    assert!(k.status.unwrap().version(2).unwrap().public_key.is_some());
+    // Version 1 is outside retainVersions 1: destroyed after grace (1d) + window (7d).
+    w.advance(SignedDuration::from_hours(24 * 8 + 1));
+    w.wait("signer", "v1 destroyed", |k| {
+        k.status.as_ref().unwrap().version(1).unwrap().state == keyward::lifecycle::KeyState::Destroyed
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = std::fs::read_to_string(&audit_path).unwrap();
+    let destroys = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|r| r["event"].clone())
+        .filter(|e| e["action"] == "destroy" && e["version"] == 1 && e["key"] == "default/signer")
+        .count();
+    assert_eq!(destroys, 1, "one destroy record for version 1:\n{log}");
+}
+
+fn spki_der(pem: &str) -> Vec<u8> {
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+}

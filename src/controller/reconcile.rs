@@ -206,7 +206,7 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
                     }
                 }
                 PlanAction::EraseMaterial { version } => {
-                    audit(ctx, mk, "destroy", *version, "material erased");
+                    // Audited by report_actions once the erasure is saved, not before.
                     stored.envelopes.remove(version);
                 }
                 _ => {}
@@ -221,6 +221,12 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
             expire,
         )
         .map_err(Error::Invalid)?;
+        // status.publicKey: the SPKI PEM of each new asymmetric version (public data only).
+        for (v, pem) in public_keys {
+            if let Some(rec) = stored.state.versions.iter_mut().find(|x| x.version == v) {
+                rec.public_key = Some(pem);
+            }
+        }
         storage::save(&secrets, mk, &stored).await?;
         if !stale.is_empty() {
             ctx.metrics.rewraps.inc_by(stale.len() as u64);
@@ -258,7 +264,38 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
         keys.delete(&name, &Default::default()).await?;
     }
 
-    let status = project(mk, &stored.state, &plan, policy_problem, ctx, now);
+    let notify_before = policy.as_ref().and_then(|p| p.notify_before_secs);
+    let status = project(
+        mk,
+        &stored.state,
+        &plan,
+        policy_problem,
+        notify_before,
+        ctx,
+        now,
+    );
+    let was_due = mk.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "RotationDue" && c.status == "True")
+    });
+    if let Some(due) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RotationDue" && c.status == "True")
+        && !was_due
+    {
+        // Once per notice period: the condition turning True is the trigger.
+        publish(
+            ctx,
+            mk,
+            EventType::Warning,
+            "RotationDue",
+            "Notify",
+            due.message.clone(),
+        )
+        .await;
+    }
     if mk.status.as_ref() != Some(&status) {
         let patch = serde_json::json!({"apiVersion": "keyward.io/v1alpha1", "kind": "ManagedKey", "status": status});
         keys.patch_status(
@@ -465,6 +502,7 @@ fn project(
     st: &StoredState,
     plan: &Plan,
     policy_problem: Option<(String, String)>,
+    notify_before_secs: Option<i64>,
     ctx: &Context,
     now: Timestamp,
 ) -> ManagedKeyStatus {
@@ -522,6 +560,37 @@ fn project(
         d.status = "False".into();
     }
     conditions.push(d);
+    if let Some(next) = plan.next_rotation
+        && st.pending_deletion.is_none()
+    {
+        let version = current.map(|c| c.version).unwrap_or(0);
+        let notice = notify_before_secs
+            .and_then(|s| next.checked_sub(jiff::SignedDuration::from_secs(s)).ok());
+        let (due, reason, message) = if next <= now {
+            (
+                true,
+                "Overdue",
+                format!("version {version} was due for rotation at {next} and is not rotated (state {state})"),
+            )
+        } else if notice.is_some_and(|n| now >= n) {
+            (
+                true,
+                "DueSoon",
+                format!("version {version} rotates or expires at {next} (notifyBeforeExpiry)"),
+            )
+        } else {
+            (false, "NotDue", format!("next rotation at {next}"))
+        };
+        conditions.push(condition(
+            old,
+            "RotationDue",
+            due,
+            reason,
+            message,
+            generation,
+            now,
+        ));
+    }
     if let Some(pd) = &st.pending_deletion {
         conditions.push(condition(
             old,
