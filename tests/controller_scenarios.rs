@@ -424,7 +424,14 @@ async fn public_keys_rotation_notice_and_one_destroy_record() {
     w.apply("apiVersion: keyward.io/v1alpha1\nkind: ManagedKey\nmetadata: {name: signer, namespace: default}\nspec: {algorithm: ed25519, policyRef: {name: notice}}\n").await;
     w.apply(KEY).await;
     let k = w.wait("signer", "first version", |k| current(k) == 1).await;
-    let pem = k.status.as_ref().unwrap().version(1).unwrap().public_key.clone();
+    let pem = k
+        .status
+        .as_ref()
+        .unwrap()
+        .version(1)
+        .unwrap()
+        .public_key
+        .clone();
     let pem = pem.expect("status.versions[].publicKey is set for an ed25519 key");
     let der = spki_der(&pem);
     assert_eq!(der.len(), 44, "Ed25519 SubjectPublicKeyInfo is 44 bytes");
@@ -472,7 +479,8 @@ async fn public_keys_rotation_notice_and_one_destroy_record() {
     // Version 1 is outside retainVersions 1: destroyed after grace (1d) + window (7d).
     w.advance(SignedDuration::from_hours(24 * 8 + 1));
     w.wait("signer", "v1 destroyed", |k| {
-        k.status.as_ref().unwrap().version(1).unwrap().state == keyward::lifecycle::KeyState::Destroyed
+        k.status.as_ref().unwrap().version(1).unwrap().state
+            == keyward::lifecycle::KeyState::Destroyed
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -489,5 +497,7 @@ async fn public_keys_rotation_notice_and_one_destroy_record() {
 fn spki_der(pem: &str) -> Vec<u8> {
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
-    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
 }

@@ -61,13 +61,14 @@ fn example_pods_can_read_what_their_secret_provider_class_mounts() {
             .cloned()
             .unwrap_or_default();
         for vol in &volumes {
-            let Some(class) = s(vol, &["csi", "volumeAttributes", "secretProviderClass"])
-                .and_then(Value::as_str)
+            let Some(class) =
+                s(vol, &["csi", "volumeAttributes", "secretProviderClass"]).and_then(Value::as_str)
             else {
                 continue;
             };
-            let (spc_file, spc_doc) = spc(ns, class)
-                .unwrap_or_else(|| panic!("{file}: SecretProviderClass {ns}/{class} is not among the examples"));
+            let (spc_file, spc_doc) = spc(ns, class).unwrap_or_else(|| {
+                panic!("{file}: SecretProviderClass {ns}/{class} is not among the examples")
+            });
             let objects = s(spc_doc, &["spec", "parameters", "objects"])
                 .and_then(Value::as_str)
                 .unwrap_or_else(|| panic!("{spc_file}: {class} has no objects parameter"));
@@ -82,9 +83,8 @@ fn example_pods_can_read_what_their_secret_provider_class_mounts() {
                 let mounts_it = s(c, &["volumeMounts"])
                     .and_then(Value::as_sequence)
                     .is_some_and(|ms| {
-                        ms.iter().any(|m| {
-                            s(m, &["name"]).and_then(Value::as_str) == Some(vol_name)
-                        })
+                        ms.iter()
+                            .any(|m| s(m, &["name"]).and_then(Value::as_str) == Some(vol_name))
                     });
                 if !mounts_it {
                     continue;

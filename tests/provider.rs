@@ -654,7 +654,9 @@ async fn provider_probe_calls_version_over_the_socket() {
             .unwrap()
     };
     let sock = e.socket.clone();
-    let ok = tokio::task::spawn_blocking(move || run(&sock)).await.unwrap();
+    let ok = tokio::task::spawn_blocking(move || run(&sock))
+        .await
+        .unwrap();
     assert!(
         ok.status.success(),
         "{}",

@@ -62,7 +62,11 @@ async fn republish_rounds_audit_changes_not_mounts() {
     let python = std::env::var_os("KEYWARD_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join(".venv/bin/python"));
-    assert!(python.exists(), "{} missing: run tests/setup.sh", python.display());
+    assert!(
+        python.exists(),
+        "{} missing: run tests/setup.sh",
+        python.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let server = TestApiServer::start().await.unwrap();
     let client = server.client().await;
@@ -166,7 +170,11 @@ async fn republish_rounds_audit_changes_not_mounts() {
     });
     let mut pods = Vec::new();
     for i in 0..PODS {
-        let (name, uid, token) = (format!("web-{i}"), format!("uid-{i:04}"), format!("pod-token-{i}"));
+        let (name, uid, token) = (
+            format!("web-{i}"),
+            format!("uid-{i:04}"),
+            format!("pod-token-{i}"),
+        );
         server.add_token(
             &token,
             TokenIdentity {
@@ -219,7 +227,9 @@ async fn republish_rounds_audit_changes_not_mounts() {
             .unwrap_or(0)
     };
 
-    println!("round  mounts  ok  API requests  TokenReviews  audit records  files rewritten  seconds");
+    println!(
+        "round  mounts  ok  API requests  TokenReviews  audit records  files rewritten  seconds"
+    );
     let (mut api_before, mut audit_before) = (server.request_total(), audit_lines());
     let mut tr_before = tokenreviews(&server);
     let mut rows = Vec::new();
@@ -264,7 +274,8 @@ async fn republish_rounds_audit_changes_not_mounts() {
             }
             assert_eq!(current_version(&keys).await, 2, "rotation did not happen");
         }
-        (api_before, audit_before, tr_before) = (server.request_total(), audit_lines(), tokenreviews(&server));
+        (api_before, audit_before, tr_before) =
+            (server.request_total(), audit_lines(), tokenreviews(&server));
         if round < ROUNDS {
             stdin.write_all(b"go\n").unwrap();
             stdin.flush().unwrap();

@@ -41,7 +41,10 @@ enum Cmd {
     /// when it answers v1alpha1 (the DaemonSet's liveness and readiness probe).
     ProviderProbe {
         /// The provider's socket.
-        #[arg(long, default_value = "/var/run/secrets-store-csi-providers/keyward.sock")]
+        #[arg(
+            long,
+            default_value = "/var/run/secrets-store-csi-providers/keyward.sock"
+        )]
         socket: std::path::PathBuf,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 3)]

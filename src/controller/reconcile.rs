@@ -570,7 +570,9 @@ fn project(
             (
                 true,
                 "Overdue",
-                format!("version {version} was due for rotation at {next} and is not rotated (state {state})"),
+                format!(
+                    "version {version} was due for rotation at {next} and is not rotated (state {state})"
+                ),
             )
         } else if notice.is_some_and(|n| now >= n) {
             (

@@ -119,14 +119,23 @@ mod tests {
         let s = ServedMemory::new(3, m.clone());
         assert!(s.first_time("uid-1", "ns", "db", 1));
         assert!(!s.first_time("uid-1", "ns", "db", 1));
-        assert!(s.first_time("uid-1", "ns", "db", 2), "a new version is a change");
-        assert!(s.first_time("uid-2", "ns", "db", 1), "another pod is a change");
+        assert!(
+            s.first_time("uid-1", "ns", "db", 2),
+            "a new version is a change"
+        );
+        assert!(
+            s.first_time("uid-2", "ns", "db", 1),
+            "another pod is a change"
+        );
         assert!(!s.first_time("uid-2", "ns", "db", 1));
         // Part boundaries are kept apart ("ab"+"c" vs "a"+"bc").
         assert!(s.first_time("uid-1", "nsa", "b", 1));
         assert_eq!((m.first_serves.get(), m.repeat_serves.get()), (4, 2));
         // Bounded: the fourth distinct entry pushed the oldest out.
         assert_eq!(s.len(), 3);
-        assert!(s.first_time("uid-1", "ns", "db", 1), "oldest entry was forgotten");
+        assert!(
+            s.first_time("uid-1", "ns", "db", 1),
+            "oldest entry was forgotten"
+        );
     }
 }

@@ -472,7 +472,13 @@ mod tests {
     fn secrets_as_the_driver_sends_them() {
         let now = SystemTime::now();
         let a = attrs("- key: db", Some(&tok(FUTURE)));
-        for ok in ["null", " null ", "{}", "", r#"{"username":"u","password":"p"}"#] {
+        for ok in [
+            "null",
+            " null ",
+            "{}",
+            "",
+            r#"{"username":"u","password":"p"}"#,
+        ] {
             let p = parse_mount(&a, ok, "420", "keyward", now)
                 .unwrap_or_else(|e| panic!("secrets {ok:?} refused: {e}"));
             assert_eq!(p.token.token, "tkn");

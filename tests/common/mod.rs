@@ -322,9 +322,7 @@ pub async fn mount_on(
     attrs: &serde_json::Value,
 ) -> Result<MountResponse, tonic::Status> {
     let mut c = CsiDriverProviderClient::new(uds_channel(socket).await);
-    c.mount(driver_request(attrs))
-        .await
-        .map(|r| r.into_inner())
+    c.mount(driver_request(attrs)).await.map(|r| r.into_inner())
 }
 
 /// A Mount request as the Secrets Store CSI Driver v1.6.0 builds it
@@ -334,7 +332,9 @@ pub async fn mount_on(
 /// `current_object_version` is never filled; `target_path` is kubelet's. The Python stand-in
 /// (tests/py/csi_driver.py) builds the same request.
 pub fn driver_request(attrs: &serde_json::Value) -> MountRequest {
-    let uid = attrs["csi.storage.k8s.io/pod.uid"].as_str().unwrap_or("uid");
+    let uid = attrs["csi.storage.k8s.io/pod.uid"]
+        .as_str()
+        .unwrap_or("uid");
     MountRequest {
         attributes: attrs.to_string(),
         secrets: "null".into(),
