@@ -18,3 +18,4 @@ pub mod provider;
 pub mod rotation;
 pub mod shutdown;
 pub mod storage;
+pub mod wrapped_key;

@@ -122,6 +122,11 @@ impl Policy {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredState {
+    /// Incremented by every save; the copy the controller last saved carries the highest, and
+    /// `status.storageGeneration` records it where only the controller writes, so a stored
+    /// copy older than that is a rollback.
+    #[serde(default)]
+    pub generation: u64,
     /// Every version ever created, oldest first.
     #[serde(default)]
     pub versions: Vec<KeyVersionStatus>,

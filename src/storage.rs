@@ -1,27 +1,51 @@
-//! Where wrapped versions live: one Secret per ManagedKey, owned by it, of type
-//! `keyward.io/wrapped-key`.
+//! Where wrapped versions live: one Secret per ManagedKey in the controller's own namespace,
+//! named by the ManagedKey's UID, never in the tenant's namespace (a tenant with `edit` there
+//! could rewrite the lifecycle), and authenticated under the KEK.
 //!
-//! Data entries: `v<N>` holds version N's envelope; `state.json` holds the version metadata
-//! and handled requests ([`StoredState`]). Both change in one write, so the Secret is the
-//! single source of truth and status is only a projection of it: a crash between writing the
-//! Secret and writing status converges on the next reconcile without a second new version.
+//! Data entries: `v<N>` holds version N's envelope; `state.json` the version metadata and
+//! handled requests ([`StoredState`]); `state.mac` an HMAC-SHA256 (hex) under the state MAC
+//! key (a random key wrapped under the KEK, see [`crate::wrapped_key`]) over the format,
+//! the key's namespace, name and UID, `state.json` and the SHA-256 of every envelope. All
+//! change in one write, so the Secret is the single source of truth and status is only a
+//! projection of it: a crash between writing the Secret and writing status converges on the
+//! next reconcile without a second new version.
+//!
+//! Reading checks, before anything is planned or served: the identity annotations, the MAC
+//! (constant time), the generation against the one the controller recorded in status (a
+//! rolled-back copy is refused), and the invariants of the state (unique version numbers, at
+//! most one Active version, parsable timestamps, material exactly for non-destroyed versions).
 
 use crate::crd::ManagedKey;
-use crate::crypto::{Envelope, KeyContext, SecretBytes};
+use crate::crypto::{Envelope, KeyContext, SecretBytes, ct_eq, hmac_sha256};
 use crate::kek::{KekError, Keyring};
+use crate::lifecycle::KeyState;
 use crate::rotation::StoredState;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Resource;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Secret type for keyward storage.
-pub const SECRET_TYPE: &str = "keyward.io/wrapped-key";
-/// Label naming the owning ManagedKey.
-pub const KEY_LABEL: &str = "keyward.io/managed-key";
+/// Secret type of keyward storage (format 2: controller namespace, authenticated).
+pub const SECRET_TYPE: &str = "keyward.io/key-storage";
+/// Secret type of the old per-namespace layout, refused at start-up.
+pub const OLD_SECRET_TYPE: &str = "keyward.io/wrapped-key";
+/// Label on every storage Secret (bounded value), for the controller's watch.
+pub const STORAGE_LABEL: &str = "keyward.io/storage";
+/// Value of [`STORAGE_LABEL`].
+pub const STORAGE_LABEL_VALUE: &str = "managed-key";
+/// Annotation: the ManagedKey's namespace.
+pub const NAMESPACE_ANNOTATION: &str = "keyward.io/key-namespace";
+/// Annotation: the ManagedKey's name (up to 253 characters, so not a label).
+pub const NAME_ANNOTATION: &str = "keyward.io/key-name";
+/// Annotation: the ManagedKey's UID.
+pub const UID_ANNOTATION: &str = "keyward.io/key-uid";
+/// Secret holding the wrapped state MAC key, in the controller's namespace.
+pub const MAC_KEY_SECRET: &str = "keyward-state-mac-key";
+const FORMAT: &[u8] = b"keyward-storage-v2";
 const STATE_ENTRY: &str = "state.json";
+const MAC_ENTRY: &str = "state.mac";
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +58,23 @@ pub enum StorageError {
         /// Cause.
         source: kube::Error,
     },
-    /// The Secret exists but is not ours or is damaged.
-    #[error("storage Secret {name} is unusable: {detail}")]
-    Corrupt {
+    /// The stored copy fails authentication or its invariants: edited, rolled back, swapped
+    /// or damaged. Nothing of it is planned on or served.
+    #[error("storage Secret {name} failed its integrity check: {detail}")]
+    Integrity {
         /// Secret name.
         name: String,
         /// What is wrong.
         detail: String,
+    },
+    /// The storage object is gone although the controller saved it (generation recorded in
+    /// status): deleted outside keyward, or already removed at the end of a deletion.
+    #[error("storage Secret {name} is missing, but the controller saved generation {generation}")]
+    Missing {
+        /// Secret name.
+        name: String,
+        /// Generation recorded in status.
+        generation: u64,
     },
     /// Version material is missing or cannot be unwrapped.
     #[error("version {version} of {key}: {detail}")]
@@ -57,15 +91,107 @@ pub enum StorageError {
     Kek(#[from] KekError),
 }
 
-/// Name of the storage Secret for a ManagedKey name (stays within 253 characters).
-pub fn secret_name(key_name: &str) -> String {
-    let n = format!("{key_name}.keyward-versions");
-    if n.len() <= 253 {
-        n
-    } else {
-        let h = hex::encode(&Sha256::digest(key_name.as_bytes())[..8]);
-        format!("{}-{h}.keyward-versions", &key_name[..200])
+impl StorageError {
+    /// True for a failed integrity check (reported as a condition, Event and audit record).
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, Self::Integrity { .. } | Self::Missing { .. })
     }
+}
+
+/// The key that authenticates stored state; loaded once per process.
+#[derive(Clone)]
+pub struct StateMacKey(SecretBytes);
+
+impl std::fmt::Debug for StateMacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateMacKey([redacted])")
+    }
+}
+
+impl StateMacKey {
+    /// A fixed key (tests, or one process that never restarts).
+    pub fn new(key: SecretBytes) -> Self {
+        Self(key)
+    }
+
+    /// The shared key from [`MAC_KEY_SECRET`] in `namespace`, created once.
+    pub async fn load_or_create(
+        client: kube::Client,
+        namespace: &str,
+        keyring: &Keyring,
+    ) -> Result<Self, crate::wrapped_key::WrappedKeyError> {
+        let api: Api<Secret> = Api::namespaced(client, namespace);
+        Ok(Self(
+            crate::wrapped_key::load_or_create(
+                &api,
+                namespace,
+                MAC_KEY_SECRET,
+                "keyward.io/state-mac-key",
+                keyring,
+            )
+            .await?,
+        ))
+    }
+
+    fn tag(
+        &self,
+        id: &KeyIdentity,
+        state_json: &[u8],
+        envelopes: &BTreeMap<u32, Vec<u8>>,
+    ) -> [u8; 32] {
+        let digests: Vec<(Vec<u8>, [u8; 32])> = envelopes
+            .iter()
+            .map(|(v, e)| (v.to_be_bytes().to_vec(), Sha256::digest(e).into()))
+            .collect();
+        let mut parts: Vec<&[u8]> = vec![
+            FORMAT,
+            id.namespace.as_bytes(),
+            id.name.as_bytes(),
+            id.uid.as_bytes(),
+            state_json,
+        ];
+        for (v, d) in &digests {
+            parts.push(v);
+            parts.push(d);
+        }
+        hmac_sha256(self.0.expose(), &parts)
+    }
+}
+
+/// Which ManagedKey a storage object belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyIdentity {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID (a re-created key with the same name is another key).
+    pub uid: String,
+}
+
+impl KeyIdentity {
+    /// The identity of a ManagedKey object.
+    pub fn of(mk: &ManagedKey) -> Self {
+        Self {
+            namespace: mk.namespace().unwrap_or_default(),
+            name: mk.name_any(),
+            uid: mk.uid().unwrap_or_default(),
+        }
+    }
+}
+
+/// Where a ManagedKey's storage lives: the controller's namespace and a name from its UID.
+#[derive(Debug, Clone)]
+pub struct StorageLocation {
+    /// Namespace of the controller (and of every storage Secret).
+    pub namespace: String,
+    /// The MAC key.
+    pub mac: StateMacKey,
+}
+
+/// Name of the storage Secret for a ManagedKey UID (a UID is 36 characters).
+pub fn secret_name(uid: &str) -> String {
+    format!("keyward-mk-{uid}")
 }
 
 /// A ManagedKey's stored versions as read from the API.
@@ -82,6 +208,7 @@ pub struct Stored {
 impl std::fmt::Debug for Stored {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stored")
+            .field("generation", &self.state.generation)
             .field("versions", &self.state.versions.len())
             .field("envelopes", &self.envelopes.keys().collect::<Vec<_>>())
             .field("resource_version", &self.resource_version)
@@ -89,32 +216,143 @@ impl std::fmt::Debug for Stored {
     }
 }
 
-/// Parse a storage Secret.
-pub fn parse(secret: &Secret) -> Result<Stored, StorageError> {
-    let name = secret.metadata.name.clone().unwrap_or_default();
-    if secret.type_.as_deref() != Some(SECRET_TYPE) {
-        return Err(StorageError::Corrupt {
-            name,
-            detail: format!(
-                "type is {:?}, expected {SECRET_TYPE}; rename or delete the conflicting Secret",
-                secret.type_
-            ),
-        });
-    }
-    let data = secret.data.clone().unwrap_or_default();
-    let state: StoredState = match data.get(STATE_ENTRY) {
-        Some(b) => serde_json::from_slice(&b.0).map_err(|e| StorageError::Corrupt {
-            name: name.clone(),
-            detail: format!("{STATE_ENTRY}: {e}"),
-        })?,
-        None => StoredState::default(),
+/// Check what a planner and the key service rely on; the error says what is wrong.
+pub fn check_invariants(
+    state: &StoredState,
+    envelopes: &BTreeMap<u32, Vec<u8>>,
+) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    let mut active = Vec::new();
+    let ts = |what: &str, v: u32, s: &str| {
+        s.parse::<jiff::Timestamp>()
+            .map(|_| ())
+            .map_err(|e| format!("version {v}: {what} {s:?} is not a timestamp ({e})"))
     };
-    let mut envelopes = BTreeMap::new();
-    for (k, v) in data {
-        if let Some(n) = k.strip_prefix('v').and_then(|n| n.parse::<u32>().ok()) {
-            envelopes.insert(n, v.0);
+    for v in &state.versions {
+        if v.version == 0 || !seen.insert(v.version) {
+            return Err(format!(
+                "version number {} appears twice or is 0",
+                v.version
+            ));
+        }
+        if v.state == KeyState::Active {
+            active.push(v.version);
+        }
+        ts("created", v.version, &v.created)?;
+        for (what, t) in [
+            ("activated", &v.activated),
+            ("deactivated", &v.deactivated),
+            ("expires", &v.expires),
+            ("destroyed", &v.destroyed),
+        ] {
+            if let Some(t) = t {
+                ts(what, v.version, t)?;
+            }
+        }
+        for r in &v.transitions {
+            ts("transition time", v.version, &r.at)?;
+        }
+        let has = envelopes.contains_key(&v.version);
+        if v.state == KeyState::Destroyed && has {
+            return Err(format!(
+                "version {} is Destroyed but still has material",
+                v.version
+            ));
+        }
+        if v.state != KeyState::Destroyed && !has {
+            return Err(format!(
+                "version {} is {} but has no material",
+                v.version,
+                v.state.as_str()
+            ));
         }
     }
+    if active.len() > 1 {
+        return Err(format!(
+            "versions {active:?} are all Active; at most one may be"
+        ));
+    }
+    if let Some(extra) = envelopes.keys().find(|v| !seen.contains(v)) {
+        return Err(format!(
+            "material for version {extra}, which the state does not list"
+        ));
+    }
+    if let Some(pd) = &state.pending_deletion {
+        for (what, t) in [
+            ("scheduledAt", &pd.scheduled_at),
+            ("destroyAt", &pd.destroy_at),
+        ] {
+            t.parse::<jiff::Timestamp>()
+                .map_err(|e| format!("pendingDeletion.{what} {t:?} is not a timestamp ({e})"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Parse and authenticate a storage Secret for `id`. `min_generation` is the generation the
+/// controller last recorded (status.storageGeneration): an older copy is a rollback.
+pub fn parse(
+    secret: &Secret,
+    id: &KeyIdentity,
+    mac: &StateMacKey,
+    min_generation: u64,
+) -> Result<Stored, StorageError> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let bad = |detail: String| StorageError::Integrity {
+        name: name.clone(),
+        detail,
+    };
+    if secret.type_.as_deref() != Some(SECRET_TYPE) {
+        return Err(bad(format!(
+            "type is {:?}, expected {SECRET_TYPE}",
+            secret.type_
+        )));
+    }
+    let ann = secret.metadata.annotations.clone().unwrap_or_default();
+    for (k, want) in [
+        (NAMESPACE_ANNOTATION, &id.namespace),
+        (NAME_ANNOTATION, &id.name),
+        (UID_ANNOTATION, &id.uid),
+    ] {
+        if ann.get(k) != Some(want) {
+            return Err(bad(format!(
+                "annotation {k} is {:?}, the ManagedKey's is {want:?}",
+                ann.get(k)
+            )));
+        }
+    }
+    let data = secret.data.clone().unwrap_or_default();
+    let state_json = data
+        .get(STATE_ENTRY)
+        .map(|b| b.0.clone())
+        .ok_or_else(|| bad(format!("no {STATE_ENTRY}")))?;
+    let mut envelopes = BTreeMap::new();
+    for (k, v) in &data {
+        if let Some(n) = k.strip_prefix('v') {
+            let n: u32 = n
+                .parse()
+                .map_err(|_| bad(format!("unexpected entry {k:?}")))?;
+            envelopes.insert(n, v.0.clone());
+        }
+    }
+    let tag = data
+        .get(MAC_ENTRY)
+        .and_then(|b| hex::decode(&b.0).ok())
+        .ok_or_else(|| bad(format!("no valid {MAC_ENTRY}")))?;
+    if !ct_eq(&tag, &mac.tag(id, &state_json, &envelopes)) {
+        return Err(bad(
+            "the MAC does not match: the state or material was changed outside keyward".into(),
+        ));
+    }
+    let state: StoredState =
+        serde_json::from_slice(&state_json).map_err(|e| bad(format!("{STATE_ENTRY}: {e}")))?;
+    if state.generation < min_generation {
+        return Err(bad(format!(
+            "generation {} is older than the {min_generation} the controller last saved: a rolled-back copy",
+            state.generation
+        )));
+    }
+    check_invariants(&state, &envelopes).map_err(bad)?;
     Ok(Stored {
         state,
         envelopes,
@@ -122,41 +360,53 @@ pub fn parse(secret: &Secret) -> Result<Stored, StorageError> {
     })
 }
 
-/// Read a ManagedKey's storage (empty when the Secret does not exist yet).
-pub async fn load(api: &Api<Secret>, key_name: &str) -> Result<Stored, StorageError> {
-    let name = secret_name(key_name);
+/// Read a ManagedKey's storage (empty when none exists yet, unless the controller already
+/// saved some: then a missing object is an integrity failure, not a fresh start).
+pub async fn load(
+    loc: &StorageLocation,
+    client: &kube::Client,
+    id: &KeyIdentity,
+    min_generation: u64,
+) -> Result<Stored, StorageError> {
+    let name = secret_name(&id.uid);
+    let api: Api<Secret> = Api::namespaced(client.clone(), &loc.namespace);
     match api.get_opt(&name).await {
-        Ok(Some(s)) => parse(&s),
+        Ok(Some(s)) => parse(&s, id, &loc.mac, min_generation),
+        Ok(None) if min_generation > 0 => Err(StorageError::Missing {
+            name,
+            generation: min_generation,
+        }),
         Ok(None) => Ok(Stored::default()),
         Err(source) => Err(StorageError::Kube { name, source }),
     }
 }
 
-/// Write storage with optimistic concurrency: create when new, replace at the read
-/// resourceVersion otherwise. A 409 means someone else wrote first: re-read and re-plan.
-pub async fn save(
-    api: &Api<Secret>,
-    mk: &ManagedKey,
+/// The storage Secret for `stored` as `id`'s, with its MAC (pure; [`save`] writes it).
+pub fn to_secret(
+    loc: &StorageLocation,
+    id: &KeyIdentity,
     stored: &Stored,
-) -> Result<String, StorageError> {
-    let key_name = mk.metadata.name.clone().unwrap_or_default();
-    let name = secret_name(&key_name);
+) -> Result<Secret, StorageError> {
+    let name = secret_name(&id.uid);
+    let state_json = serde_json::to_vec(&stored.state).map_err(|e| StorageError::Integrity {
+        name: name.clone(),
+        detail: format!("state does not serialize: {e}"),
+    })?;
+    let tag = loc.mac.tag(id, &state_json, &stored.envelopes);
     let mut data: BTreeMap<String, ByteString> = stored
         .envelopes
         .iter()
         .map(|(v, b)| (format!("v{v}"), ByteString(b.clone())))
         .collect();
-    data.insert(
-        STATE_ENTRY.into(),
-        ByteString(serde_json::to_vec(&stored.state).expect("state serializes")),
-    );
+    data.insert(STATE_ENTRY.into(), ByteString(state_json));
+    data.insert(MAC_ENTRY.into(), ByteString(hex::encode(tag).into_bytes()));
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(name.clone()),
-            namespace: mk.metadata.namespace.clone(),
+            namespace: Some(loc.namespace.clone()),
             labels: Some(
                 [
-                    (KEY_LABEL.to_string(), key_name),
+                    (STORAGE_LABEL.to_string(), STORAGE_LABEL_VALUE.to_string()),
                     (
                         "app.kubernetes.io/managed-by".to_string(),
                         "keyward".to_string(),
@@ -164,7 +414,14 @@ pub async fn save(
                 ]
                 .into(),
             ),
-            owner_references: mk.controller_owner_ref(&()).map(|o| vec![o]),
+            annotations: Some(
+                [
+                    (NAMESPACE_ANNOTATION.to_string(), id.namespace.clone()),
+                    (NAME_ANNOTATION.to_string(), id.name.clone()),
+                    (UID_ANNOTATION.to_string(), id.uid.clone()),
+                ]
+                .into(),
+            ),
             resource_version: stored.resource_version.clone(),
             ..Default::default()
         },
@@ -172,13 +429,59 @@ pub async fn save(
         data: Some(data),
         ..Default::default()
     };
+    Ok(secret)
+}
+
+/// Write storage with optimistic concurrency: create when new, replace at the read
+/// resourceVersion otherwise (a 409 means someone else wrote first: re-read and re-plan).
+/// The generation goes up by one; returns the saved generation.
+pub async fn save(
+    loc: &StorageLocation,
+    client: &kube::Client,
+    mk: &ManagedKey,
+    stored: &mut Stored,
+) -> Result<u64, StorageError> {
+    let id = KeyIdentity::of(mk);
+    let name = secret_name(&id.uid);
+    stored.state.generation += 1;
+    let secret = match to_secret(loc, &id, stored) {
+        Ok(s) => s,
+        Err(e) => {
+            stored.state.generation -= 1;
+            return Err(e);
+        }
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), &loc.namespace);
     let r = if stored.resource_version.is_some() {
         api.replace(&name, &PostParams::default(), &secret).await
     } else {
         api.create(&PostParams::default(), &secret).await
     };
-    r.map(|s| s.metadata.resource_version.unwrap_or_default())
-        .map_err(|source| StorageError::Kube { name, source })
+    match r {
+        Ok(s) => {
+            stored.resource_version = s.metadata.resource_version;
+            Ok(stored.state.generation)
+        }
+        Err(source) => {
+            stored.state.generation -= 1;
+            Err(StorageError::Kube { name, source })
+        }
+    }
+}
+
+/// Remove a ManagedKey's storage once every version is destroyed (idempotent).
+pub async fn delete(
+    loc: &StorageLocation,
+    client: &kube::Client,
+    uid: &str,
+) -> Result<(), StorageError> {
+    let name = secret_name(uid);
+    let api: Api<Secret> = Api::namespaced(client.clone(), &loc.namespace);
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(StorageError::Kube { name, source }),
+    }
 }
 
 /// Unwrap one version's material.
@@ -207,3 +510,19 @@ pub async fn unwrap_version(
         .unwrap(&env, &KeyContext::new(namespace, name, version))
         .await?)
 }
+
+/// ManagedKeys that still have versions from the old per-namespace layout (status lists
+/// versions but no storage generation was ever recorded): the controller refuses to start.
+pub fn old_layout_keys(keys: &[ManagedKey]) -> Vec<String> {
+    keys.iter()
+        .filter(|k| {
+            k.status
+                .as_ref()
+                .is_some_and(|s| s.version_count > 0 && s.storage_generation.is_none())
+        })
+        .map(|k| format!("{}/{}", k.namespace().unwrap_or_default(), k.name_any()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -87,7 +87,8 @@ fn setup() -> (Arc<Context>, ApiServerVerifier) {
 
 const MK: &str = "/apis/keyward.io/v1alpha1/namespaces/team-a/managedkeys/payments";
 const RP: &str = "/apis/keyward.io/v1alpha1/namespaces/team-a/rotationpolicies/quarterly";
-const SECRET: &str = "/api/v1/namespaces/team-a/secrets/payments.keyward-versions";
+/// Storage lives in the controller's namespace, named by the ManagedKey's UID.
+const SECRET: &str = "/api/v1/namespaces/keyward-system/secrets/keyward-mk-uid-1";
 
 #[tokio::test]
 async fn first_reconcile_adds_finalizer_creates_version_one_and_writes_status() {
@@ -122,14 +123,28 @@ async fn first_reconcile_adds_finalizer_creates_version_one_and_writes_status() 
     let secret = api
         .expect(
             Method::POST,
-            "/api/v1/namespaces/team-a/secrets",
+            "/api/v1/namespaces/keyward-system/secrets",
             StatusCode::CREATED,
             json!({}),
         )
         .await;
-    assert_eq!(secret["type"], "keyward.io/wrapped-key");
-    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "uid-1");
-    assert_eq!(secret["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(secret["type"], "keyward.io/key-storage");
+    // No owner reference (it would cross namespaces); the key is named in annotations.
+    assert!(secret["metadata"]["ownerReferences"].is_null());
+    let ann = &secret["metadata"]["annotations"];
+    assert_eq!(
+        (
+            &ann["keyward.io/key-namespace"],
+            &ann["keyward.io/key-name"],
+            &ann["keyward.io/key-uid"]
+        ),
+        (&json!("team-a"), &json!("payments"), &json!("uid-1"))
+    );
+    assert_eq!(
+        secret["data"]["state.mac"].as_str().map(str::len),
+        Some(88),
+        "hex MAC, base64"
+    );
     assert!(secret["data"]["v1"].is_string(), "version 1 stored wrapped");
     let state: Value = {
         use base64::Engine;
@@ -187,10 +202,10 @@ async fn conflict_on_storage_write_is_an_error_and_writes_no_status() {
         not_found("secret"),
     )
     .await;
-    let conflict = json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"AlreadyExists","code":409,"message":"secrets \"payments.keyward-versions\" already exists"});
+    let conflict = json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"AlreadyExists","code":409,"message":"secrets \"keyward-mk-uid-1\" already exists"});
     api.expect(
         Method::POST,
-        "/api/v1/namespaces/team-a/secrets",
+        "/api/v1/namespaces/keyward-system/secrets",
         StatusCode::CONFLICT,
         conflict,
     )

@@ -11,8 +11,8 @@ use keyward::controller::{Context, ManualClock, Metrics};
 use keyward::crd::{ManagedKey, RotationPolicy};
 use keyward::crypto::{Algorithm, SecretBytes};
 use keyward::kek::{Keyring, local::LocalKek};
-use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{CustomResourceExt, ResourceExt};
 use kube_test_apiserver::{Fault, FaultKind, TestApiServer};
 use serde_json::json;
 use std::io::Write;
@@ -51,6 +51,8 @@ struct World {
     clock: Arc<ManualClock>,
     keyring: Keyring,
     trigger: Vec<tokio::sync::mpsc::UnboundedSender<()>>,
+    /// Shared by every replica a test starts, as the real ones share the Secret-held key.
+    storage: keyward::storage::StorageLocation,
 }
 
 const T0: i64 = 1_800_000_000;
@@ -59,6 +61,15 @@ async fn world() -> World {
     logs();
     let server = TestApiServer::start().await.unwrap();
     let client = server.client().await;
+    // The controller's namespace, where key storage lives (the chart's release namespace).
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "keyward-system"}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [ManagedKey::crd(), RotationPolicy::crd()] {
         crds.create(&PostParams::default(), &crd).await.unwrap();
@@ -72,6 +83,10 @@ async fn world() -> World {
         clock: Arc::new(ManualClock::new(Timestamp::from_second(T0).unwrap())),
         keyring,
         trigger: vec![],
+        storage: keyward::storage::StorageLocation {
+            namespace: "keyward-system".into(),
+            mac: keyward::storage::StateMacKey::new(SecretBytes::random(32)),
+        },
     }
 }
 
@@ -86,6 +101,7 @@ impl World {
             Some(instance.into()),
         );
         ctx.max_requeue = Duration::from_secs(2);
+        ctx.storage = self.storage.clone();
         (Arc::new(ctx), metrics)
     }
 
@@ -145,13 +161,29 @@ impl World {
         );
     }
 
-    async fn versions_in_secret(&self, name: &str) -> Vec<u32> {
-        let s = Api::<Secret>::namespaced(self.client.clone(), "default")
-            .get(&keyward::storage::secret_name(name))
+    /// The key's storage as the key service reads it (authenticated, generation-checked).
+    async fn stored(&self, name: &str) -> keyward::storage::Stored {
+        let mk = Api::<ManagedKey>::namespaced(self.client.clone(), "default")
+            .get(name)
             .await
             .unwrap();
-        let st = keyward::storage::parse(&s).unwrap();
-        st.envelopes.keys().copied().collect()
+        let min = mk
+            .status
+            .as_ref()
+            .and_then(|s| s.storage_generation)
+            .unwrap_or(0);
+        keyward::storage::load(
+            &self.storage,
+            &self.client,
+            &keyward::storage::KeyIdentity::of(&mk),
+            min,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn versions_in_secret(&self, name: &str) -> Vec<u32> {
+        self.stored(name).await.envelopes.keys().copied().collect()
     }
 }
 
@@ -287,11 +319,7 @@ async fn no_key_bytes_in_logs_events_or_status() {
     w.advance(SignedDuration::from_hours(24 * 31));
     w.wait("k", "v2", |k| current(k) == 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let s = Api::<Secret>::namespaced(w.client.clone(), "default")
-        .get(&keyward::storage::secret_name("k"))
-        .await
-        .unwrap();
-    let stored = keyward::storage::parse(&s).unwrap();
+    let stored = w.stored("k").await;
     let mut keys = Vec::new();
     for v in stored.envelopes.keys() {
         keys.push(
@@ -386,11 +414,7 @@ async fn kek_rotation_rewraps_every_version_in_the_background() {
     assert_eq!(w.versions_in_secret("k").await, before);
     assert!(metrics.rewraps.get() >= 2);
     // Every version still unwraps (old KEK version kept until nothing references it).
-    let s = Api::<Secret>::namespaced(w.client.clone(), "default")
-        .get(&keyward::storage::secret_name("k"))
-        .await
-        .unwrap();
-    let stored = keyward::storage::parse(&s).unwrap();
+    let stored = w.stored("k").await;
     for v in stored.envelopes.keys() {
         let env = keyward::crypto::Envelope::decode(&stored.envelopes[v]).unwrap();
         assert_eq!(env.kek_version, 2);
@@ -500,4 +524,131 @@ fn spki_der(pem: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .unwrap()
+}
+
+/// Storage lives in the controller's namespace, authenticated: a rolled-back or edited copy
+/// (what a tenant could do when storage sat in their namespace) is refused by the controller
+/// (Degraded/StorageIntegrity, one Warning Event, nothing planned, no panic) and by the key
+/// service (nothing served); the tenant's namespace holds no storage at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_or_rolled_back_storage_is_refused_and_reported() {
+    use k8s_openapi::api::events::v1::Event;
+    use keyward::keyservice::{ApiKeySource, KeySource};
+    let mut w = world().await;
+    w.start();
+    w.apply(POLICY).await;
+    w.apply(KEY).await;
+    w.wait("k", "v1", |k| current(k) == 1).await;
+    let secrets = Api::<Secret>::namespaced(w.client.clone(), "keyward-system");
+    let mk = Api::<ManagedKey>::namespaced(w.client.clone(), "default")
+        .get("k")
+        .await
+        .unwrap();
+    let name = keyward::storage::secret_name(&mk.uid().unwrap());
+    let old = secrets.get(&name).await.unwrap();
+    assert!(
+        Api::<Secret>::namespaced(w.client.clone(), "default")
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no storage in the tenant namespace"
+    );
+    w.advance(SignedDuration::from_hours(24 * 31));
+    w.wait("k", "v2", |k| current(k) == 2).await;
+    let source = ApiKeySource::new(w.client.clone(), w.storage.clone());
+    assert!(source.get("default", "k").await.unwrap().is_some());
+    let latest = secrets.get(&name).await.unwrap();
+
+    // Roll back to the copy holding only version 1.
+    let mut rolled = old.clone();
+    rolled.metadata.resource_version = secrets.get(&name).await.unwrap().metadata.resource_version;
+    secrets
+        .replace(&name, &PostParams::default(), &rolled)
+        .await
+        .unwrap();
+    let degraded = |k: &ManagedKey| {
+        k.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| {
+                    c.type_ == "Degraded" && c.status == "True" && c.reason == "StorageIntegrity"
+                })
+                .map(|c| c.message.clone())
+        })
+    };
+    let k = w
+        .wait("k", "rollback reported", |k| degraded(k).is_some())
+        .await;
+    assert!(
+        degraded(&k).unwrap().contains("rolled-back"),
+        "{:?}",
+        degraded(&k)
+    );
+    let e = source
+        .get("default", "k")
+        .await
+        .err()
+        .expect("the key service refuses to serve it");
+    assert!(e.to_string().contains("integrity"), "{e}");
+    // Nothing was planned on it: no version 3 appeared, the controller did not crash.
+    w.advance(SignedDuration::from_hours(24 * 31));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let k = w
+        .wait("k", "still degraded", |k| degraded(k).is_some())
+        .await;
+    assert_eq!(current(&k), 2, "status keeps the last good projection");
+
+    // An edit that keeps the generation: a Deactivated version flipped back to Active.
+    let mut edited = secrets.get(&name).await.unwrap();
+    let data = edited.data.as_mut().unwrap();
+    let mut st: serde_json::Value = serde_json::from_slice(&data["state.json"].0).unwrap();
+    st["generation"] = 1000.into();
+    data.insert(
+        "state.json".into(),
+        k8s_openapi::ByteString(serde_json::to_vec(&st).unwrap()),
+    );
+    secrets
+        .replace(&name, &PostParams::default(), &edited)
+        .await
+        .unwrap();
+    let k = w
+        .wait("k", "edit reported", |k| {
+            degraded(k).is_some_and(|m| m.contains("MAC does not match"))
+        })
+        .await;
+    assert!(
+        !k.status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+    let warnings = Api::<Event>::namespaced(w.client.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("StorageIntegrity") && e.type_.as_deref() == Some("Warning")
+        })
+        .count();
+    // The Recorder folds repeats of one reason into one Event series.
+    assert!(
+        warnings >= 1,
+        "a Warning Event reports the integrity failure"
+    );
+
+    // Putting the authentic latest copy back heals it: the key is served again.
+    let mut good = latest.clone();
+    good.metadata.resource_version = secrets.get(&name).await.unwrap().metadata.resource_version;
+    secrets
+        .replace(&name, &PostParams::default(), &good)
+        .await
+        .unwrap();
+    w.advance(SignedDuration::from_secs(1));
+    w.wait("k", "healed", |k| degraded(k).is_none()).await;
+    assert!(source.get("default", "k").await.unwrap().is_some());
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 #[test]
 fn crds_directory_matches_generated_types() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/keyward/crds");
     let mut expected = Vec::new();
     for (file, yaml) in crds_yaml() {
         let on_disk = std::fs::read_to_string(dir.join(&file))
@@ -13,6 +14,12 @@ fn crds_directory_matches_generated_types() {
         assert_eq!(
             on_disk, yaml,
             "crds/{file} is stale: run `cargo run -- crdgen` and commit"
+        );
+        // A stale chart CRD prunes new status fields (and so breaks rollback detection).
+        let in_chart = std::fs::read_to_string(chart.join(&file)).unwrap_or_default();
+        assert_eq!(
+            in_chart, yaml,
+            "charts/keyward/crds/{file} is stale: copy crds/{file} there"
         );
         expected.push(file);
     }

@@ -70,6 +70,15 @@ async fn republish_rounds_audit_changes_not_mounts() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestApiServer::start().await.unwrap();
     let client = server.client().await;
+    // The controller's namespace, where key storage lives (the chart's release namespace).
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "keyward-system"}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [ManagedKey::crd(), RotationPolicy::crd()] {
         crds.create(&PostParams::default(), &crd).await.unwrap();
@@ -112,6 +121,7 @@ async fn republish_rounds_audit_changes_not_mounts() {
         Arc::new(SystemClock),
         Some("solo".into()),
     );
+    let storage = ctx.storage.clone();
     tokio::spawn(keyward::controller::run(
         Arc::new(ctx),
         std::future::pending(),
@@ -135,7 +145,7 @@ async fn republish_rounds_audit_changes_not_mounts() {
             Duration::from_secs(10),
             65_536,
         ),
-        Arc::new(ApiKeySource::new(client.clone())),
+        Arc::new(ApiKeySource::new(client.clone(), storage)),
         keyring,
         VersionIdKey::new(SecretBytes::random(32)),
         Settings {

@@ -136,6 +136,28 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         Some(identity.clone()),
     );
     ctx.max_requeue = std::time::Duration::from_secs(args.max_requeue_seconds.max(1));
+    // Key storage lives in this namespace, authenticated with a key shared by every replica.
+    ctx.storage = crate::storage::StorageLocation {
+        namespace: args.namespace.clone(),
+        mac: crate::storage::StateMacKey::load_or_create(
+            client.clone(),
+            &args.namespace,
+            &ctx.keyring,
+        )
+        .await?,
+    };
+    let old = crate::storage::old_layout_keys(
+        &kube::Api::<crate::crd::ManagedKey>::all(client.clone())
+            .list(&Default::default())
+            .await?
+            .items,
+    );
+    if !old.is_empty() {
+        anyhow::bail!(
+            "ManagedKeys {} hold versions in the old layout (a Secret <name>.keyward-versions beside each key), which this version no longer reads: delete and re-create those keys (no release used that layout), then start again",
+            old.join(", ")
+        );
+    }
     ctx.concurrency = args.concurrency.max(1);
     if let Some(path) = &args.audit_log {
         ctx.audit = Arc::new(crate::audit::Audit::open(

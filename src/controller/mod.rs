@@ -7,7 +7,7 @@ pub mod reconcile;
 
 use crate::crd::{ManagedKey, RotationPolicy};
 use crate::kek::{KekError, Keyring};
-use crate::storage::{KEY_LABEL, StorageError};
+use crate::storage::{STORAGE_LABEL, STORAGE_LABEL_VALUE, StorageError, StorageLocation};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -87,6 +87,8 @@ pub struct Context {
     pub audit: Arc<crate::audit::Audit>,
     /// Reconciles in flight at once (bounds API-server load and connections).
     pub concurrency: u16,
+    /// Where key storage lives (the controller's namespace) and the key authenticating it.
+    pub storage: StorageLocation,
 }
 
 impl Context {
@@ -111,6 +113,12 @@ impl Context {
             max_requeue: Duration::from_secs(300),
             audit: Arc::new(crate::audit::Audit::stdout_only()),
             concurrency: 16,
+            // A process-local MAC key: right for tests and single-process use; the controller
+            // command replaces it with the shared key from the controller's namespace.
+            storage: StorageLocation {
+                namespace: "keyward-system".into(),
+                mac: crate::storage::StateMacKey::new(crate::crypto::SecretBytes::random(32)),
+            },
         }
     }
 }
@@ -125,13 +133,27 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let keys: Api<ManagedKey> = Api::all(client.clone());
-    let secrets: Api<Secret> = Api::all(client.clone());
+    // Only the storage Secrets in the controller's namespace: no cluster-wide Secret access.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ctx.storage.namespace);
     let policies: Api<RotationPolicy> = Api::all(client.clone());
     let controller = Controller::new(keys, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency));
     let store = controller.store();
     let mut controller = controller
-        .owns(secrets, watcher::Config::default().labels(KEY_LABEL))
+        .watches(
+            secrets,
+            watcher::Config::default().labels(&format!("{STORAGE_LABEL}={STORAGE_LABEL_VALUE}")),
+            |s: Secret| {
+                let a = s.metadata.annotations.unwrap_or_default();
+                match (
+                    a.get(crate::storage::NAMESPACE_ANNOTATION),
+                    a.get(crate::storage::NAME_ANNOTATION),
+                ) {
+                    (Some(ns), Some(name)) => Some(ObjectRef::<ManagedKey>::new(name).within(ns)),
+                    _ => None,
+                }
+            },
+        )
         .watches(
             policies,
             watcher::Config::default(),

@@ -10,7 +10,6 @@ use crate::lifecycle::KeyState;
 use crate::rotation::{self, Action as PlanAction, Plan, PlanInput, Policy, StoredState};
 use crate::storage;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -129,7 +128,6 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
     let name = mk.name_any();
     let now = ctx.clock.now();
     let keys: Api<ManagedKey> = Api::namespaced(ctx.client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let deleting_since: Option<Timestamp> = mk.metadata.deletion_timestamp.as_ref().map(|t| t.0);
     let has_finalizer = mk.finalizers().iter().any(|f| f == FINALIZER);
 
@@ -147,7 +145,26 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
     }
 
     let (policy, policy_problem) = load_policy(ctx, &ns, mk).await?;
-    let mut stored = storage::load(&secrets, &name).await?;
+    let id = storage::KeyIdentity::of(mk);
+    let min_generation = mk
+        .status
+        .as_ref()
+        .and_then(|s| s.storage_generation)
+        .unwrap_or(0);
+    let mut stored = match storage::load(&ctx.storage, &ctx.client, &id, min_generation).await {
+        Ok(s) => s,
+        // The end of a deletion removes storage before the finalizer: finish that step.
+        Err(storage::StorageError::Missing { .. })
+            if deleting_since.is_some()
+                && mk.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Destroyed") =>
+        {
+            remove_finalizer(&keys, mk).await?;
+            ctx.metrics.forget_key(&ns, &name);
+            return Ok(Action::await_change());
+        }
+        Err(e) if e.is_integrity() => return report_integrity(ctx, mk, &e).await,
+        Err(e) => return Err(e.into()),
+    };
     let rotate_request = mk
         .annotations()
         .get(ROTATE_NOW_ANNOTATION)
@@ -227,7 +244,7 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
                 rec.public_key = Some(pem);
             }
         }
-        storage::save(&secrets, mk, &stored).await?;
+        storage::save(&ctx.storage, &ctx.client, mk, &mut stored).await?;
         if !stale.is_empty() {
             ctx.metrics.rewraps.inc_by(stale.len() as u64);
             audit(
@@ -247,16 +264,10 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
 
     if plan.actions.contains(&PlanAction::Finalize) {
         if deleting_since.is_some() {
-            let patch = serde_json::json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": mk.finalizers()},
-                {"op": "replace", "path": "/metadata/finalizers", "value": mk.finalizers().iter().filter(|f| *f != FINALIZER).collect::<Vec<_>>()},
-            ]);
-            keys.patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Json::<()>(serde_json::from_value(patch).expect("json patch")),
-            )
-            .await?;
+            // Every version is destroyed and audited. Storage goes first, then the finalizer
+            // (a crash in between is finished by the Missing branch above).
+            storage::delete(&ctx.storage, &ctx.client, &id.uid).await?;
+            remove_finalizer(&keys, mk).await?;
             ctx.metrics.forget_key(&ns, &name);
             return Ok(Action::await_change());
         }
@@ -322,6 +333,89 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
         .min(ctx.max_requeue)
         .max(Duration::from_millis(500));
     Ok(Action::requeue(wait))
+}
+
+/// Drop keyward's finalizer; the JSON-patch `test` makes a concurrent finalizer change a
+/// conflict (retried) instead of a lost update.
+async fn remove_finalizer(keys: &Api<ManagedKey>, mk: &ManagedKey) -> Result<(), Error> {
+    let patch = serde_json::json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": mk.finalizers()},
+        {"op": "replace", "path": "/metadata/finalizers", "value": mk.finalizers().iter().filter(|f| *f != FINALIZER).collect::<Vec<_>>()},
+    ]);
+    let patch = serde_json::from_value(patch)
+        .map_err(|e| Error::Invalid(format!("finalizer patch: {e}")))?;
+    keys.patch(
+        &mk.name_any(),
+        &PatchParams::default(),
+        &Patch::Json::<()>(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The stored state failed its integrity check: serve and plan nothing; say so once with a
+/// Degraded condition, a Warning Event and an audit record, and look again later.
+async fn report_integrity(
+    ctx: &Context,
+    mk: &ManagedKey,
+    err: &storage::StorageError,
+) -> Result<Action, Error> {
+    let message = err.to_string();
+    let already = mk.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Degraded"
+                && c.status == "True"
+                && c.reason == "StorageIntegrity"
+                && c.message == message
+        })
+    });
+    if !already {
+        tracing::error!(key = %format!("{}/{}", mk.namespace().unwrap_or_default(), mk.name_any()), error = %message, "stored state refused");
+        publish(
+            ctx,
+            mk,
+            EventType::Warning,
+            "StorageIntegrity",
+            "Verify",
+            message.clone(),
+        )
+        .await;
+        audit(ctx, mk, "integrity-failure", 0, &message);
+        let now = ctx.clock.now();
+        let old = mk.status.as_ref();
+        let generation = mk.metadata.generation;
+        let mut status = old.cloned().unwrap_or_default();
+        status
+            .conditions
+            .retain(|c| c.type_ != "Ready" && c.type_ != "Degraded");
+        status.conditions.push(condition(
+            old,
+            "Ready",
+            false,
+            "StorageIntegrity",
+            "nothing is served: the stored state failed its integrity check".into(),
+            generation,
+            now,
+        ));
+        status.conditions.push(condition(
+            old,
+            "Degraded",
+            true,
+            "StorageIntegrity",
+            message,
+            generation,
+            now,
+        ));
+        let patch = serde_json::json!({"apiVersion": "keyward.io/v1alpha1", "kind": "ManagedKey", "status": status});
+        Api::<ManagedKey>::namespaced(ctx.client.clone(), &mk.namespace().unwrap_or_default())
+            .patch_status(
+                &mk.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+    }
+    Ok(Action::requeue(ctx.max_requeue))
 }
 
 /// Generate material for the key's algorithm. RSA generation takes up to seconds, so every
@@ -616,5 +710,6 @@ fn project(
         kek: Some(ctx.keyring.describe()),
         conditions,
         observed_generation: generation,
+        storage_generation: (st.generation > 0).then_some(st.generation),
     }
 }

@@ -210,6 +210,10 @@ pub struct ManagedKeyStatus {
     /// Generation this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Generation of the stored state the controller last saved (only the controller writes
+    /// status): a stored copy older than this is refused as a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_generation: Option<u64>,
 }
 
 /// Destruction scheduled for the whole key.

@@ -53,6 +53,9 @@ pub enum KeyServiceError {
     /// The object-version key could not be loaded.
     #[error(transparent)]
     VersionKey(#[from] VersionIdError),
+    /// The stored-state MAC key could not be loaded.
+    #[error("stored-state MAC key: {0}")]
+    StateMacKey(#[from] crate::wrapped_key::WrappedKeyError),
     /// gRPC transport failure.
     #[error("key service transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -208,7 +211,14 @@ pub async fn build(
             Duration::from_secs(args.token_cache_seconds),
             65_536,
         ),
-        Arc::new(ApiKeySource::new(client)),
+        Arc::new(ApiKeySource::new(
+            client.clone(),
+            crate::storage::StorageLocation {
+                namespace: args.namespace.clone(),
+                mac: crate::storage::StateMacKey::load_or_create(client, &args.namespace, &keyring)
+                    .await?,
+            },
+        )),
         keyring,
         version_key,
         settings,

@@ -2,8 +2,7 @@
 
 use crate::crd::{ManagedKey, RotationPolicy};
 use crate::rotation::{DEFAULT_GRACE_SECS, Policy};
-use crate::storage::{self, StorageError, Stored};
-use k8s_openapi::api::core::v1::Secret;
+use crate::storage::{self, StorageError, StorageLocation, Stored};
 use kube::api::Api;
 
 /// One key as the key service needs it.
@@ -44,13 +43,14 @@ pub enum SourceError {
 /// policy per key per Mount, so a revocation is effective on the next Mount.
 pub struct ApiKeySource {
     client: kube::Client,
+    storage: StorageLocation,
 }
 
 impl ApiKeySource {
-    /// Reads with `client`'s credentials (needs `get` on managedkeys, rotationpolicies and
-    /// Secrets in the key namespaces).
-    pub fn new(client: kube::Client) -> Self {
-        Self { client }
+    /// Reads with `client`'s credentials (needs `get` on managedkeys and rotationpolicies, and
+    /// on Secrets only in the controller's namespace, where storage lives).
+    pub fn new(client: kube::Client, storage: StorageLocation) -> Self {
+        Self { client, storage }
     }
 }
 
@@ -65,8 +65,15 @@ impl KeySource for ApiKeySource {
         let Some(key) = keys.get_opt(name).await.map_err(kerr)? else {
             return Ok(None);
         };
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let stored_f = storage::load(&secrets, name);
+        // Authenticated and checked against the generation the controller recorded: an
+        // edited or rolled-back copy is refused, never served.
+        let min_generation = key
+            .status
+            .as_ref()
+            .and_then(|s| s.storage_generation)
+            .unwrap_or(0);
+        let id = storage::KeyIdentity::of(&key);
+        let stored_f = storage::load(&self.storage, &self.client, &id, min_generation);
         let grace_f = async {
             match &key.spec.policy_ref {
                 None => Ok(DEFAULT_GRACE_SECS),

@@ -2,13 +2,10 @@
 //! service holds, so the driver's SecretProviderClassPodStatus reveals nothing and stays
 //! stable across pod and service restarts.
 
-use crate::crypto::{KeyContext, SecretBytes, hmac_sha256};
-use crate::kek::{KekError, Keyring};
-use k8s_openapi::ByteString;
+use crate::crypto::{SecretBytes, hmac_sha256};
+use crate::kek::Keyring;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, PostParams};
-
-const ENTRY: &str = "wrapped";
+use kube::api::Api;
 
 /// The HMAC key for object versions.
 #[derive(Clone)]
@@ -22,29 +19,10 @@ impl std::fmt::Debug for VersionIdKey {
 
 /// Loading or creating the key failed.
 #[derive(Debug, thiserror::Error)]
-pub enum VersionIdError {
-    /// API call failed.
-    #[error("object-version key Secret {name}: {source}")]
-    Kube {
-        /// Secret name.
-        name: String,
-        /// Cause.
-        source: kube::Error,
-    },
-    /// The Secret exists but is unusable.
-    #[error(
-        "object-version key Secret {name} is unusable: {detail} (delete it to create a new one; object versions then change once)"
-    )]
-    Corrupt {
-        /// Secret name.
-        name: String,
-        /// What is wrong.
-        detail: String,
-    },
-    /// Unwrapping failed.
-    #[error(transparent)]
-    Kek(#[from] KekError),
-}
+#[error(
+    "object-version key (delete its Secret to create a new one; object versions then change once): {0}"
+)]
+pub struct VersionIdError(#[from] pub crate::wrapped_key::WrappedKeyError);
 
 impl VersionIdKey {
     /// A fixed key (tests, or a key managed elsewhere).
@@ -74,58 +52,16 @@ impl VersionIdKey {
         name: &str,
         keyring: &Keyring,
     ) -> Result<Self, VersionIdError> {
-        let ctx = KeyContext::new(namespace, name, 1);
-        let kerr = |source| VersionIdError::Kube {
-            name: name.into(),
-            source,
-        };
-        for _ in 0..3 {
-            if let Some(s) = api.get_opt(name).await.map_err(kerr)? {
-                let bytes = s.data.as_ref().and_then(|d| d.get(ENTRY)).ok_or_else(|| {
-                    VersionIdError::Corrupt {
-                        name: name.into(),
-                        detail: format!("no `{ENTRY}` entry"),
-                    }
-                })?;
-                let env = crate::crypto::Envelope::decode(&bytes.0).map_err(|e| {
-                    VersionIdError::Corrupt {
-                        name: name.into(),
-                        detail: e.to_string(),
-                    }
-                })?;
-                return Ok(Self(keyring.unwrap(&env, &ctx).await?));
-            }
-            let key = SecretBytes::random(32);
-            let env = keyring.wrap(&ctx, &key).await?;
-            let encoded = env.encode().map_err(KekError::from)?;
-            let secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(name.into()),
-                    namespace: Some(namespace.into()),
-                    labels: Some(
-                        [(
-                            "app.kubernetes.io/managed-by".to_string(),
-                            "keyward".to_string(),
-                        )]
-                        .into(),
-                    ),
-                    ..Default::default()
-                },
-                type_: Some("keyward.io/object-version-key".into()),
-                data: Some([(ENTRY.to_string(), ByteString(encoded))].into()),
-                ..Default::default()
-            };
-            match api.create(&PostParams::default(), &secret).await {
-                Ok(_) => return Ok(Self(key)),
-                // Another replica created it first: read theirs.
-                Err(kube::Error::Api(e)) if e.code == 409 => continue,
-                Err(e) => return Err(kerr(e)),
-            }
-        }
-        Err(VersionIdError::Corrupt {
-            name: name.into(),
-            detail: "created concurrently but still not readable".into(),
-        })
+        Ok(Self(
+            crate::wrapped_key::load_or_create(
+                api,
+                namespace,
+                name,
+                "keyward.io/object-version-key",
+                keyring,
+            )
+            .await?,
+        ))
     }
 }
 

@@ -644,19 +644,30 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
         k["status"]["state"] == "PendingDeletion"
     })?;
     println!("pendingDeletion: {}", k["status"]["pendingDeletion"]);
+    // Storage lives in the controller's namespace, named by the key's UID; the tenant's
+    // namespace holds none of it.
+    let uid = k["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let secret = w.kubectl(&[
         "get",
         "secret",
-        "payments-dek.keyward-versions",
+        &format!("keyward-mk-{uid}"),
         "-n",
-        "default",
+        "keyward-system",
         "-o",
         "json",
     ])?;
     let secret: Value = serde_json::from_str(&secret)?;
     ensure!(
-        secret["data"]["v1"].is_string(),
-        "material was not kept during the deletion window"
+        secret["data"]["v1"].is_string() && secret["data"]["state.mac"].is_string(),
+        "material was not kept (authenticated) during the deletion window"
+    );
+    let tenant = w.kubectl(&["get", "secrets", "-n", "default", "-o", "json"])?;
+    ensure!(
+        !tenant.contains("keyward.io/"),
+        "keyward storage found in the tenant namespace: {tenant}"
     );
     let refused = w.mount("payments", &token, "- key: payments-dek\n")?;
     ensure!(

@@ -1,0 +1,206 @@
+use super::*;
+use crate::crd::KeyVersionStatus;
+use crate::lifecycle::TransitionRecord;
+
+fn loc() -> StorageLocation {
+    StorageLocation {
+        namespace: "keyward-system".into(),
+        mac: StateMacKey::new(SecretBytes::from_slice(&[9; 32])),
+    }
+}
+
+fn id() -> KeyIdentity {
+    KeyIdentity {
+        namespace: "team-a".into(),
+        name: "db".into(),
+        uid: "11111111-2222-3333-4444-555555555555".into(),
+    }
+}
+
+fn version(v: u32, state: KeyState) -> KeyVersionStatus {
+    let at = "2026-01-01T00:00:00Z".to_string();
+    KeyVersionStatus {
+        version: v,
+        state,
+        created: at.clone(),
+        activated: None,
+        deactivated: None,
+        expires: None,
+        destroyed: None,
+        fingerprint: format!("fp{v}"),
+        kek: None,
+        public_key: None,
+        transitions: vec![TransitionRecord {
+            from: KeyState::PreActivation,
+            to: state,
+            at,
+            reason: "test".into(),
+        }],
+    }
+}
+
+/// Version 1 Compromised, version 2 Active, with material for both; generation 5.
+fn stored() -> Stored {
+    let mut s = Stored::default();
+    s.state.generation = 5;
+    s.state.versions = vec![
+        version(1, KeyState::Compromised),
+        version(2, KeyState::Active),
+    ];
+    s.envelopes.insert(1, vec![1; 40]);
+    s.envelopes.insert(2, vec![2; 40]);
+    s
+}
+
+fn secret(s: &Stored) -> Secret {
+    to_secret(&loc(), &id(), s).unwrap()
+}
+
+fn detail(e: StorageError) -> String {
+    match e {
+        StorageError::Integrity { detail, .. } => detail,
+        other => panic!("not an integrity error: {other}"),
+    }
+}
+
+/// Re-encode `state.json` as a tenant with write access would edit it, keeping the old MAC.
+fn edit_state(sec: &mut Secret, f: impl FnOnce(&mut serde_json::Value)) {
+    let data = sec.data.as_mut().unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&data[STATE_ENTRY].0).unwrap();
+    f(&mut v);
+    data.insert(
+        STATE_ENTRY.into(),
+        ByteString(serde_json::to_vec(&v).unwrap()),
+    );
+}
+
+#[test]
+fn round_trip_authenticates() {
+    let s = stored();
+    let back = parse(&secret(&s), &id(), &loc().mac, 5).unwrap();
+    assert_eq!(back.state, s.state);
+    assert_eq!(back.envelopes, s.envelopes);
+    assert_eq!(
+        secret_name(&id().uid),
+        "keyward-mk-11111111-2222-3333-4444-555555555555"
+    );
+    let sec = secret(&s);
+    let labels = sec.metadata.labels.unwrap();
+    assert!(
+        labels.values().all(|v| v.len() <= 63),
+        "labels hold only bounded values"
+    );
+    let ann = sec.metadata.annotations.unwrap();
+    assert_eq!(ann[NAME_ANNOTATION], "db");
+}
+
+#[test]
+fn a_compromised_version_flipped_back_to_active_is_refused() {
+    let mut sec = secret(&stored());
+    edit_state(&mut sec, |v| v["versions"][0]["state"] = "Active".into());
+    assert!(detail(parse(&sec, &id(), &loc().mac, 0).unwrap_err()).contains("MAC does not match"));
+}
+
+#[test]
+fn swapped_material_another_key_or_another_mac_key_is_refused() {
+    let s = stored();
+    let mut sec = secret(&s);
+    sec.data
+        .as_mut()
+        .unwrap()
+        .insert("v2".into(), ByteString(vec![3; 40]));
+    assert!(detail(parse(&sec, &id(), &loc().mac, 0).unwrap_err()).contains("MAC"));
+    // A destroyed version brought back (its envelope re-added) is refused too.
+    let mut sec = secret(&s);
+    sec.data
+        .as_mut()
+        .unwrap()
+        .insert("v9".into(), ByteString(vec![9; 40]));
+    assert!(parse(&sec, &id(), &loc().mac, 0).is_err());
+    // The same bytes presented as another key (a re-created key with the same name has
+    // another UID) fail on the identity, and with the annotations rewritten, on the MAC.
+    let mut other = id();
+    other.uid = "99999999-2222-3333-4444-555555555555".into();
+    assert!(
+        detail(parse(&secret(&s), &other, &loc().mac, 0).unwrap_err()).contains(UID_ANNOTATION)
+    );
+    let mut sec = secret(&s);
+    sec.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(UID_ANNOTATION.into(), other.uid.clone());
+    assert!(detail(parse(&sec, &other, &loc().mac, 0).unwrap_err()).contains("MAC"));
+    let wrong = StateMacKey::new(SecretBytes::from_slice(&[8; 32]));
+    assert!(parse(&secret(&s), &id(), &wrong, 0).is_err());
+}
+
+#[test]
+fn an_older_generation_is_a_rollback() {
+    let s = stored();
+    let e = detail(parse(&secret(&s), &id(), &loc().mac, 6).unwrap_err());
+    assert!(e.contains("rolled-back"), "{e}");
+    assert!(parse(&secret(&s), &id(), &loc().mac, 5).is_ok());
+}
+
+#[test]
+fn invariant_violations_are_refused_even_with_a_valid_mac() {
+    // What a buggy writer (or a forged MAC key) could store: each is refused, none panics.
+    let mut dup = stored();
+    dup.state.versions.push(version(2, KeyState::Deactivated));
+    assert!(detail(parse(&secret(&dup), &id(), &loc().mac, 0).unwrap_err()).contains("twice"));
+    let mut two = stored();
+    two.state.versions[0].state = KeyState::Active;
+    assert!(detail(parse(&secret(&two), &id(), &loc().mac, 0).unwrap_err()).contains("Active"));
+    let mut ts = stored();
+    ts.state.versions[1].created = "yesterday".into();
+    assert!(detail(parse(&secret(&ts), &id(), &loc().mac, 0).unwrap_err()).contains("timestamp"));
+    let mut pd = stored();
+    pd.state.pending_deletion = Some(crate::crd::PendingDeletion {
+        scheduled_at: "2026-01-01T00:00:00Z".into(),
+        destroy_at: "soon".into(),
+    });
+    assert!(detail(parse(&secret(&pd), &id(), &loc().mac, 0).unwrap_err()).contains("destroyAt"));
+    let mut gone = stored();
+    gone.state.versions[0].state = KeyState::Destroyed;
+    assert!(
+        detail(parse(&secret(&gone), &id(), &loc().mac, 0).unwrap_err())
+            .contains("still has material")
+    );
+    let mut missing = stored();
+    missing.envelopes.remove(&2);
+    assert!(
+        detail(parse(&secret(&missing), &id(), &loc().mac, 0).unwrap_err()).contains("no material")
+    );
+}
+
+#[test]
+fn names_up_to_253_characters_fit() {
+    let mut long = id();
+    long.name = "k".repeat(253);
+    let sec = to_secret(&loc(), &long, &stored()).unwrap();
+    assert!(sec.metadata.name.unwrap().len() <= 63);
+    assert!(
+        parse(
+            &to_secret(&loc(), &long, &stored()).unwrap(),
+            &long,
+            &loc().mac,
+            0
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn old_layout_keys_are_named() {
+    let mut mk = ManagedKey::new("db", Default::default());
+    mk.metadata.namespace = Some("team-a".into());
+    assert!(old_layout_keys(std::slice::from_ref(&mk)).is_empty());
+    mk.status = Some(crate::crd::ManagedKeyStatus {
+        version_count: 2,
+        ..Default::default()
+    });
+    assert_eq!(old_layout_keys(std::slice::from_ref(&mk)), ["team-a/db"]);
+    mk.status.as_mut().unwrap().storage_generation = Some(3);
+    assert!(old_layout_keys(&[mk]).is_empty());
+}
