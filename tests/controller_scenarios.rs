@@ -652,3 +652,24 @@ async fn edited_or_rolled_back_storage_is_refused_and_reported() {
     w.wait("k", "healed", |k| degraded(k).is_none()).await;
     assert!(source.get("default", "k").await.unwrap().is_some());
 }
+
+/// A ManagedKey name of the full 253 characters works end to end (storage is named by UID and
+/// the name rides in an annotation, never a 63-character label).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_253_character_name_gets_versions() {
+    let mut w = world().await;
+    w.start();
+    w.apply(POLICY).await;
+    let name = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    );
+    assert_eq!(name.len(), 253);
+    w.apply(&KEY.replace("{name: k,", &format!("{{name: {name},")))
+        .await;
+    w.wait(&name, "first version", |k| current(k) == 1).await;
+    assert_eq!(w.versions_in_secret(&name).await, vec![1]);
+}
