@@ -2,28 +2,16 @@
 //! test time, calling over the real unix socket exactly as the Secrets Store CSI Driver does.
 
 mod common;
+mod fixture;
 
 use common::*;
 use keyward::lifecycle::KeyState::*;
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn python() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let p = std::env::var_os("KEYWARD_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
-    assert!(
-        p.exists(),
-        "Python test environment missing at {}: run tests/setup.sh (or `make setup`) first",
-        p.display()
-    );
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_mounts_like_the_driver() {
-    let py = python();
+    let py = fixture::python();
     let e = Env::start(Duration::from_secs(10)).await;
     e.add_token("tok", NS, SA, "web-0", &["keyward"], 3600);
     e.put_key(

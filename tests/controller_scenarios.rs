@@ -2,17 +2,18 @@
 //! rotation as time passes, policy changes, crashes between writes, injected 409/500, two
 //! replicas with leader election, and no key bytes in logs, Events or status.
 
+mod fixture;
+
 use base64::Engine;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use keyward::controller::cli::{LeaseConfig, run_leader_elected};
 use keyward::controller::{Context, ManualClock, Metrics};
 use keyward::crd::{ManagedKey, RotationPolicy};
 use keyward::crypto::{Algorithm, SecretBytes};
 use keyward::kek::{Keyring, local::LocalKek};
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{CustomResourceExt, ResourceExt};
 use kube_test_apiserver::{Fault, FaultKind, TestApiServer};
 use serde_json::json;
 use std::io::Write;
@@ -59,21 +60,7 @@ const T0: i64 = 1_800_000_000;
 
 async fn world() -> World {
     logs();
-    let server = TestApiServer::start().await.unwrap();
-    let client = server.client().await;
-    // The controller's namespace, where key storage lives (the chart's release namespace).
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": "keyward-system"}}))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [ManagedKey::crd(), RotationPolicy::crd()] {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
+    let (server, client) = fixture::cluster().await;
     let keyring = Keyring::new(Arc::new(
         LocalKek::in_memory("scenario", SecretBytes::random(32), Algorithm::Aes256Kwp).unwrap(),
     ));

@@ -2,21 +2,12 @@
 //! driver's rules (v1.6.0 request building, path validation, atomic writer, remount masking):
 //! those unit tests run here so `make test` runs them and prints their count.
 
-use std::path::PathBuf;
+mod fixture;
 
 #[test]
 fn driver_stand_in_follows_the_driver_rules() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let py = std::env::var_os("KEYWARD_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
-    assert!(
-        py.exists(),
-        "{} missing: run tests/setup.sh first",
-        py.display()
-    );
-    let out = std::process::Command::new(py)
-        .current_dir(&root)
+    let out = std::process::Command::new(fixture::python())
+        .current_dir(fixture::root())
         .args(["-m", "unittest", "-v", "tests/py/test_csi_driver.py"])
         .output()
         .unwrap();

@@ -6,7 +6,8 @@
 //! mounts (a pod's first receipt of a version is recorded once; re-mounts are only counted),
 //! and files are rewritten only when a key changed. The printed table is in docs/provider.md.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+mod fixture;
+
 use keyward::controller::{Context, Metrics, SystemClock};
 use keyward::crd::{ManagedKey, RotationPolicy};
 use keyward::crypto::{Algorithm, SecretBytes};
@@ -17,11 +18,9 @@ use keyward::keyservice::{
 };
 use keyward::proto::keyservice::{FetchRequest, FetchResponse};
 use keyward::provider::{Fetcher, Provider};
-use kube::CustomResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube_test_apiserver::{TestApiServer, TokenIdentity};
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -58,31 +57,9 @@ async fn current_version(keys: &Api<ManagedKey>) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn republish_rounds_audit_changes_not_mounts() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("KEYWARD_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
-    assert!(
-        python.exists(),
-        "{} missing: run tests/setup.sh",
-        python.display()
-    );
+    let (root, python) = (fixture::root(), fixture::python());
     let dir = tempfile::tempdir().unwrap();
-    let server = TestApiServer::start().await.unwrap();
-    let client = server.client().await;
-    // The controller's namespace, where key storage lives (the chart's release namespace).
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": "keyward-system"}}))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [ManagedKey::crd(), RotationPolicy::crd()] {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
+    let (server, client) = fixture::cluster().await;
     let pp = PatchParams::apply("test").force();
     Api::<RotationPolicy>::namespaced(client.clone(), "default")
         .patch(
