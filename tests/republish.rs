@@ -37,11 +37,7 @@ struct InProcess(Arc<KeyService<KubeTokenReviewer>>);
 #[tonic::async_trait]
 impl Fetcher for InProcess {
     async fn fetch(&self, req: FetchRequest) -> Result<FetchResponse, tonic::Status> {
-        let expiry = req
-            .pod_token_expiration
-            .parse::<jiff::Timestamp>()
-            .ok()
-            .map(std::time::SystemTime::from);
+        let expiry = keyward::keyservice::pod_token_expiry(&req);
         Ok(self.0.fetch(Some(PROVIDER_TOKEN), &req, expiry).await?)
     }
 }

@@ -186,27 +186,32 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let key_service =
-        if args.disable_key_service {
-            None
-        } else {
-            // Every replica answers providers (reads and unwraps only); only the leader rotates.
-            let ks = args.key_service.clone();
-            let (c, k, a) = (client.clone(), ctx.keyring.clone(), ctx.audit.clone());
-            let stop = shutdown.clone();
-            Some(tokio::spawn(async move {
-                let wait = stop.clone();
-                let r = crate::keyservice::serve(ks, c, k, a, serve_metrics, async move {
-                    wait.wait().await
-                })
-                .await;
-                if let Err(e) = &r {
-                    tracing::error!(error = %e, "key service stopped");
-                    stop.trigger("key service failed");
-                }
-                r
-            }))
-        };
+    let key_service = if args.disable_key_service {
+        None
+    } else {
+        // Every replica answers providers (reads and unwraps only); only the leader rotates.
+        let ks = args.key_service.clone();
+        // The key service reads storage where the controller writes it, with the same MAC key.
+        let (c, k, a, s) = (
+            client.clone(),
+            ctx.keyring.clone(),
+            ctx.audit.clone(),
+            ctx.storage.clone(),
+        );
+        let stop = shutdown.clone();
+        Some(tokio::spawn(async move {
+            let wait = stop.clone();
+            let r = crate::keyservice::serve(ks, c, k, a, serve_metrics, s, async move {
+                wait.wait().await
+            })
+            .await;
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "key service stopped");
+                stop.trigger("key service failed");
+            }
+            r
+        }))
+    };
     let http = {
         let stop = shutdown.clone();
         tokio::spawn(serve_http(

@@ -285,15 +285,12 @@ async fn reconcile_inner(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error
         ctx,
         now,
     );
-    let was_due = mk.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "RotationDue" && c.status == "True")
-    });
-    if let Some(due) = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "RotationDue" && c.status == "True")
+    let was_due = mk
+        .status
+        .as_ref()
+        .and_then(|s| s.true_condition("RotationDue"))
+        .is_some();
+    if let Some(due) = status.true_condition("RotationDue")
         && !was_due
     {
         // Once per notice period: the condition turning True is the trigger.
@@ -361,14 +358,11 @@ async fn report_integrity(
     err: &storage::StorageError,
 ) -> Result<Action, Error> {
     let message = err.to_string();
-    let already = mk.status.as_ref().is_some_and(|s| {
-        s.conditions.iter().any(|c| {
-            c.type_ == "Degraded"
-                && c.status == "True"
-                && c.reason == "StorageIntegrity"
-                && c.message == message
-        })
-    });
+    let already = mk
+        .status
+        .as_ref()
+        .and_then(|s| s.true_condition("Degraded"))
+        .is_some_and(|c| c.reason == "StorageIntegrity" && c.message == message);
     if !already {
         tracing::error!(key = %format!("{}/{}", mk.namespace().unwrap_or_default(), mk.name_any()), error = %message, "stored state refused");
         publish(

@@ -266,4 +266,11 @@ impl ManagedKeyStatus {
     pub fn version(&self, v: u32) -> Option<&KeyVersionStatus> {
         self.versions.iter().find(|x| x.version == v)
     }
+
+    /// The condition of type `type_` if its status is True.
+    pub fn true_condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == "True")
+    }
 }

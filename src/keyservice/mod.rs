@@ -53,9 +53,6 @@ pub enum KeyServiceError {
     /// The object-version key could not be loaded.
     #[error(transparent)]
     VersionKey(#[from] VersionIdError),
-    /// The stored-state MAC key could not be loaded.
-    #[error("stored-state MAC key: {0}")]
-    StateMacKey(#[from] crate::wrapped_key::WrappedKeyError),
     /// gRPC transport failure.
     #[error("key service transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -195,6 +192,7 @@ pub async fn build(
     args: &KeyServiceArgs,
     client: kube::Client,
     keyring: Keyring,
+    storage: crate::storage::StorageLocation,
 ) -> Result<KeyService<KubeTokenReviewer>, KeyServiceError> {
     let settings = args.settings()?;
     let secrets = kube::Api::namespaced(client.clone(), &args.namespace);
@@ -211,14 +209,7 @@ pub async fn build(
             Duration::from_secs(args.token_cache_seconds),
             65_536,
         ),
-        Arc::new(ApiKeySource::new(
-            client.clone(),
-            crate::storage::StorageLocation {
-                namespace: args.namespace.clone(),
-                mac: crate::storage::StateMacKey::load_or_create(client, &args.namespace, &keyring)
-                    .await?,
-            },
-        )),
+        Arc::new(ApiKeySource::new(client, storage)),
         keyring,
         version_key,
         settings,
@@ -232,10 +223,11 @@ pub async fn serve(
     keyring: Keyring,
     audit: Arc<crate::audit::Audit>,
     metrics: ServeMetrics,
+    storage: crate::storage::StorageLocation,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), KeyServiceError> {
     let tls = args.tls()?;
-    let svc = build(&args, client, keyring)
+    let svc = build(&args, client, keyring, storage)
         .await?
         .with_audit(audit)
         .with_serve_metrics(metrics);
@@ -269,6 +261,15 @@ pub async fn serve_on<R: TokenReviewer>(
     Ok(())
 }
 
+/// The pod token's expiry the provider forwarded (the driver's `expirationTimestamp`), if it
+/// parses; the key service never trusts a token past it.
+pub fn pod_token_expiry(req: &FetchRequest) -> Option<std::time::SystemTime> {
+    req.pod_token_expiration
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(std::time::SystemTime::from)
+}
+
 struct Grpc<R: TokenReviewer>(Arc<KeyService<R>>);
 
 #[tonic::async_trait]
@@ -284,12 +285,10 @@ impl<R: TokenReviewer> key_service_server::KeyService for Grpc<R> {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned);
         let req = request.into_inner();
-        let expiry = req
-            .pod_token_expiration
-            .parse::<jiff::Timestamp>()
-            .ok()
-            .map(std::time::SystemTime::from);
-        let out = self.0.fetch(caller.as_deref(), &req, expiry).await?;
+        let out = self
+            .0
+            .fetch(caller.as_deref(), &req, pod_token_expiry(&req))
+            .await?;
         Ok(tonic::Response::new(out))
     }
 }
