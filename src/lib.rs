@@ -17,5 +17,6 @@ pub mod proto;
 pub mod provider;
 pub mod rotation;
 pub mod shutdown;
+pub mod state;
 pub mod storage;
 pub mod wrapped_key;

@@ -147,22 +147,6 @@ pub struct TransitionRecord {
     pub reason: String,
 }
 
-/// Apply a transition and produce its record.
-pub fn record_transition(
-    from: KeyState,
-    to: KeyState,
-    at: jiff::Timestamp,
-    reason: &str,
-) -> Result<TransitionRecord, TransitionError> {
-    from.transition(to)?;
-    Ok(TransitionRecord {
-        from,
-        to,
-        at: at.to_string(),
-        reason: reason.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::KeyState::*;
@@ -217,14 +201,5 @@ mod tests {
         assert!(!Destroyed.permits(Use::Process, true));
         assert!(!PreActivation.permits(Use::Process, true));
         assert!(!Destroyed.has_material());
-    }
-
-    #[test]
-    fn transition_records_time_and_reason() {
-        let t = jiff::Timestamp::from_second(1_700_000_000).unwrap();
-        let r = record_transition(Active, Deactivated, t, "rotated").unwrap();
-        assert_eq!(r.at, "2023-11-14T22:13:20Z");
-        assert_eq!(r.reason, "rotated");
-        assert!(record_transition(Destroyed, Active, t, "x").is_err());
     }
 }

@@ -5,106 +5,146 @@
 //! Keeping the planner pure makes every rule testable without a cluster and makes a crash
 //! harmless: re-planning from the stored state after a crash yields no duplicate work.
 
-use crate::crd::{
-    DesiredState, KeyVersionStatus, ManagedKeySpec, PendingDeletion, RotationPolicySpec,
-};
-use crate::duration;
-use crate::lifecycle::{KeyState, TransitionRecord};
+use crate::crd::{DesiredState, ManagedKeySpec, RotationPolicySpec};
+use crate::duration::{Duration, DurationError};
+use crate::lifecycle::KeyState;
+pub use crate::state::{PendingDeletion, StateError, StoredState};
 use jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
 
 /// Default grace period when no policy applies.
-pub const DEFAULT_GRACE_SECS: i64 = 7 * 86_400;
+pub const DEFAULT_GRACE: Duration = Duration::from_days(7);
 /// Default deletion window when no policy applies (AWS KMS's default too).
 pub const DEFAULT_WINDOW_DAYS: u32 = 30;
+
+/// A RotationPolicy the planner cannot use; the message names the field and the fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    /// A duration field does not parse.
+    #[error("spec.{field}: {source}")]
+    Duration {
+        /// The field, as users write it.
+        field: &'static str,
+        /// The parse failure.
+        #[source]
+        source: DurationError,
+    },
+    /// A duration that must be positive is zero.
+    #[error("spec.{0}: must be longer than zero")]
+    Zero(&'static str),
+    /// The cron expression does not parse.
+    #[error(
+        "spec.schedule: invalid cron expression {value:?} ({reason}); use 5 fields, e.g. \"0 3 * * 1\""
+    )]
+    Schedule {
+        /// The expression (truncated).
+        value: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// Neither a period nor a schedule.
+    #[error("spec: set rotationPeriod (e.g. \"90d\") or schedule (cron)")]
+    NoSchedule,
+    /// deletionWindowDays outside 7..=30.
+    #[error("spec.deletionWindowDays: must be 7 to 30, got {0}")]
+    DeletionWindow(u32),
+    /// retainVersions is 0.
+    #[error("spec.retainVersions: must be at least 1")]
+    RetainVersions,
+}
 
 /// A validated RotationPolicy.
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Rotate when the current version is this old.
-    pub period_secs: Option<i64>,
+    pub period: Option<Duration>,
     /// Cron schedule (UTC).
     pub schedule: Option<croner::Cron>,
     /// Versions expire this long after creation.
-    pub expire_after_secs: Option<i64>,
+    pub expire_after: Option<Duration>,
     /// Warn this long before a due rotation or expiry.
-    pub notify_before_secs: Option<i64>,
+    pub notify_before: Option<Duration>,
     /// Versions kept with material, current included.
     pub retain_versions: u32,
     /// Previous version stays served this long after rotation.
-    pub grace_secs: i64,
-    /// Seconds between scheduling destruction and destroying.
-    pub deletion_window_secs: i64,
+    pub grace: Duration,
+    /// Time between scheduling destruction and destroying.
+    pub deletion_window: Duration,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Self {
-            period_secs: None,
+            period: None,
             schedule: None,
-            expire_after_secs: None,
-            notify_before_secs: None,
+            expire_after: None,
+            notify_before: None,
             retain_versions: 3,
-            grace_secs: DEFAULT_GRACE_SECS,
-            deletion_window_secs: DEFAULT_WINDOW_DAYS as i64 * 86_400,
+            grace: DEFAULT_GRACE,
+            deletion_window: Duration::from_days(DEFAULT_WINDOW_DAYS as i64),
         }
     }
 }
 
 impl Policy {
     /// Validate a spec; the error names the field and the fix.
-    pub fn from_spec(spec: &RotationPolicySpec) -> Result<Self, String> {
-        let dur = |field: &str, v: &Option<String>| -> Result<Option<i64>, String> {
-            v.as_deref()
-                .map(|s| {
-                    let secs = duration::parse(s).map_err(|e| format!("spec.{field}: {e}"))?;
-                    if secs <= 0 {
-                        return Err(format!("spec.{field}: must be longer than zero"));
-                    }
-                    Ok(secs)
-                })
-                .transpose()
-        };
-        let period_secs = dur("rotationPeriod", &spec.rotation_period)?;
+    pub fn from_spec(spec: &RotationPolicySpec) -> Result<Self, PolicyError> {
+        let dur =
+            |field: &'static str, v: &Option<String>| -> Result<Option<Duration>, PolicyError> {
+                v.as_deref()
+                    .map(|s| {
+                        let d: Duration = s
+                            .parse()
+                            .map_err(|source| PolicyError::Duration { field, source })?;
+                        if d == Duration::ZERO {
+                            return Err(PolicyError::Zero(field));
+                        }
+                        Ok(d)
+                    })
+                    .transpose()
+            };
+        let period = dur("rotationPeriod", &spec.rotation_period)?;
         let schedule = spec
             .schedule
             .as_deref()
             .map(|s| {
-                croner::Cron::new(s).parse().map_err(|e| {
-                    format!("spec.schedule: invalid cron expression {s:?} ({e}); use 5 fields, e.g. \"0 3 * * 1\"")
-                })
+                croner::Cron::new(s)
+                    .parse()
+                    .map_err(|e| PolicyError::Schedule {
+                        value: s.chars().take(100).collect(),
+                        reason: e.to_string(),
+                    })
             })
             .transpose()?;
-        if period_secs.is_none() && schedule.is_none() {
-            return Err("spec: set rotationPeriod (e.g. \"90d\") or schedule (cron)".into());
+        if period.is_none() && schedule.is_none() {
+            return Err(PolicyError::NoSchedule);
         }
         if !(7..=30).contains(&spec.deletion_window_days) {
-            return Err(format!(
-                "spec.deletionWindowDays: must be 7 to 30, got {}",
-                spec.deletion_window_days
-            ));
+            return Err(PolicyError::DeletionWindow(spec.deletion_window_days));
         }
         if spec.retain_versions < 1 {
-            return Err("spec.retainVersions: must be at least 1".into());
+            return Err(PolicyError::RetainVersions);
         }
-        let grace_secs =
-            duration::parse(&spec.grace_period).map_err(|e| format!("spec.gracePeriod: {e}"))?;
+        let grace = spec
+            .grace_period
+            .parse()
+            .map_err(|source| PolicyError::Duration {
+                field: "gracePeriod",
+                source,
+            })?;
         Ok(Self {
-            period_secs,
+            period,
             schedule,
-            expire_after_secs: dur("expireAfter", &spec.expire_after)?,
-            notify_before_secs: dur("notifyBeforeExpiry", &spec.notify_before_expiry)?,
+            expire_after: dur("expireAfter", &spec.expire_after)?,
+            notify_before: dur("notifyBeforeExpiry", &spec.notify_before_expiry)?,
             retain_versions: spec.retain_versions,
-            grace_secs,
-            deletion_window_secs: spec.deletion_window_days as i64 * 86_400,
+            grace,
+            deletion_window: Duration::from_days(spec.deletion_window_days as i64),
         })
     }
 
     /// When a version activated at `activated` is due for rotation.
     pub fn due_after(&self, activated: Timestamp) -> Option<Timestamp> {
-        let by_period = self
-            .period_secs
-            .map(|p| activated + SignedDuration::from_secs(p));
+        let by_period = self.period.map(|p| activated + p.signed());
         let by_cron = self.schedule.as_ref().and_then(|c| {
             let t = chrono::DateTime::<chrono::Utc>::from_timestamp(activated.as_second(), 0)?;
             let next = c.find_next_occurrence(&t, false).ok()?;
@@ -117,123 +157,68 @@ impl Policy {
     }
 }
 
-/// What the controller keeps in the storage Secret besides the envelopes: the single source of
-/// truth for versions and handled requests. Status is a projection of it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StoredState {
-    /// Incremented by every save; the copy the controller last saved carries the highest, and
-    /// `status.storageGeneration` records it where only the controller writes, so a stored
-    /// copy older than that is a rollback.
-    #[serde(default)]
-    pub generation: u64,
-    /// Every version ever created, oldest first.
-    #[serde(default)]
-    pub versions: Vec<KeyVersionStatus>,
-    /// Last rotate-now request id acted on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_rotate_request: Option<String>,
-    /// Set when a desiredState=Compromised request has been handled; cleared when the desired
-    /// state changes back, so a later compromise is handled again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compromise_handled_at: Option<String>,
-    /// Scheduled destruction of the whole key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_deletion: Option<PendingDeletion>,
+/// Why the planner moves a version: typed, so Events, audit and metrics decide on the cause
+/// and never on the words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// The key's first version.
+    FirstVersion,
+    /// Versions exist but none is Active (e.g. after Deactivated was undone).
+    NoActiveVersion,
+    /// desiredState went back from Suspended to Active.
+    Resumed,
+    /// The rotate-now annotation carried a new request id.
+    RotateNow,
+    /// The policy's period, schedule or expiry came due.
+    PeriodElapsed,
+    /// desiredState Suspended.
+    DesiredSuspended,
+    /// desiredState Deactivated.
+    DesiredDeactivated,
+    /// desiredState Compromised.
+    DesiredCompromised,
+    /// A fresh version replacing compromised ones.
+    ReplacesCompromised,
+    /// The key's deletion window ended.
+    DeletionWindowEnded,
+    /// Outside retainVersions after grace and deletion window.
+    Retention,
 }
 
-fn ts(s: &Option<String>) -> Option<Timestamp> {
-    s.as_deref().and_then(|s| s.parse().ok())
-}
-
-impl StoredState {
-    /// The Active version, if any.
-    pub fn active(&self) -> Option<&KeyVersionStatus> {
-        self.versions
-            .iter()
-            .rev()
-            .find(|v| v.state == KeyState::Active)
-    }
-
-    /// The version a "current" request resolves to (Active, or Suspended while suspended).
-    pub fn current(&self) -> Option<&KeyVersionStatus> {
-        self.active().or_else(|| {
-            self.versions
-                .iter()
-                .rev()
-                .find(|v| v.state == KeyState::Suspended)
-        })
-    }
-
-    /// Highest version number used so far.
-    pub fn max_version(&self) -> u32 {
-        self.versions.iter().map(|v| v.version).max().unwrap_or(0)
-    }
-
-    /// The newest Deactivated version still within the grace period: what "previous" serves.
-    pub fn previous_in_grace(&self, grace_secs: i64, now: Timestamp) -> Option<&KeyVersionStatus> {
-        self.versions.iter().rev().find(|v| {
-            v.state == KeyState::Deactivated
-                && ts(&v.deactivated)
-                    .is_some_and(|d| now < d + SignedDuration::from_secs(grace_secs))
-        })
-    }
-
-    /// Apply a state transition with its record.
-    pub fn transition(
-        &mut self,
-        version: u32,
-        to: KeyState,
-        at: Timestamp,
-        reason: &str,
-    ) -> Result<(), String> {
-        let v = self
-            .versions
-            .iter_mut()
-            .find(|v| v.version == version)
-            .ok_or_else(|| format!("version {version} does not exist"))?;
-        let rec = crate::lifecycle::record_transition(v.state, to, at, reason)
-            .map_err(|e| e.to_string())?;
-        v.state = to;
-        match to {
-            KeyState::Active => v.activated = Some(rec.at.clone()),
-            KeyState::Deactivated | KeyState::Compromised if v.deactivated.is_none() => {
-                v.deactivated = Some(rec.at.clone())
-            }
-            KeyState::Destroyed => v.destroyed = Some(rec.at.clone()),
-            _ => {}
+impl Cause {
+    /// The words recorded in the transition history and shown in Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::FirstVersion => "first version",
+            Cause::NoActiveVersion => "no active version",
+            Cause::Resumed => "resumed",
+            Cause::RotateNow => "rotate-now requested",
+            Cause::PeriodElapsed => "rotation period elapsed",
+            Cause::DesiredSuspended => "desiredState Suspended",
+            Cause::DesiredDeactivated => "desiredState Deactivated",
+            Cause::DesiredCompromised => "desiredState Compromised",
+            Cause::ReplacesCompromised => "replaces compromised versions",
+            Cause::DeletionWindowEnded => "deletion window ended",
+            Cause::Retention => "outside retainVersions after grace period and deletion window",
         }
-        v.transitions.push(rec);
-        Ok(())
     }
 
-    /// Record a new PreActivation version.
-    pub fn add_version(
-        &mut self,
-        version: u32,
-        at: Timestamp,
-        fingerprint: String,
-        kek: String,
-        expires: Option<Timestamp>,
-    ) {
-        self.versions.push(KeyVersionStatus {
-            version,
-            state: KeyState::PreActivation,
-            created: at.to_string(),
-            activated: None,
-            deactivated: None,
-            expires: expires.map(|e| e.to_string()),
-            destroyed: None,
-            fingerprint,
-            kek: Some(kek),
-            public_key: None,
-            transitions: vec![TransitionRecord {
-                from: KeyState::PreActivation,
-                to: KeyState::PreActivation,
-                at: at.to_string(),
-                reason: "generated".into(),
-            }],
-        });
+    /// Whether a version activated for this cause is a rotation (counted in the rotations
+    /// metric): a key's first version and a resumed one are not.
+    pub fn is_rotation(self) -> bool {
+        matches!(
+            self,
+            Cause::RotateNow
+                | Cause::PeriodElapsed
+                | Cause::ReplacesCompromised
+                | Cause::NoActiveVersion
+        )
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -251,8 +236,8 @@ pub enum Action {
         version: u32,
         /// Target state.
         to: KeyState,
-        /// Why, for the record and the Event.
-        reason: String,
+        /// Why, for the record, the Event and the metrics.
+        cause: Cause,
     },
     /// Erase a version's material (after its transition to Destroyed).
     EraseMaterial {
@@ -335,66 +320,44 @@ impl Planner<'_, '_> {
     }
 
     fn push(&mut self, a: Action) {
-        let now = self.input.now;
-        match &a {
-            Action::CreateVersion { version } => {
-                self.state
-                    .add_version(*version, now, String::new(), String::new(), None);
-                self.next_version = version + 1;
-            }
-            Action::Transition {
-                version,
-                to,
-                reason,
-            } => {
-                self.state
-                    .transition(*version, *to, now, reason)
-                    .expect("planner emits legal transitions only");
-            }
-            Action::ScheduleDeletion { at, destroy_at } => {
-                self.state.pending_deletion = Some(PendingDeletion {
-                    scheduled_at: at.to_string(),
-                    destroy_at: destroy_at.to_string(),
-                })
-            }
-            Action::CancelDeletion => self.state.pending_deletion = None,
-            _ => {}
+        // Later rules see earlier actions: the same `apply` the controller uses, on the copy.
+        // Material fields are left empty here; the planner never reads them.
+        apply(
+            &mut self.state,
+            std::slice::from_ref(&a),
+            self.input.now,
+            &|_| (String::new(), None),
+            None,
+        )
+        .expect("planner emits legal transitions of existing versions only");
+        if let Action::CreateVersion { version } = a {
+            self.next_version = version + 1;
         }
         self.plan.actions.push(a);
     }
 
-    fn transition(&mut self, version: u32, to: KeyState, reason: &str) {
-        self.push(Action::Transition {
-            version,
-            to,
-            reason: reason.into(),
-        });
+    fn transition(&mut self, version: u32, to: KeyState, cause: Cause) {
+        self.push(Action::Transition { version, to, cause });
     }
 
     /// Bring a version to Destroyed by legal steps and erase its material.
-    fn destroy(&mut self, version: u32, reason: &str) {
-        let Some(state) = self
-            .state
-            .versions
-            .iter()
-            .find(|v| v.version == version)
-            .map(|v| v.state)
-        else {
+    fn destroy(&mut self, version: u32, cause: Cause) {
+        let Some(state) = self.state.version(version).map(|v| v.state) else {
             return;
         };
         match state {
             KeyState::Destroyed => return,
-            KeyState::Active => self.transition(version, KeyState::Deactivated, reason),
+            KeyState::Active => self.transition(version, KeyState::Deactivated, cause),
             _ => {}
         }
-        self.transition(version, KeyState::Destroyed, reason);
+        self.transition(version, KeyState::Destroyed, cause);
         self.push(Action::EraseMaterial { version });
     }
 
-    fn create_active(&mut self, reason: &str) -> u32 {
+    fn create_active(&mut self, cause: Cause) -> u32 {
         let v = self.next_version;
         self.push(Action::CreateVersion { version: v });
-        self.transition(v, KeyState::Active, reason);
+        self.transition(v, KeyState::Active, cause);
         v
     }
 
@@ -413,29 +376,21 @@ impl Planner<'_, '_> {
         match (&self.state.pending_deletion, wants_deletion) {
             (None, true) => {
                 let at = self.input.deleting_since.unwrap_or(now);
-                let destroy_at = at + SignedDuration::from_secs(policy.deletion_window_secs);
+                let destroy_at = at + policy.deletion_window.signed();
                 self.push(Action::ScheduleDeletion { at, destroy_at });
             }
             (Some(_), false) => self.push(Action::CancelDeletion),
             _ => {}
         }
-        if let Some(pd) = self.state.pending_deletion.clone() {
-            let destroy_at: Timestamp = pd.destroy_at.parse().unwrap_or(now);
-            if now >= destroy_at {
-                let live: Vec<u32> = self
-                    .state
-                    .versions
-                    .iter()
-                    .filter(|v| v.state != KeyState::Destroyed)
-                    .map(|v| v.version)
-                    .collect();
-                for v in live {
-                    self.destroy(v, "deletion window ended");
+        if let Some(pd) = self.state.pending_deletion {
+            if now >= pd.destroy_at {
+                for v in self.state.in_states(&LIVE) {
+                    self.destroy(v, Cause::DeletionWindowEnded);
                 }
                 self.push(Action::Finalize);
             } else {
                 // Pending deletion: nothing is served or rotated; look again when the window ends.
-                self.requeue(destroy_at);
+                self.requeue(pd.destroy_at);
             }
             return;
         }
@@ -446,66 +401,42 @@ impl Planner<'_, '_> {
             && self.state.compromise_handled_at.is_some()
         {
             self.push(Action::MarkCompromise(None));
-            self.state.compromise_handled_at = None;
         }
         match spec.desired_state {
             DesiredState::Compromised if self.state.compromise_handled_at.is_none() => {
-                let suspect: Vec<u32> = self
-                    .state
-                    .versions
-                    .iter()
-                    .filter(|v| {
-                        matches!(
-                            v.state,
-                            KeyState::Active
-                                | KeyState::Suspended
-                                | KeyState::Deactivated
-                                | KeyState::PreActivation
-                        )
-                    })
-                    .map(|v| v.version)
-                    .collect();
+                let suspect = self.state.in_states(&[
+                    KeyState::Active,
+                    KeyState::Suspended,
+                    KeyState::Deactivated,
+                    KeyState::PreActivation,
+                ]);
                 for v in suspect {
-                    self.transition(v, KeyState::Compromised, "desiredState Compromised");
+                    self.transition(v, KeyState::Compromised, Cause::DesiredCompromised);
                 }
-                self.create_active("replaces compromised versions");
+                self.create_active(Cause::ReplacesCompromised);
                 self.push(Action::MarkCompromise(Some(now)));
-                self.state.compromise_handled_at = Some(now.to_string());
             }
             DesiredState::Suspended => {
                 if let Some(a) = self.state.active().map(|v| v.version) {
-                    self.transition(a, KeyState::Suspended, "desiredState Suspended");
+                    self.transition(a, KeyState::Suspended, Cause::DesiredSuspended);
                 }
             }
             DesiredState::Deactivated => {
-                let live: Vec<u32> = self
+                for v in self
                     .state
-                    .versions
-                    .iter()
-                    .filter(|v| matches!(v.state, KeyState::Active | KeyState::Suspended))
-                    .map(|v| v.version)
-                    .collect();
-                for v in live {
-                    self.transition(v, KeyState::Deactivated, "desiredState Deactivated");
+                    .in_states(&[KeyState::Active, KeyState::Suspended])
+                {
+                    self.transition(v, KeyState::Deactivated, Cause::DesiredDeactivated);
                 }
             }
             DesiredState::Active | DesiredState::Compromised => {
-                let suspended = self
-                    .state
-                    .versions
-                    .iter()
-                    .rev()
-                    .find(|v| v.state == KeyState::Suspended)
-                    .map(|v| v.version);
                 if self.state.active().is_none() {
-                    if let Some(s) = suspended {
-                        self.transition(s, KeyState::Active, "resumed");
+                    if let Some(s) = self.state.suspended().map(|v| v.version) {
+                        self.transition(s, KeyState::Active, Cause::Resumed);
+                    } else if self.state.versions.is_empty() {
+                        self.create_active(Cause::FirstVersion);
                     } else {
-                        self.create_active(if self.state.versions.is_empty() {
-                            "first version"
-                        } else {
-                            "no active version"
-                        });
+                        self.create_active(Cause::NoActiveVersion);
                     }
                 }
                 self.rotate_if_due(&policy);
@@ -522,45 +453,34 @@ impl Planner<'_, '_> {
             return;
         };
         // The clock runs from the first activation: suspending does not extend a key's life.
-        let activated = cur
-            .transitions
-            .iter()
-            .find(|r| r.to == KeyState::Active)
-            .and_then(|r| r.at.parse().ok())
-            .unwrap_or(now);
-        let mut due = policy.due_after(activated);
-        if let (Some(exp), Some(e)) = (
-            policy.expire_after_secs,
-            cur.created.parse::<Timestamp>().ok(),
-        ) {
-            let exp_at = e + SignedDuration::from_secs(exp);
-            due = Some(due.map_or(exp_at, |d| d.min(exp_at)));
-        }
+        let activated = cur.first_activated().unwrap_or(now);
+        let expiry = |created: Timestamp| policy.expire_after.map(|e| created + e.signed());
+        let earliest = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut due = earliest(policy.due_after(activated), expiry(cur.created));
         let requested = self
             .input
             .rotate_request
             .filter(|r| !r.is_empty() && self.state.last_rotate_request.as_deref() != Some(*r));
-        let reason = if let Some(r) = requested {
+        let cause = if let Some(r) = requested {
             self.push(Action::MarkRotateRequest(r.to_string()));
-            Some("rotate-now requested")
+            Some(Cause::RotateNow)
         } else if due.is_some_and(|d| now >= d) {
-            Some("rotation period elapsed")
+            Some(Cause::PeriodElapsed)
         } else {
             None
         };
-        if let Some(reason) = reason {
-            self.transition(cur.version, KeyState::Deactivated, reason);
-            self.create_active(reason);
-            due = policy.due_after(now);
-            if let Some(exp) = policy.expire_after_secs {
-                let e = now + SignedDuration::from_secs(exp);
-                due = Some(due.map_or(e, |d| d.min(e)));
-            }
+        if let Some(cause) = cause {
+            self.transition(cur.version, KeyState::Deactivated, cause);
+            self.create_active(cause);
+            due = earliest(policy.due_after(now), expiry(now));
         }
         self.plan.next_rotation = due;
         if let Some(d) = due {
-            if let Some(n) = policy.notify_before_secs {
-                let warn = d - SignedDuration::from_secs(n);
+            if let Some(n) = policy.notify_before {
+                let warn = d - n.signed();
                 if warn > now {
                     self.requeue(warn);
                 }
@@ -571,8 +491,8 @@ impl Planner<'_, '_> {
 
     fn retire(&mut self, policy: &Policy) {
         let now = self.input.now;
-        let window = SignedDuration::from_secs(policy.deletion_window_secs);
-        let grace = SignedDuration::from_secs(policy.grace_secs);
+        let window = policy.deletion_window.signed();
+        let grace = policy.grace.signed();
         // Newest first; count versions that still hold material.
         let mut kept = 0u32;
         let mut candidates = Vec::new();
@@ -591,8 +511,7 @@ impl Planner<'_, '_> {
                 continue;
             }
             // Outside retainVersions: destroy once grace and the deletion window have passed.
-            let since =
-                ts(&v.deactivated).unwrap_or_else(|| v.created.parse::<Timestamp>().unwrap_or(now));
+            let since = v.deactivated.unwrap_or(v.created);
             let eligible = since + grace + window;
             if now >= eligible {
                 candidates.push(v.version);
@@ -604,15 +523,12 @@ impl Planner<'_, '_> {
             self.requeue(t);
         }
         for v in candidates {
-            self.destroy(
-                v,
-                "outside retainVersions after grace period and deletion window",
-            );
+            self.destroy(v, Cause::Retention);
         }
         // Grace ends: re-plan so "previous" stops being served at the right moment.
         for v in &self.state.versions {
             if v.state == KeyState::Deactivated
-                && let Some(d) = ts(&v.deactivated)
+                && let Some(d) = v.deactivated
                 && d + grace > now
             {
                 let t = d + grace;
@@ -622,39 +538,47 @@ impl Planner<'_, '_> {
     }
 }
 
+/// Versions that still hold material.
+const LIVE: [KeyState; 5] = [
+    KeyState::PreActivation,
+    KeyState::Active,
+    KeyState::Suspended,
+    KeyState::Deactivated,
+    KeyState::Compromised,
+];
+
 /// Apply the planner's actions to stored state (everything except material, which the I/O
-/// shell generates for `CreateVersion` and removes for `EraseMaterial`).
+/// shell generates for `CreateVersion` and removes for `EraseMaterial`). `made` gives a new
+/// version's (fingerprint, KEK).
 pub fn apply(
     state: &mut StoredState,
     actions: &[Action],
     now: Timestamp,
-    fingerprints: &dyn Fn(u32) -> (String, String),
-    expire_after_secs: Option<i64>,
-) -> Result<(), String> {
+    made: &dyn Fn(u32) -> (String, Option<String>),
+    expire_after: Option<Duration>,
+) -> Result<(), StateError> {
     for a in actions {
         match a {
             Action::CreateVersion { version } => {
-                let (fp, kek) = fingerprints(*version);
+                let (fp, kek) = made(*version);
                 state.add_version(
                     *version,
                     now,
                     fp,
                     kek,
-                    expire_after_secs.map(|e| now + SignedDuration::from_secs(e)),
+                    expire_after.map(|e| now + e.signed()),
                 );
             }
-            Action::Transition {
-                version,
-                to,
-                reason,
-            } => state.transition(*version, *to, now, reason)?,
+            Action::Transition { version, to, cause } => {
+                state.transition(*version, *to, now, cause.as_str())?
+            }
             Action::EraseMaterial { .. } | Action::Finalize => {}
             Action::MarkRotateRequest(r) => state.last_rotate_request = Some(r.clone()),
-            Action::MarkCompromise(t) => state.compromise_handled_at = t.map(|t| t.to_string()),
+            Action::MarkCompromise(t) => state.compromise_handled_at = *t,
             Action::ScheduleDeletion { at, destroy_at } => {
                 state.pending_deletion = Some(PendingDeletion {
-                    scheduled_at: at.to_string(),
-                    destroy_at: destroy_at.to_string(),
+                    scheduled_at: *at,
+                    destroy_at: *destroy_at,
                 })
             }
             Action::CancelDeletion => state.pending_deletion = None,

@@ -19,7 +19,7 @@ use crate::crd::ManagedKey;
 use crate::crypto::{Envelope, KeyContext, SecretBytes, ct_eq, hmac_sha256};
 use crate::kek::{KekError, Keyring};
 use crate::lifecycle::KeyState;
-use crate::rotation::StoredState;
+use crate::state::StoredState;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -41,6 +41,11 @@ pub const NAMESPACE_ANNOTATION: &str = "keyward.io/key-namespace";
 pub const NAME_ANNOTATION: &str = "keyward.io/key-name";
 /// Annotation: the ManagedKey's UID.
 pub const UID_ANNOTATION: &str = "keyward.io/key-uid";
+/// Annotation on a restored key's storage: the UID of the deleted key it was restored from
+/// (the sweeper then removes that copy).
+pub const RESTORED_FROM_ANNOTATION: &str = "keyward.io/restored-from-uid";
+/// Annotation the sweeper puts on an unreadable copy of a deleted key: removed at this time.
+pub const ORPHAN_DEADLINE_ANNOTATION: &str = "keyward.io/remove-after";
 /// Secret holding the wrapped state MAC key, in the controller's namespace.
 pub const MAC_KEY_SECRET: &str = "keyward-state-mac-key";
 const FORMAT: &[u8] = b"keyward-storage-v2";
@@ -170,6 +175,16 @@ pub struct KeyIdentity {
 }
 
 impl KeyIdentity {
+    /// The identity a storage Secret claims (from its annotations; the MAC proves it).
+    pub fn of_storage(secret: &Secret) -> Option<Self> {
+        let a = secret.metadata.annotations.as_ref()?;
+        Some(Self {
+            namespace: a.get(NAMESPACE_ANNOTATION)?.clone(),
+            name: a.get(NAME_ANNOTATION)?.clone(),
+            uid: a.get(UID_ANNOTATION)?.clone(),
+        })
+    }
+
     /// The identity of a ManagedKey object.
     pub fn of(mk: &ManagedKey) -> Self {
         Self {
@@ -187,6 +202,42 @@ pub struct StorageLocation {
     pub namespace: String,
     /// The MAC key.
     pub mac: StateMacKey,
+}
+
+/// The label selector of every storage Secret.
+pub fn label_selector() -> String {
+    format!("{STORAGE_LABEL}={STORAGE_LABEL_VALUE}")
+}
+
+/// When the sweeper removes an unreadable orphan (see [`mark_orphan`]).
+pub fn orphan_deadline(secret: &Secret) -> Option<jiff::Timestamp> {
+    secret
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ORPHAN_DEADLINE_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
+/// Record on an unreadable orphan when it will be removed (data untouched; optimistic).
+pub async fn mark_orphan(
+    loc: &StorageLocation,
+    client: &kube::Client,
+    secret: &Secret,
+    at: jiff::Timestamp,
+) -> Result<(), StorageError> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let mut s = secret.clone();
+    s.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(ORPHAN_DEADLINE_ANNOTATION.into(), at.to_string());
+    Api::<Secret>::namespaced(client.clone(), &loc.namespace)
+        .replace(&name, &PostParams::default(), &s)
+        .await
+        .map_err(|source| StorageError::Kube { name, source })?;
+    Ok(())
 }
 
 /// Name of the storage Secret for a ManagedKey UID (a UID is 36 characters).
@@ -216,75 +267,62 @@ impl std::fmt::Debug for Stored {
     }
 }
 
-/// Check what a planner and the key service rely on; the error says what is wrong.
+/// A stored state that breaks what the planner and the key service rely on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvariantError {
+    /// Two records for one version number, or version 0.
+    #[error("version number {0} appears twice or is 0")]
+    DuplicateVersion(u32),
+    /// More than one Active version.
+    #[error("versions {0:?} are all Active; at most one may be")]
+    SeveralActive(Vec<u32>),
+    /// Destroyed but material is still there.
+    #[error("version {0} is Destroyed but still has material")]
+    DestroyedWithMaterial(u32),
+    /// A live version without material.
+    #[error("version {version} is {state} but has no material")]
+    NoMaterial {
+        /// Version.
+        version: u32,
+        /// Its state.
+        state: &'static str,
+    },
+    /// Material for a version the state does not list.
+    #[error("material for version {0}, which the state does not list")]
+    UnlistedMaterial(u32),
+}
+
+/// Check what a planner and the key service rely on (timestamps are already typed: an
+/// unparsable one fails deserialization).
 pub fn check_invariants(
     state: &StoredState,
     envelopes: &BTreeMap<u32, Vec<u8>>,
-) -> Result<(), String> {
+) -> Result<(), InvariantError> {
     let mut seen = BTreeSet::new();
     let mut active = Vec::new();
-    let ts = |what: &str, v: u32, s: &str| {
-        s.parse::<jiff::Timestamp>()
-            .map(|_| ())
-            .map_err(|e| format!("version {v}: {what} {s:?} is not a timestamp ({e})"))
-    };
     for v in &state.versions {
         if v.version == 0 || !seen.insert(v.version) {
-            return Err(format!(
-                "version number {} appears twice or is 0",
-                v.version
-            ));
+            return Err(InvariantError::DuplicateVersion(v.version));
         }
         if v.state == KeyState::Active {
             active.push(v.version);
         }
-        ts("created", v.version, &v.created)?;
-        for (what, t) in [
-            ("activated", &v.activated),
-            ("deactivated", &v.deactivated),
-            ("expires", &v.expires),
-            ("destroyed", &v.destroyed),
-        ] {
-            if let Some(t) = t {
-                ts(what, v.version, t)?;
-            }
-        }
-        for r in &v.transitions {
-            ts("transition time", v.version, &r.at)?;
-        }
         let has = envelopes.contains_key(&v.version);
         if v.state == KeyState::Destroyed && has {
-            return Err(format!(
-                "version {} is Destroyed but still has material",
-                v.version
-            ));
+            return Err(InvariantError::DestroyedWithMaterial(v.version));
         }
         if v.state != KeyState::Destroyed && !has {
-            return Err(format!(
-                "version {} is {} but has no material",
-                v.version,
-                v.state.as_str()
-            ));
+            return Err(InvariantError::NoMaterial {
+                version: v.version,
+                state: v.state.as_str(),
+            });
         }
     }
     if active.len() > 1 {
-        return Err(format!(
-            "versions {active:?} are all Active; at most one may be"
-        ));
+        return Err(InvariantError::SeveralActive(active));
     }
     if let Some(extra) = envelopes.keys().find(|v| !seen.contains(v)) {
-        return Err(format!(
-            "material for version {extra}, which the state does not list"
-        ));
-    }
-    if let Some(pd) = &state.pending_deletion {
-        for (what, t) in [
-            ("scheduledAt", &pd.scheduled_at),
-            ("destroyAt", &pd.destroy_at),
-        ] {
-            t.parse::<jiff::Timestamp>()
-                .map_err(|e| format!("pendingDeletion.{what} {t:?} is not a timestamp ({e})"))?;
-        }
+        return Err(InvariantError::UnlistedMaterial(*extra));
     }
     Ok(())
 }
@@ -352,7 +390,7 @@ pub fn parse(
             state.generation
         )));
     }
-    check_invariants(&state, &envelopes).map_err(bad)?;
+    check_invariants(&state, &envelopes).map_err(|e| bad(e.to_string()))?;
     Ok(Stored {
         state,
         envelopes,
@@ -420,7 +458,15 @@ pub fn to_secret(
                     (NAME_ANNOTATION.to_string(), id.name.clone()),
                     (UID_ANNOTATION.to_string(), id.uid.clone()),
                 ]
-                .into(),
+                .into_iter()
+                .chain(
+                    stored
+                        .state
+                        .restored_from
+                        .clone()
+                        .map(|u| (RESTORED_FROM_ANNOTATION.to_string(), u)),
+                )
+                .collect(),
             ),
             resource_version: stored.resource_version.clone(),
             ..Default::default()
@@ -438,13 +484,12 @@ pub fn to_secret(
 pub async fn save(
     loc: &StorageLocation,
     client: &kube::Client,
-    mk: &ManagedKey,
+    id: &KeyIdentity,
     stored: &mut Stored,
 ) -> Result<u64, StorageError> {
-    let id = KeyIdentity::of(mk);
     let name = secret_name(&id.uid);
     stored.state.generation += 1;
-    let secret = match to_secret(loc, &id, stored) {
+    let secret = match to_secret(loc, id, stored) {
         Ok(s) => s,
         Err(e) => {
             stored.state.generation -= 1;
@@ -469,15 +514,24 @@ pub async fn save(
     }
 }
 
-/// Remove a ManagedKey's storage once every version is destroyed (idempotent).
+/// Remove a ManagedKey's storage (idempotent). With `resource_version`, only the copy that
+/// was read (a 409 means it changed since: re-read and decide again).
 pub async fn delete(
     loc: &StorageLocation,
     client: &kube::Client,
     uid: &str,
+    resource_version: Option<String>,
 ) -> Result<(), StorageError> {
     let name = secret_name(uid);
     let api: Api<Secret> = Api::namespaced(client.clone(), &loc.namespace);
-    match api.delete(&name, &DeleteParams::default()).await {
+    let dp = DeleteParams {
+        preconditions: resource_version.map(|rv| kube::api::Preconditions {
+            resource_version: Some(rv),
+            uid: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&name, &dp).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(source) => Err(StorageError::Kube { name, source }),

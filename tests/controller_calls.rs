@@ -91,11 +91,9 @@ const RP: &str = "/apis/keyward.io/v1alpha1/namespaces/team-a/rotationpolicies/q
 const SECRET: &str = "/api/v1/namespaces/keyward-system/secrets/keyward-mk-uid-1";
 
 #[tokio::test]
-async fn first_reconcile_adds_finalizer_creates_version_one_and_writes_status() {
+async fn first_reconcile_only_adds_the_finalizer_guarded_by_a_test() {
     let (ctx, mut api) = setup();
-    let mk = key(false);
-    let task = tokio::spawn(reconcile(Arc::new(mk.clone()), ctx.clone()));
-
+    let task = tokio::spawn(reconcile(Arc::new(key(false)), ctx.clone()));
     let body = api
         .expect(
             Method::PATCH,
@@ -104,11 +102,29 @@ async fn first_reconcile_adds_finalizer_creates_version_one_and_writes_status() 
             serde_json::to_value(key(true)).unwrap(),
         )
         .await;
-    assert_eq!(body["metadata"]["finalizers"], json!([FINALIZER]));
+    // A JSON patch: `test` that no finalizers exist, then `add`; a concurrent change makes
+    // the test fail and the reconcile retry instead of overwriting someone's finalizer.
     assert_eq!(
-        body["metadata"]["resourceVersion"], "10",
-        "finalizer patch is optimistic"
+        body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
     );
+    task.await.unwrap().expect("reconcile ok");
+    // Nothing else yet: no material exists before the finalizer does.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), api.0.next_request())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn next_reconcile_creates_version_one_and_writes_status() {
+    let (ctx, mut api) = setup();
+    let mk = key(true);
+    let task = tokio::spawn(reconcile(Arc::new(mk.clone()), ctx.clone()));
 
     let policy = json!({"apiVersion":"keyward.io/v1alpha1","kind":"RotationPolicy","metadata":{"name":"quarterly","namespace":"team-a"},"spec":{"rotationPeriod":"90d","gracePeriod":"7d","retainVersions":3,"deletionWindowDays":30}});
     api.expect(Method::GET, RP, StatusCode::OK, policy).await;
@@ -218,4 +234,100 @@ async fn conflict_on_storage_write_is_an_error_and_writes_no_status() {
             .await
             .is_err()
     );
+}
+
+/// Deleting a key with live versions: the pending destruction is written to storage (in the
+/// controller's namespace) and the finalizer goes in the same reconcile, so neither the
+/// object nor its namespace waits for the window.
+#[tokio::test]
+async fn deletion_records_the_window_in_storage_then_drops_the_finalizer_at_once() {
+    use keyward::lifecycle::KeyState;
+    use keyward::storage::{KeyIdentity, Stored, to_secret};
+    let (ctx, mut api) = setup();
+    let mut mk = key(true);
+    let deleted_at = Timestamp::from_second(1_799_000_000).unwrap();
+    mk.meta_mut().deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        deleted_at,
+    ));
+    let mut stored = Stored::default();
+    stored.state.generation = 1;
+    stored
+        .state
+        .add_version(1, deleted_at, "fp1".into(), None, None);
+    stored
+        .state
+        .transition(1, KeyState::Active, deleted_at, "first version")
+        .unwrap();
+    stored.envelopes.insert(1, vec![7; 40]);
+    stored.resource_version = Some("5".into());
+    let secret = to_secret(&ctx.storage, &KeyIdentity::of(&mk), &stored).unwrap();
+    let task = tokio::spawn(reconcile(Arc::new(mk.clone()), ctx.clone()));
+
+    api.expect(
+        Method::GET,
+        SECRET,
+        StatusCode::OK,
+        serde_json::to_value(&secret).unwrap(),
+    )
+    .await;
+    api.expect(Method::GET, RP, StatusCode::NOT_FOUND, not_found("policy"))
+        .await;
+    let put = api
+        .expect(
+            Method::PUT,
+            SECRET,
+            StatusCode::OK,
+            serde_json::to_value(&secret).unwrap(),
+        )
+        .await;
+    assert_eq!(put["metadata"]["resourceVersion"], "5", "optimistic write");
+    let state: Value = {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(put["data"]["state.json"].as_str().unwrap())
+            .unwrap();
+        serde_json::from_slice(&raw).unwrap()
+    };
+    // The policy is gone (as in a namespace deletion): the default 30-day window, counted
+    // from the deletionTimestamp.
+    assert_eq!(
+        state["pendingDeletion"]["destroyAt"],
+        (deleted_at + jiff::SignedDuration::from_hours(30 * 24)).to_string()
+    );
+    assert!(
+        put["data"]["v1"].is_string(),
+        "material kept for the window"
+    );
+    let ev = api
+        .expect(
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/team-a/events",
+            StatusCode::CREATED,
+            json!({}),
+        )
+        .await;
+    assert_eq!(ev["reason"], "DeletionScheduled");
+    assert!(
+        ev["note"]
+            .as_str()
+            .unwrap()
+            .contains("keyward.io/restore-from-uid=uid-1"),
+        "{ev}"
+    );
+    let body = api
+        .expect(
+            Method::PATCH,
+            MK,
+            StatusCode::OK,
+            serde_json::to_value(key(false)).unwrap(),
+        )
+        .await;
+    assert_eq!(
+        body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ])
+    );
+    task.await.unwrap().expect("reconcile ok");
 }

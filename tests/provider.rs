@@ -402,9 +402,9 @@ async fn compromised_destroyed_suspended_and_pending_deletion_are_not_served() {
     );
 
     e.edit(NS, "db", |r| {
-        r.stored.state.pending_deletion = Some(keyward::crd::PendingDeletion {
-            scheduled_at: jiff::Timestamp::now().to_string(),
-            destroy_at: "2999-01-01T00:00:00Z".into(),
+        r.stored.state.pending_deletion = Some(keyward::state::PendingDeletion {
+            scheduled_at: jiff::Timestamp::now(),
+            destroy_at: "2999-01-01T00:00:00Z".parse().unwrap(),
         })
     });
     refused(

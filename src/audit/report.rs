@@ -98,7 +98,7 @@ pub fn build(keys: &[ManagedKey], policies: &[RotationPolicy], now: Timestamp) -
                 state: st.state.clone().unwrap_or_else(|| "Unknown".into()),
                 current_version: st.current_version,
                 current_age_secs: age,
-                period_secs: parsed.as_ref().and_then(|p| p.period_secs),
+                period_secs: parsed.as_ref().and_then(|p| p.period).map(|d| d.secs()),
                 policy,
                 next_rotation: due.map(|d| d.to_string()),
                 overdue,

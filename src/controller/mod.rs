@@ -37,15 +37,36 @@ pub enum Error {
     /// Crypto failure.
     #[error("crypto: {0}")]
     Crypto(#[from] crate::crypto::CryptoError),
+    /// A state change the stored state cannot take (a planner bug, never user input).
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] kube::Error),
     /// Input the controller cannot act on.
     #[error("{0}")]
     Invalid(String),
 }
 
 impl Error {
+    /// Unwrap the finalizer helper's error into ours.
+    pub fn from_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            F::AddFinalizer(e) | F::RemoveFinalizer(e) => Error::Finalizer(e),
+            F::UnnamedObject => Error::Invalid("ManagedKey has no name".into()),
+            F::InvalidFinalizer => Error::Invalid("finalizer patch path".into()),
+        }
+    }
+
     /// A write lost an optimistic-concurrency race (HTTP 409): retry from a fresh read.
+    /// The finalizer patches guard with a JSON-patch `test`, which the API server answers
+    /// with 422 when someone else changed the list first: a lost race too.
     pub fn is_conflict(&self) -> bool {
         let code = match self {
+            Error::Finalizer(kube::Error::Api(e)) if e.code == 422 => Some(409),
+            Error::Finalizer(kube::Error::Api(e)) => Some(e.code),
             Error::Kube(kube::Error::Api(e)) => Some(e.code),
             Error::Storage(StorageError::Kube {
                 source: kube::Error::Api(e),
@@ -64,6 +85,8 @@ impl Error {
             Error::Storage(_) => "storage",
             Error::Kek(_) => "kek",
             Error::Crypto(_) => "crypto",
+            Error::State(_) => "state",
+            Error::Finalizer(_) => "finalizer",
             Error::Invalid(_) => "invalid",
         }
     }
@@ -89,6 +112,8 @@ pub struct Context {
     pub concurrency: u16,
     /// Where key storage lives (the controller's namespace) and the key authenticating it.
     pub storage: StorageLocation,
+    /// How often the sweeper looks for storage of deleted keys (see [`reconcile::sweep`]).
+    pub sweep_interval: Duration,
 }
 
 impl Context {
@@ -113,6 +138,7 @@ impl Context {
             max_requeue: Duration::from_secs(300),
             audit: Arc::new(crate::audit::Audit::stdout_only()),
             concurrency: 16,
+            sweep_interval: Duration::from_secs(300),
             // A process-local MAC key: right for tests and single-process use; the controller
             // command replaces it with the shared key from the controller's namespace.
             storage: StorageLocation {
@@ -173,17 +199,58 @@ pub async fn run(
             },
         )
         .graceful_shutdown_on(shutdown);
-    if let Some(rx) = trigger {
-        controller =
-            controller.reconcile_all_on(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+    // A trigger re-plans every key and sweeps once.
+    let sweep_now = Arc::new(tokio::sync::Notify::new());
+    if let Some(mut rx) = trigger {
+        let (tx, replan) = tokio::sync::mpsc::unbounded_channel();
+        let notify = sweep_now.clone();
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                notify.notify_one();
+                if tx.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+        controller = controller
+            .reconcile_all_on(tokio_stream::wrappers::UnboundedReceiverStream::new(replan));
     }
     ready.store(true, Ordering::SeqCst);
-    controller
+    let sweeper = sweep_loop(ctx.clone(), sweep_now);
+    let controller = controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "controller event");
             }
-        })
-        .await;
+        });
+    // The controller ends on shutdown; the sweeper ends with it (it holds no partial write:
+    // each sweep step is one idempotent API call).
+    tokio::select! {
+        _ = controller => {}
+        _ = sweeper => {}
+    }
+}
+
+/// Sweep at start, every `sweep_interval`, and when asked.
+async fn sweep_loop(ctx: Arc<Context>, now: Arc<tokio::sync::Notify>) {
+    loop {
+        match reconcile::sweep(&ctx).await {
+            Ok(r) if r != reconcile::SweepReport::default() => {
+                tracing::info!(
+                    kept = r.kept,
+                    destroyed = r.destroyed,
+                    scheduled = r.scheduled,
+                    restored = r.restored,
+                    "swept storage of deleted keys"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep failed; next one retries"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.sweep_interval) => {}
+            _ = now.notified() => {}
+        }
+    }
 }

@@ -7,8 +7,13 @@ use serde::{Deserialize, Serialize};
 /// Annotation that asks for an immediate rotation; its value is a request id (any string),
 /// handled once (the controller records the last handled id in status).
 pub const ROTATE_NOW_ANNOTATION: &str = "keyward.io/rotate-now";
-/// Finalizer that keeps material through the deletion window.
+/// Finalizer that makes a deletion pass through the controller, which records the pending
+/// destruction in storage (kept in the controller's namespace for the deletion window) and
+/// then lets the object go at once.
 pub const FINALIZER: &str = "keyward.io/deletion-window";
+/// Annotation on a new ManagedKey asking to restore a deleted key's versions: its value is the
+/// deleted key's UID. Same namespace and name only, and only within the deletion window.
+pub const RESTORE_ANNOTATION: &str = "keyward.io/restore-from-uid";
 
 /// A data key keyward generates, wraps, rotates and serves.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

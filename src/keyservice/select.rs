@@ -1,9 +1,9 @@
 //! Which stored versions a request may receive: a pure function of stored state, grace period,
 //! selector and time, so every lifecycle rule is unit-tested without a cluster.
 
-use crate::crd::KeyVersionStatus;
+use crate::duration::Duration;
 use crate::lifecycle::{KeyState, Use};
-use crate::rotation::StoredState;
+use crate::state::{StoredState, StoredVersion};
 use jiff::Timestamp;
 
 /// Which versions an object asks for.
@@ -59,11 +59,11 @@ pub enum SelectError {
     },
     /// No Deactivated version within the grace period.
     #[error(
-        "has no previous version within the grace period ({grace_secs}s after rotation); mount version \"current\" or a version number"
+        "has no previous version within the grace period ({grace} after rotation); mount version \"current\" or a version number"
     )]
     NoPrevious {
-        /// Grace period in seconds.
-        grace_secs: i64,
+        /// The grace period.
+        grace: Duration,
     },
     /// The requested number does not exist.
     #[error("has no version {0}")]
@@ -81,36 +81,22 @@ pub enum SelectError {
     NothingServable,
 }
 
-fn ts(s: Option<&str>) -> Option<Timestamp> {
-    s.and_then(|s| s.parse().ok())
-}
-
-fn expired(v: &KeyVersionStatus, now: Timestamp) -> bool {
-    ts(v.expires.as_deref()).is_some_and(|e| now >= e)
-}
-
 /// Whether a version may be handed out at all (material present, state permits processing
 /// without the compromise override, not expired).
-pub fn servable(v: &KeyVersionStatus, now: Timestamp) -> bool {
-    v.state.permits(Use::Process, false) && !expired(v, now)
-}
-
-fn in_grace(v: &KeyVersionStatus, grace_secs: i64, now: Timestamp) -> bool {
-    v.state == KeyState::Deactivated
-        && ts(v.deactivated.as_deref())
-            .is_some_and(|d| now < d + jiff::SignedDuration::from_secs(grace_secs))
+pub fn servable(v: &StoredVersion, now: Timestamp) -> bool {
+    v.state.permits(Use::Process, false) && !v.expired(now)
 }
 
 /// Pick the versions `sel` resolves to.
 pub fn select(
     state: &StoredState,
-    grace_secs: i64,
+    grace: Duration,
     sel: Selector,
     now: Timestamp,
 ) -> Result<Selection, SelectError> {
     if let Some(pd) = &state.pending_deletion {
         return Err(SelectError::PendingDeletion {
-            destroy_at: pd.destroy_at.clone(),
+            destroy_at: pd.destroy_at.to_string(),
         });
     }
     let current = state
@@ -129,9 +115,9 @@ pub fn select(
         }
         Selector::Previous => {
             let v = state
-                .previous_in_grace(grace_secs, now)
+                .previous_in_grace(grace, now)
                 .filter(|v| servable(v, now))
-                .ok_or(SelectError::NoPrevious { grace_secs })?;
+                .ok_or(SelectError::NoPrevious { grace })?;
             Ok(Selection {
                 versions: vec![v.version],
                 current: None,
@@ -146,7 +132,7 @@ pub fn select(
             if !servable(v, now) {
                 return Err(SelectError::NotServable {
                     version: n,
-                    state: if expired(v, now) {
+                    state: if v.expired(now) {
                         "expired".into()
                     } else {
                         v.state.as_str().into()
@@ -165,7 +151,7 @@ pub fn select(
                 .filter(|v| {
                     servable(v, now)
                         && (matches!(v.state, KeyState::Active | KeyState::Suspended)
-                            || in_grace(v, grace_secs, now))
+                            || v.in_grace(grace, now))
                 })
                 .map(|v| v.version)
                 .collect();
@@ -181,7 +167,7 @@ pub fn select(
 
 fn no_current_reason(state: &StoredState, now: Timestamp) -> String {
     if let Some(a) = state.active()
-        && expired(a, now)
+        && a.expired(now)
     {
         return format!("version {} expired; rotate the key", a.version);
     }
@@ -202,6 +188,8 @@ fn no_current_reason(state: &StoredState, now: Timestamp) -> String {
 mod tests {
     use super::*;
 
+    const G: Duration = Duration::from_secs(50);
+
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + s).unwrap()
     }
@@ -209,9 +197,9 @@ mod tests {
     /// v1 Deactivated at t(100), v2 Active since t(100).
     fn rotated() -> StoredState {
         let mut s = StoredState::default();
-        s.add_version(1, t(0), "fp1".into(), "k".into(), None);
+        s.add_version(1, t(0), "fp1".into(), Some("k".into()), None);
         s.transition(1, KeyState::Active, t(0), "first").unwrap();
-        s.add_version(2, t(100), "fp2".into(), "k".into(), None);
+        s.add_version(2, t(100), "fp2".into(), Some("k".into()), None);
         s.transition(1, KeyState::Deactivated, t(100), "rotated")
             .unwrap();
         s.transition(2, KeyState::Active, t(100), "rotated")
@@ -222,7 +210,7 @@ mod tests {
     #[test]
     fn current_is_the_active_version() {
         let s = rotated();
-        let r = select(&s, 50, Selector::Current, t(120)).unwrap();
+        let r = select(&s, G, Selector::Current, t(120)).unwrap();
         assert_eq!(r.versions, vec![2]);
         assert_eq!(r.current, Some(2));
     }
@@ -231,22 +219,22 @@ mod tests {
     fn previous_only_within_grace() {
         let s = rotated();
         assert_eq!(
-            select(&s, 50, Selector::Previous, t(149)).unwrap().versions,
+            select(&s, G, Selector::Previous, t(149)).unwrap().versions,
             vec![1]
         );
         assert_eq!(
-            select(&s, 50, Selector::Previous, t(150)),
-            Err(SelectError::NoPrevious { grace_secs: 50 })
+            select(&s, G, Selector::Previous, t(150)),
+            Err(SelectError::NoPrevious { grace: G })
         );
     }
 
     #[test]
     fn all_includes_previous_in_grace_only() {
         let s = rotated();
-        let r = select(&s, 50, Selector::All, t(120)).unwrap();
+        let r = select(&s, G, Selector::All, t(120)).unwrap();
         assert_eq!(r.versions, vec![1, 2]);
         assert_eq!(r.current, Some(2));
-        let r = select(&s, 50, Selector::All, t(200)).unwrap();
+        let r = select(&s, G, Selector::All, t(200)).unwrap();
         assert_eq!(r.versions, vec![2]);
     }
 
@@ -255,37 +243,37 @@ mod tests {
         let mut s = rotated();
         // Deactivated outside grace still processes when asked for by number.
         assert_eq!(
-            select(&s, 50, Selector::Number(1), t(1000))
+            select(&s, G, Selector::Number(1), t(1000))
                 .unwrap()
                 .versions,
             vec![1]
         );
         assert_eq!(
-            select(&s, 50, Selector::Number(9), t(120)),
+            select(&s, G, Selector::Number(9), t(120)),
             Err(SelectError::NoSuchVersion(9))
         );
         s.transition(1, KeyState::Compromised, t(130), "leak")
             .unwrap();
-        let e = select(&s, 50, Selector::Number(1), t(131)).unwrap_err();
+        let e = select(&s, G, Selector::Number(1), t(131)).unwrap_err();
         assert!(e.to_string().contains("Compromised"), "{e}");
         assert_eq!(
-            select(&s, 50, Selector::Previous, t(131)),
-            Err(SelectError::NoPrevious { grace_secs: 50 })
+            select(&s, G, Selector::Previous, t(131)),
+            Err(SelectError::NoPrevious { grace: G })
         );
         assert_eq!(
-            select(&s, 50, Selector::All, t(131)).unwrap().versions,
+            select(&s, G, Selector::All, t(131)).unwrap().versions,
             vec![2]
         );
-        s.add_version(3, t(140), "fp3".into(), "k".into(), None);
-        let e = select(&s, 50, Selector::Number(3), t(141)).unwrap_err();
+        s.add_version(3, t(140), "fp3".into(), Some("k".into()), None);
+        let e = select(&s, G, Selector::Number(3), t(141)).unwrap_err();
         assert!(e.to_string().contains("PreActivation"), "{e}");
         assert_eq!(
-            select(&s, 50, Selector::All, t(141)).unwrap().versions,
+            select(&s, G, Selector::All, t(141)).unwrap().versions,
             vec![2]
         );
         s.transition(1, KeyState::Destroyed, t(150), "gone")
             .unwrap();
-        assert!(select(&s, 50, Selector::Number(1), t(151)).is_err());
+        assert!(select(&s, G, Selector::Number(1), t(151)).is_err());
     }
 
     #[test]
@@ -293,20 +281,20 @@ mod tests {
         let mut s = rotated();
         s.transition(2, KeyState::Suspended, t(200), "pause")
             .unwrap();
-        let e = select(&s, 50, Selector::Current, t(201)).unwrap_err();
+        let e = select(&s, G, Selector::Current, t(201)).unwrap_err();
         assert!(e.to_string().contains("desiredState"), "{e}");
         // Still processes by number and through `all`, but `all` then has no current.
-        assert!(select(&s, 50, Selector::Number(2), t(201)).is_ok());
-        let r = select(&s, 50, Selector::All, t(201)).unwrap();
+        assert!(select(&s, G, Selector::Number(2), t(201)).is_ok());
+        let r = select(&s, G, Selector::All, t(201)).unwrap();
         assert_eq!((r.versions, r.current), (vec![2], None));
     }
 
     #[test]
     fn pending_deletion_serves_nothing() {
         let mut s = rotated();
-        s.pending_deletion = Some(crate::crd::PendingDeletion {
-            scheduled_at: t(0).to_string(),
-            destroy_at: t(86_400).to_string(),
+        s.pending_deletion = Some(crate::state::PendingDeletion {
+            scheduled_at: t(0),
+            destroy_at: t(86_400),
         });
         for sel in [
             Selector::Current,
@@ -314,7 +302,7 @@ mod tests {
             Selector::All,
             Selector::Number(2),
         ] {
-            let e = select(&s, 50, sel, t(120)).unwrap_err();
+            let e = select(&s, G, sel, t(120)).unwrap_err();
             assert!(matches!(e, SelectError::PendingDeletion { .. }), "{sel}");
         }
     }
@@ -322,10 +310,10 @@ mod tests {
     #[test]
     fn expired_versions_are_not_served() {
         let mut s = StoredState::default();
-        s.add_version(1, t(0), "fp".into(), "k".into(), Some(t(10)));
+        s.add_version(1, t(0), "fp".into(), Some("k".into()), Some(t(10)));
         s.transition(1, KeyState::Active, t(0), "first").unwrap();
-        assert!(select(&s, 50, Selector::Current, t(9)).is_ok());
-        let e = select(&s, 50, Selector::Current, t(10)).unwrap_err();
+        assert!(select(&s, G, Selector::Current, t(9)).is_ok());
+        let e = select(&s, G, Selector::Current, t(10)).unwrap_err();
         assert!(e.to_string().contains("expired"), "{e}");
     }
 }

@@ -487,17 +487,16 @@ impl<R: TokenReviewer> KeyService<R> {
                     },
                 ));
             }
-            let selection =
-                select(&rec.stored.state, rec.grace_secs, sel, now).map_err(|source| {
-                    fail(
-                        name,
-                        &sel.to_string(),
-                        FetchError::NotServable {
-                            key: format!("{ns}/{name}"),
-                            source,
-                        },
-                    )
-                })?;
+            let selection = select(&rec.stored.state, rec.grace, sel, now).map_err(|source| {
+                fail(
+                    name,
+                    &sel.to_string(),
+                    FetchError::NotServable {
+                        key: format!("{ns}/{name}"),
+                        source,
+                    },
+                )
+            })?;
             let mut versions = Vec::with_capacity(selection.versions.len());
             for v in &selection.versions {
                 let meta = rec

@@ -1,7 +1,8 @@
 //! Where the key service reads ManagedKeys, their storage and their policy.
 
 use crate::crd::{ManagedKey, RotationPolicy};
-use crate::rotation::{DEFAULT_GRACE_SECS, Policy};
+use crate::duration::Duration;
+use crate::rotation::{DEFAULT_GRACE, Policy};
 use crate::storage::{self, StorageError, StorageLocation, Stored};
 use kube::api::Api;
 
@@ -13,7 +14,7 @@ pub struct KeyRecord {
     /// Its stored versions and envelopes.
     pub stored: Stored,
     /// Grace period of its policy (default 7 days without one).
-    pub grace_secs: i64,
+    pub grace: Duration,
 }
 
 /// Reads keys; the Kubernetes implementation is [`ApiKeySource`].
@@ -76,7 +77,7 @@ impl KeySource for ApiKeySource {
         let stored_f = storage::load(&self.storage, &self.client, &id, min_generation);
         let grace_f = async {
             match &key.spec.policy_ref {
-                None => Ok(DEFAULT_GRACE_SECS),
+                None => Ok(DEFAULT_GRACE),
                 Some(r) => {
                     let pols: Api<RotationPolicy> = Api::namespaced(self.client.clone(), namespace);
                     // A missing or invalid policy falls back to the default grace period, as
@@ -86,16 +87,12 @@ impl KeySource for ApiKeySource {
                         .await
                         .map_err(kerr)?
                         .and_then(|p| Policy::from_spec(&p.spec).ok())
-                        .map_or(DEFAULT_GRACE_SECS, |p| p.grace_secs))
+                        .map_or(DEFAULT_GRACE, |p| p.grace))
                 }
             }
         };
-        let (stored, grace_secs) =
+        let (stored, grace) =
             futures::try_join!(async { stored_f.await.map_err(SourceError::from) }, grace_f)?;
-        Ok(Some(KeyRecord {
-            key,
-            stored,
-            grace_secs,
-        }))
+        Ok(Some(KeyRecord { key, stored, grace }))
     }
 }

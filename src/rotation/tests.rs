@@ -40,7 +40,7 @@ fn step(
         st,
         &plan.actions,
         now,
-        &|v| (format!("fp{v}"), "local/k@1".into()),
+        &|v| (format!("fp{v}"), Some("local/k@1".into())),
         None,
     )
     .unwrap();
@@ -95,11 +95,11 @@ fn rotation_keeps_previous_version_for_grace_period() {
     // The planner asks to look again when the grace period ends.
     assert_eq!(plan.requeue_at, Some(t(31 * DAY)));
     assert_eq!(
-        st.previous_in_grace(p.grace_secs, t(31 * DAY - 1))
+        st.previous_in_grace(p.grace, t(31 * DAY - 1))
             .map(|v| v.version),
         Some(1)
     );
-    assert_eq!(st.previous_in_grace(p.grace_secs, t(31 * DAY)), None);
+    assert_eq!(st.previous_in_grace(p.grace, t(31 * DAY)), None);
     // Still holds material: retainVersions=2 keeps it.
     assert!(st.versions[0].state.has_material());
 }
@@ -234,7 +234,7 @@ fn deletion_can_be_cancelled_within_the_window() {
     let plan = step(&spec, Some(&p), &mut st, None, t(10));
     assert_eq!(
         st.pending_deletion.as_ref().unwrap().destroy_at,
-        t(10 + 7 * DAY).to_string()
+        t(10 + 7 * DAY)
     );
     assert_eq!(plan.requeue_at, Some(t(10 + 7 * DAY)));
     spec.deletion = None;
@@ -264,7 +264,7 @@ fn deleting_the_object_keeps_material_until_the_window_ends() {
             &mut st,
             &plan.actions,
             now,
-            &|_| (String::new(), String::new()),
+            &|_| (String::new(), None),
             None,
         )
         .unwrap();
@@ -313,7 +313,7 @@ fn cron_schedule_rotates_at_each_firing() {
 
 #[test]
 fn policy_errors_name_the_field_and_the_fix() {
-    let bad = |s: RotationPolicySpec| Policy::from_spec(&s).unwrap_err();
+    let bad = |s: RotationPolicySpec| Policy::from_spec(&s).unwrap_err().to_string();
     let e = bad(RotationPolicySpec {
         rotation_period: Some("3 months".into()),
         ..Default::default()
@@ -371,12 +371,12 @@ proptest! {
             let plan1 = plan(&input);
             // Deterministic.
             prop_assert_eq!(&plan1, &plan(&input));
-            apply(&mut st, &plan1.actions, now, &|v| (format!("fp{v}"), String::new()), None).unwrap();
+            apply(&mut st, &plan1.actions, now, &|v| (format!("fp{v}"), None), None).unwrap();
 
             // Never two Active versions, and always one.
             prop_assert_eq!(st.versions.iter().filter(|v| v.state == KeyState::Active).count(), 1);
             // The current version is never older than the period.
-            let act: Timestamp = st.active().unwrap().activated.as_ref().unwrap().parse().unwrap();
+            let act: Timestamp = st.active().unwrap().activated.unwrap();
             prop_assert!(now.duration_since(act) < SignedDuration::from_hours(period_h));
             // Versions are numbered without gaps or repeats.
             let nums: Vec<u32> = st.versions.iter().map(|v| v.version).collect();
@@ -387,13 +387,13 @@ proptest! {
                     // Within retainVersions nothing is destroyed...
                     prop_assert!(newer >= retain, "v{} destroyed with only {} newer", v.version, newer);
                     // ...and nothing before grace + deletion window after deactivation.
-                    let d: Timestamp = v.deactivated.as_ref().unwrap().parse().unwrap();
-                    let gone: Timestamp = v.destroyed.as_ref().unwrap().parse().unwrap();
+                    let d: Timestamp = v.deactivated.unwrap();
+                    let gone: Timestamp = v.destroyed.unwrap();
                     prop_assert!(gone >= d + SignedDuration::from_hours(grace_h) + SignedDuration::from_hours(24 * window_d as i64));
                 }
                 // A version still in grace is available (has material).
                 if let Some(d) = &v.deactivated {
-                    let d: Timestamp = d.parse().unwrap();
+                    let d: Timestamp = *d;
                     if now < d + SignedDuration::from_hours(grace_h) {
                         prop_assert!(v.state.has_material());
                     }

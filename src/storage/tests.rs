@@ -1,6 +1,5 @@
 use super::*;
-use crate::crd::KeyVersionStatus;
-use crate::lifecycle::TransitionRecord;
+use crate::state::{StoredVersion, Transition};
 
 fn loc() -> StorageLocation {
     StorageLocation {
@@ -17,12 +16,12 @@ fn id() -> KeyIdentity {
     }
 }
 
-fn version(v: u32, state: KeyState) -> KeyVersionStatus {
-    let at = "2026-01-01T00:00:00Z".to_string();
-    KeyVersionStatus {
+fn version(v: u32, state: KeyState) -> StoredVersion {
+    let at: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    StoredVersion {
         version: v,
         state,
-        created: at.clone(),
+        created: at,
         activated: None,
         deactivated: None,
         expires: None,
@@ -30,7 +29,7 @@ fn version(v: u32, state: KeyState) -> KeyVersionStatus {
         fingerprint: format!("fp{v}"),
         kek: None,
         public_key: None,
-        transitions: vec![TransitionRecord {
+        transitions: vec![Transition {
             from: KeyState::PreActivation,
             to: state,
             at,
@@ -61,6 +60,19 @@ fn detail(e: StorageError) -> String {
         StorageError::Integrity { detail, .. } => detail,
         other => panic!("not an integrity error: {other}"),
     }
+}
+
+/// Re-encode `state.json` and MAC it again: what a writer holding the MAC key (a buggy one,
+/// or one with a forged key) could store.
+fn edit_state_with_valid_mac(sec: &mut Secret, f: impl FnOnce(&mut serde_json::Value)) {
+    edit_state(sec, f);
+    let data = sec.data.as_mut().unwrap();
+    let envelopes: BTreeMap<u32, Vec<u8>> = data
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix('v')?.parse().ok()?, v.0.clone())))
+        .collect();
+    let tag = loc().mac.tag(&id(), &data[STATE_ENTRY].0, &envelopes);
+    data.insert(MAC_ENTRY.into(), ByteString(hex::encode(tag).into_bytes()));
 }
 
 /// Re-encode `state.json` as a tenant with write access would edit it, keeping the old MAC.
@@ -152,15 +164,23 @@ fn invariant_violations_are_refused_even_with_a_valid_mac() {
     let mut two = stored();
     two.state.versions[0].state = KeyState::Active;
     assert!(detail(parse(&secret(&two), &id(), &loc().mac, 0).unwrap_err()).contains("Active"));
-    let mut ts = stored();
-    ts.state.versions[1].created = "yesterday".into();
-    assert!(detail(parse(&secret(&ts), &id(), &loc().mac, 0).unwrap_err()).contains("timestamp"));
-    let mut pd = stored();
-    pd.state.pending_deletion = Some(crate::crd::PendingDeletion {
-        scheduled_at: "2026-01-01T00:00:00Z".into(),
-        destroy_at: "soon".into(),
+    let mut ts = secret(&stored());
+    edit_state_with_valid_mac(&mut ts, |v| {
+        v["versions"][1]["created"] = "yesterday".into()
     });
-    assert!(detail(parse(&secret(&pd), &id(), &loc().mac, 0).unwrap_err()).contains("destroyAt"));
+    let e = detail(parse(&ts, &id(), &loc().mac, 0).unwrap_err());
+    assert!(e.contains(STATE_ENTRY) && e.contains("year"), "{e}");
+    let mut pd = secret(&stored());
+    edit_state_with_valid_mac(&mut pd, |v| {
+        v["pendingDeletion"] =
+            serde_json::json!({"scheduledAt": "2026-01-01T00:00:00Z", "destroyAt": "soon"})
+    });
+    let e = detail(parse(&pd, &id(), &loc().mac, 0).unwrap_err());
+    assert!(e.contains(STATE_ENTRY) && e.contains("year"), "{e}");
+    // The re-MAC itself is sound: an unedited copy re-MACed this way still parses.
+    let mut same = secret(&stored());
+    edit_state_with_valid_mac(&mut same, |_| {});
+    assert!(parse(&same, &id(), &loc().mac, 0).is_ok());
     let mut gone = stored();
     gone.state.versions[0].state = KeyState::Destroyed;
     assert!(

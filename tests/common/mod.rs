@@ -424,9 +424,10 @@ impl KeyBuilder {
         KeyRecord {
             key,
             stored,
-            grace_secs: self
+            grace: self
                 .grace_secs
-                .unwrap_or(keyward::rotation::DEFAULT_GRACE_SECS),
+                .map(keyward::duration::Duration::from_secs)
+                .unwrap_or(keyward::rotation::DEFAULT_GRACE),
         }
     }
 }
@@ -460,7 +461,7 @@ pub async fn add_version(
         .unwrap();
     stored.envelopes.insert(v, env.encode().unwrap());
     let st: &mut StoredState = &mut stored.state;
-    st.add_version(v, created, fingerprint(&m), keyring.describe(), None);
+    st.add_version(v, created, fingerprint(&m), Some(keyring.describe()), None);
     let path: &[KeyState] = match state {
         KeyState::PreActivation => &[],
         KeyState::Active => &[KeyState::Active],

@@ -1,0 +1,253 @@
+//! Status as a projection of stored state (fingerprints and times, never key bytes), its
+//! conditions, and the one write that puts it on the object (server-side apply).
+
+use super::super::{Context, Error};
+use super::MANAGER;
+use super::report::{audit, key_of, publish};
+use crate::crd::{Condition, ManagedKey, ManagedKeyStatus};
+use crate::duration::Duration;
+use crate::lifecycle::KeyState;
+use crate::rotation::Plan;
+use crate::state::StoredState;
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+
+/// Status keeps the last few transitions per version; storage keeps all of them.
+const STATUS_TRANSITIONS: usize = 5;
+
+/// A condition, keeping `lastTransitionTime` while its status does not change.
+pub(super) fn condition(
+    old: Option<&ManagedKeyStatus>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = old
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+        })
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+/// The projection of stored state and plan.
+pub(super) fn project(
+    mk: &ManagedKey,
+    st: &StoredState,
+    plan: &Plan,
+    policy_problem: Option<(&'static str, String)>,
+    notify_before: Option<Duration>,
+    ctx: &Context,
+    now: Timestamp,
+) -> ManagedKeyStatus {
+    let old = mk.status.as_ref();
+    let generation = mk.metadata.generation;
+    let current = st.current();
+    let state = if st.pending_deletion.is_some() {
+        "PendingDeletion".to_string()
+    } else if let Some(c) = current {
+        c.state.as_str().to_string()
+    } else if st.versions.iter().any(|v| v.state == KeyState::Deactivated) {
+        "Deactivated".into()
+    } else if st.all_destroyed() {
+        "Destroyed".into()
+    } else {
+        "Pending".into()
+    };
+    let mut conditions = Vec::new();
+    let ready =
+        current.is_some_and(|c| c.state == KeyState::Active) && st.pending_deletion.is_none();
+    let (r, m) = if ready {
+        (
+            "KeyActive".to_string(),
+            format!(
+                "version {} is active",
+                current.map(|c| c.version).unwrap_or(0)
+            ),
+        )
+    } else {
+        (
+            format!("Key{state}"),
+            format!("no active version is served (state {state})"),
+        )
+    };
+    conditions.push(condition(old, "Ready", ready, &r, m, generation, now));
+    // Degraded is True when something needs the owner's attention.
+    let (degraded, r, m) = match policy_problem {
+        Some((r, m)) => (true, r, m),
+        None => (
+            false,
+            "AsExpected",
+            "policy and storage are healthy".to_string(),
+        ),
+    };
+    conditions.push(condition(old, "Degraded", degraded, r, m, generation, now));
+    if let Some(next) = plan.next_rotation
+        && st.pending_deletion.is_none()
+    {
+        let version = current.map(|c| c.version).unwrap_or(0);
+        let notice = notify_before.and_then(|n| next.checked_sub(n.signed()).ok());
+        let (due, reason, message) = if next <= now {
+            (
+                true,
+                "Overdue",
+                format!(
+                    "version {version} was due for rotation at {next} and is not rotated (state {state})"
+                ),
+            )
+        } else if notice.is_some_and(|n| now >= n) {
+            (
+                true,
+                "DueSoon",
+                format!("version {version} rotates or expires at {next} (notifyBeforeExpiry)"),
+            )
+        } else {
+            (false, "NotDue", format!("next rotation at {next}"))
+        };
+        conditions.push(condition(
+            old,
+            "RotationDue",
+            due,
+            reason,
+            message,
+            generation,
+            now,
+        ));
+    }
+    if let Some(pd) = &st.pending_deletion {
+        conditions.push(condition(
+            old,
+            "PendingDeletion",
+            true,
+            "DeletionScheduled",
+            format!("material will be destroyed at {}", pd.destroy_at),
+            generation,
+            now,
+        ));
+    }
+    ManagedKeyStatus {
+        current_version: current.map(|c| c.version),
+        state: Some(state),
+        version_count: st.versions.len() as u32,
+        versions: st.version_statuses(STATUS_TRANSITIONS),
+        next_rotation: plan.next_rotation.map(|t| t.to_string()),
+        last_rotation: st
+            .versions
+            .iter()
+            .rev()
+            .find_map(|v| v.activated.map(|t| t.to_string())),
+        last_rotate_request: st.last_rotate_request.clone(),
+        pending_deletion: st.pending_deletion.map(|p| p.status()),
+        kek: Some(ctx.keyring.describe()),
+        conditions,
+        observed_generation: generation,
+        storage_generation: (st.generation > 0).then_some(st.generation),
+    }
+}
+
+/// Write status when it changed (server-side apply, forced: the controller owns status).
+pub(super) async fn write(
+    ctx: &Context,
+    mk: &ManagedKey,
+    status: &ManagedKeyStatus,
+) -> Result<(), Error> {
+    if mk.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"apiVersion": "keyward.io/v1alpha1", "kind": "ManagedKey", "status": status});
+    Api::<ManagedKey>::namespaced(ctx.client.clone(), &mk.namespace().unwrap_or_default())
+        .patch_status(
+            &mk.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Why a key serves nothing and plans nothing until its owner acts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    /// Condition reason (also the Event reason).
+    pub reason: &'static str,
+    /// What is wrong and the fix.
+    pub message: String,
+    /// Audit action recorded with it.
+    pub audit_action: &'static str,
+}
+
+impl Problem {
+    /// Stored state that failed its integrity check.
+    pub(super) fn integrity(e: &crate::storage::StorageError) -> Self {
+        Self {
+            reason: "StorageIntegrity",
+            message: e.to_string(),
+            audit_action: "integrity-failure",
+        }
+    }
+}
+
+/// Serve and plan nothing; say so once (Ready False, Degraded True, a Warning Event and an
+/// audit record), then look again later.
+pub(super) async fn report_problem(
+    ctx: &Context,
+    mk: &ManagedKey,
+    p: Problem,
+) -> Result<Action, Error> {
+    let already = mk
+        .status
+        .as_ref()
+        .and_then(|s| s.true_condition("Degraded"))
+        .is_some_and(|c| c.reason == p.reason && c.message == p.message);
+    if !already {
+        tracing::error!(key = %key_of(mk), reason = p.reason, error = %p.message, "key refused");
+        publish(
+            ctx,
+            mk,
+            EventType::Warning,
+            p.reason,
+            "Verify",
+            p.message.clone(),
+        )
+        .await;
+        audit(ctx, &key_of(mk), p.audit_action, 0, &p.message);
+        let now = ctx.clock.now();
+        let old = mk.status.as_ref();
+        let generation = mk.metadata.generation;
+        let mut status = old.cloned().unwrap_or_default();
+        status
+            .conditions
+            .retain(|c| c.type_ != "Ready" && c.type_ != "Degraded");
+        status.conditions.push(condition(
+            old,
+            "Ready",
+            false,
+            p.reason,
+            "nothing is served until this is resolved (see the Degraded condition)".into(),
+            generation,
+            now,
+        ));
+        status.conditions.push(condition(
+            old, "Degraded", true, p.reason, p.message, generation, now,
+        ));
+        write(ctx, mk, &status).await?;
+    }
+    Ok(Action::requeue(ctx.max_requeue))
+}
