@@ -507,6 +507,31 @@ async fn every_bad_input_is_refused_and_nothing_is_returned() {
     assert_eq!(r.files[0].mode, 0o400);
 }
 
+/// A public-only grant on a symmetric key, and a public format of one: the user must change the
+/// grant, the format or the algorithm, so the code is FailedPrecondition, never Internal.
+#[tokio::test]
+async fn public_forms_of_a_symmetric_key_are_failed_precondition() {
+    let e = env().await;
+    for objects in [
+        "- key: db\n  format: public-jwk",
+        "- key: db\n  format: public-pem",
+    ] {
+        refused(
+            e.mount(&ok_attrs(objects)).await,
+            Code::FailedPrecondition,
+            "object \"db\": symmetric keys have no public part; use raw, base64, hex or jwk",
+        );
+    }
+    e.edit(NS, "db", |r| {
+        r.key.spec.access.service_accounts[0].public_only = true;
+    });
+    refused(
+        e.mount(&ok_attrs("- key: db\n  format: public-jwk")).await,
+        Code::FailedPrecondition,
+        "team-a/db is a symmetric aes-256 key: a public-only grant cannot mount it; grant full access or use an asymmetric algorithm",
+    );
+}
+
 #[tokio::test]
 async fn formats_and_file_names() {
     let e = env().await;
