@@ -253,9 +253,12 @@ mod tests {
         }
     }
 
-    /// The driver's view of a refusal.
-    fn refusal(r: Result<MountResponse, MountError>) -> tonic::Status {
-        tonic::Status::from(r.unwrap_err())
+    /// The driver's view of the refusal of a mount of `objects` answered with `keys`.
+    fn refusal(objects: &str, keys: Vec<KeyResult>) -> tonic::Status {
+        let p = params(objects);
+        let (req, map) = fetch_request(&p);
+        let resp = FetchResponse { keys };
+        tonic::Status::from(build_response(&p, &map, &resp, req.keys.len()).unwrap_err())
     }
 
     fn sv(v: u32, byte: u8) -> ServedVersion {
@@ -337,40 +340,57 @@ mod tests {
 
     #[test]
     fn expanded_collisions_and_oversize_are_refused() {
-        let p = params("- key: a\n  version: all\n- key: b\n  fileName: a.v1");
-        let (req, map) = fetch_request(&p);
-        let resp = FetchResponse {
-            keys: vec![
+        let e = refusal(
+            "- key: a\n  version: all\n- key: b\n  fileName: a.v1",
+            vec![
                 answer("a", vec![sv(1, 1)], 1),
                 answer("b", vec![sv(1, 1)], 1),
             ],
-        };
-        let e = refusal(build_response(&p, &map, &resp, req.keys.len()));
+        );
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("a.v1"), "{}", e.message());
 
-        let p = params("- key: a\n  format: hex");
-        let (req, map) = fetch_request(&p);
         let mut big = sv(1, 1);
         big.material = bytes::Bytes::from(vec![1u8; 600 * 1024]);
-        let resp = FetchResponse {
-            keys: vec![answer("a", vec![big], 1)],
-        };
-        let e = refusal(build_response(&p, &map, &resp, req.keys.len()));
+        let e = refusal("- key: a\n  format: hex", vec![answer("a", vec![big], 1)]);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("1 MiB"), "{}", e.message());
     }
 
     #[test]
+    fn an_answer_that_does_not_fit_the_request_is_internal() {
+        for (objects, keys, needle) in [
+            ("- key: a", vec![], "answered 0 keys for 1 requested"),
+            (
+                "- key: a",
+                vec![answer("b", vec![sv(1, 1)], 1)],
+                "does not match",
+            ),
+            ("- key: a", vec![answer("a", vec![], 1)], "does not match"),
+            (
+                "- key: a\n  format: jwk",
+                vec![KeyResult {
+                    algorithm: "rot13".into(),
+                    ..answer("a", vec![sv(1, 1)], 1)
+                }],
+                "object \"a\": unknown key algorithm \"rot13\"",
+            ),
+        ] {
+            let e = refusal(objects, keys);
+            assert_eq!(e.code(), tonic::Code::Internal, "{}", e.message());
+            assert!(e.message().contains(needle), "{}", e.message());
+        }
+    }
+
+    #[test]
     fn a_file_that_another_object_needs_as_a_directory_is_refused_naming_it() {
-        let p = params("- key: a\n  fileName: x\n- key: b\n  fileName: x/y");
-        let (req, map) = fetch_request(&p);
-        let resp = FetchResponse {
-            keys: vec![
+        let e = refusal(
+            "- key: a\n  fileName: x\n- key: b\n  fileName: x/y",
+            vec![
                 answer("a", vec![sv(1, 1)], 1),
                 answer("b", vec![sv(1, 1)], 1),
             ],
-        };
-        let e = refusal(build_response(&p, &map, &resp, req.keys.len()));
+        );
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(
             e.message().contains("object \"a\"") && e.message().contains("x/y"),
