@@ -26,6 +26,18 @@ fn ok_attrs(objects: &str) -> serde_json::Value {
     attrs(NS, SA, "web-0", Some(TOKEN), objects)
 }
 
+/// (namespace, service account, pod, token, objects) as the driver claims them, and the code
+/// and message fragment of the refusal they must get.
+type Claim<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    Code,
+    &'a str,
+);
+
 /// A key that only the test pod's service account may mount.
 async fn own_key(e: &Env, name: &str, kb: KeyBuilder) {
     e.put_key(NS, name, &[(NS, SA)], kb).await;
@@ -88,95 +100,112 @@ async fn authorisation_matrix() {
     e.add_token("tok-expired", NS, SA, "web-0", &["keyward"], -5);
     e.add_token("tok-vault", NS, SA, "web-0", &["vault"], 3600);
 
+    // A token issued for the same SA but bound to another pod.
+    e.add_token("tok-other-pod", NS, SA, "web-9", &["keyward"], 3600);
+
     assert!(e.mount(&ok_attrs("- key: db")).await.is_ok());
-    // Another service account of the same namespace.
-    refused(
-        e.mount(&attrs(
+    let cases: &[Claim] = &[
+        // Another service account of the same namespace.
+        (
             NS,
             "other",
             "other-0",
             Some("tok-other-sa"),
             "- key: db",
-        ))
-        .await,
-        Code::PermissionDenied,
-        "spec.access.serviceAccounts",
-    );
-    // A pod of another namespace cannot name our key, neither bare nor qualified.
-    refused(
-        e.mount(&attrs(
+            Code::PermissionDenied,
+            "spec.access.serviceAccounts",
+        ),
+        // A pod of another namespace cannot name our key, neither bare nor qualified.
+        (
             "team-b",
             "intruder",
             "b-0",
             Some("tok-team-b"),
             "- key: db",
-        ))
-        .await,
-        Code::PermissionDenied,
-        "team-b/intruder",
-    );
-    refused(
-        e.mount(&attrs(
+            Code::PermissionDenied,
+            "team-b/intruder",
+        ),
+        (
             "team-b",
             "intruder",
             "b-0",
             Some("tok-team-b"),
             "- key: team-a/db",
-        ))
-        .await,
-        Code::InvalidArgument,
-        "another namespace",
-    );
-    // Claims in attributes must match the verified token.
-    refused(
-        e.mount(&attrs(NS, SA, "web-0", Some("tok-other-sa"), "- key: db"))
-            .await,
-        Code::PermissionDenied,
-        "belongs to service account team-a/other",
-    );
-    refused(
-        e.mount(&attrs("team-b", "web", "web-0", Some(TOKEN), "- key: db"))
-            .await,
-        Code::PermissionDenied,
-        "belongs to service account team-a/web",
-    );
-    refused(
-        e.mount(&attrs(NS, SA, "web-0", None, "- key: db")).await,
-        Code::Unauthenticated,
-        "tokenRequests",
-    );
-    refused(
-        e.mount(&attrs(
+            Code::InvalidArgument,
+            "another namespace",
+        ),
+        // Claims in attributes must match the verified token.
+        (
+            NS,
+            SA,
+            "web-0",
+            Some("tok-other-sa"),
+            "- key: db",
+            Code::PermissionDenied,
+            "belongs to service account team-a/other",
+        ),
+        (
+            "team-b",
+            "web",
+            "web-0",
+            Some(TOKEN),
+            "- key: db",
+            Code::PermissionDenied,
+            "belongs to service account team-a/web",
+        ),
+        (
+            NS,
+            SA,
+            "web-0",
+            None,
+            "- key: db",
+            Code::Unauthenticated,
+            "tokenRequests",
+        ),
+        (
             NS,
             SA,
             "web-0",
             Some("forged.jwt.token"),
             "- key: db",
-        ))
-        .await,
-        Code::Unauthenticated,
-        "invalid bearer token",
-    );
-    refused(
-        e.mount(&attrs(NS, SA, "web-0", Some("tok-expired"), "- key: db"))
-            .await,
-        Code::Unauthenticated,
-        "expired",
-    );
-    refused(
-        e.mount(&attrs(NS, SA, "web-0", Some("tok-vault"), "- key: db"))
-            .await,
-        Code::Unauthenticated,
-        "audiences",
-    );
-    // A token issued for the same SA but bound to another pod.
-    e.add_token("tok-other-pod", NS, SA, "web-9", &["keyward"], 3600);
-    refused(
-        e.mount(&attrs(NS, SA, "web-0", Some("tok-other-pod"), "- key: db"))
-            .await,
-        Code::PermissionDenied,
-        "bound to another pod",
-    );
+            Code::Unauthenticated,
+            "invalid bearer token",
+        ),
+        (
+            NS,
+            SA,
+            "web-0",
+            Some("tok-expired"),
+            "- key: db",
+            Code::Unauthenticated,
+            "expired",
+        ),
+        (
+            NS,
+            SA,
+            "web-0",
+            Some("tok-vault"),
+            "- key: db",
+            Code::Unauthenticated,
+            "audiences",
+        ),
+        (
+            NS,
+            SA,
+            "web-0",
+            Some("tok-other-pod"),
+            "- key: db",
+            Code::PermissionDenied,
+            "bound to another pod",
+        ),
+    ];
+    for (ns, sa, pod, token, objects, code, needle) in cases {
+        refused(
+            e.mount(&attrs(ns, sa, pod, *token, objects)).await,
+            *code,
+            needle,
+        );
+    }
 }
 
 #[tokio::test]
