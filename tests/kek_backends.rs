@@ -2,242 +2,18 @@
 //! and AWS KMS as implemented by moto. The tests start SoftHSM2 tokens and moto servers
 //! themselves; a missing tool is a failure that says to run `tests/setup.sh`.
 
+mod fixture;
+
+use fixture::kek::*;
 use keyward::crypto::{Algorithm, CryptoError, KeyContext, SecretBytes};
-use keyward::kek::awskms::{AwsCredentials, AwsKmsConfig, AwsKmsKek, KmsClient};
+use keyward::kek::awskms::AwsKmsKek;
 use keyward::kek::config::{BackendKind, KdfKind, KekArgs, build_keyring};
 use keyward::kek::local::LocalKek;
 use keyward::kek::passphrase::{ARGON2_MIN_MEMORY_KIB, Kdf, PassphraseKek};
-use keyward::kek::pkcs11::{Pkcs11Config, Pkcs11Kek, TokenSelector};
+use keyward::kek::pkcs11::Pkcs11Kek;
 use keyward::kek::{KekBackend, KekError, Keyring};
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
-
-const SETUP: &str = "run tests/setup.sh (or `make setup`) to install the test tools";
-const TOKEN: &str = "keyward";
-const PIN: &str = "1234";
-/// A token no test logs into, so a wrong PIN is really checked (a logged-in application
-/// gets CKR_USER_ALREADY_LOGGED_IN without a PIN check).
-const PIN_TOKEN: &str = "keyward-pin";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-struct Env {
-    dir: PathBuf,
-    module: PathBuf,
-}
-
-/// Process-wide set-up, done once before any test reads the environment: SoftHSM2 tokens in a
-/// temp directory (SOFTHSM2_CONF is read at C_Initialize) and dummy AWS credentials for moto.
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("keyward-kek-test")
-            .tempdir()
-            .unwrap()
-            .keep();
-        let tokens = dir.join("tokens");
-        std::fs::create_dir_all(&tokens).unwrap();
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
-        for label in [TOKEN, PIN_TOKEN] {
-            let out = Command::new("softhsm2-util")
-                .env("SOFTHSM2_CONF", &conf)
-                .args(["--init-token", "--free", "--label", label])
-                .args(["--so-pin", "87654321", "--pin", PIN])
-                .output()
-                .unwrap_or_else(|e| panic!("softhsm2-util not runnable ({e}): {SETUP}"));
-            assert!(
-                out.status.success(),
-                "softhsm2-util --init-token failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let module = std::env::var_os("KEYWARD_SOFTHSM_MODULE")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain([
-                PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
-                PathBuf::from("/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"),
-                PathBuf::from("/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so"),
-            ])
-            .find(|p| p.exists())
-            .unwrap_or_else(|| panic!("libsofthsm2.so not found: {SETUP}"));
-        // SAFETY: runs once, inside the OnceLock, before any test touches the environment
-        // (every test calls env() first).
-        unsafe {
-            std::env::set_var("SOFTHSM2_CONF", &conf);
-            std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-            std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-            std::env::remove_var("AWS_SESSION_TOKEN");
-        }
-        Env { dir, module }
-    })
-}
-
-fn pkcs11_cfg(key_label: &str) -> Pkcs11Config {
-    Pkcs11Config {
-        module: env().module.clone(),
-        token: TokenSelector::Label(TOKEN.into()),
-        pin: SecretBytes::from_slice(PIN.as_bytes()),
-        key_label: key_label.into(),
-    }
-}
-
-fn write_file(name: &str, content: &str) -> PathBuf {
-    let p = env().dir.join(name);
-    std::fs::write(&p, content).unwrap();
-    p
-}
-
-/// The cheapest Argon2id parameters the backend accepts (tests only).
-fn fast_argon() -> Kdf {
-    Kdf::Argon2id {
-        memory_kib: ARGON2_MIN_MEMORY_KIB,
-        time_cost: 1,
-        parallelism: 1,
-    }
-}
-
-fn pass() -> SecretBytes {
-    SecretBytes::from_slice(b"correct horse battery staple")
-}
-
-// ---------------------------------------------------------------------------------------
-// moto
-
-/// A moto server on a free loopback port, killed on drop.
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Moto {
-    fn start() -> Self {
-        let python = std::env::var_os("KEYWARD_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join(".venv/bin/python"));
-        assert!(
-            python.exists(),
-            "Python venv not found at {} (KEYWARD_PYTHON): {SETUP}",
-            python.display()
-        );
-        let port = free_port();
-        // A file, not a pipe: moto logs every request, and a full pipe would stall it.
-        let log = env().dir.join(format!("moto-{port}.log"));
-        let mut child = Command::new(&python)
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start moto with {}: {e}: {SETUP}", python.display())
-            });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                let err = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("moto exited ({status}): {err}\nmoto[server] missing? {SETUP}");
-            }
-            assert!(Instant::now() < deadline, "moto did not listen within 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn client(&self) -> KmsClient {
-        KmsClient::new(
-            "us-east-1",
-            Some(&self.url),
-            creds(),
-            Duration::from_secs(10),
-        )
-        .unwrap()
-    }
-
-    async fn create_key(&self) -> String {
-        self.create_key_ids().await.0
-    }
-
-    /// (ARN, bare key id): moto's DisableKey only takes the bare id (a 500 otherwise).
-    async fn create_key_ids(&self) -> (String, String) {
-        let r = self
-            .client()
-            .call(
-                "CreateKey",
-                &serde_json::json!({"KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT"}),
-            )
-            .await
-            .unwrap();
-        let md = &r["KeyMetadata"];
-        (
-            md["Arn"].as_str().unwrap().to_string(),
-            md["KeyId"].as_str().unwrap().to_string(),
-        )
-    }
-
-    fn cfg(&self, key_id: &str) -> AwsKmsConfig {
-        AwsKmsConfig {
-            key_id: key_id.into(),
-            region: "us-east-1".into(),
-            endpoint: Some(self.url.clone()),
-            credentials: creds(),
-            timeout: Duration::from_secs(10),
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn creds() -> AwsCredentials {
-    AwsCredentials {
-        access_key_id: "testing".into(),
-        secret_access_key: SecretBytes::from_slice(b"testing"),
-        session_token: None,
-    }
-}
+use std::sync::Arc;
+use std::time::Instant;
 
 // ---------------------------------------------------------------------------------------
 // shared checks
@@ -334,10 +110,10 @@ async fn check_migration(from: Arc<dyn KekBackend>, to: Arc<dyn KekBackend>) {
 
 #[tokio::test]
 async fn passphrase_round_trip_both_kdfs() {
-    env();
+    kek_env();
     for (kdf, alg) in [
-        (fast_argon(), Algorithm::Aes256Gcm),
-        (fast_argon(), Algorithm::Aes256Kwp),
+        (Kdf::ARGON2ID_FLOOR, Algorithm::Aes256Gcm),
+        (Kdf::ARGON2ID_FLOOR, Algorithm::Aes256Kwp),
         (
             Kdf::Pbkdf2Sha256 {
                 iterations: 600_000,
@@ -354,9 +130,9 @@ async fn passphrase_round_trip_both_kdfs() {
 
 #[tokio::test]
 async fn passphrase_rotate_and_raised_params_keep_old_envelopes() {
-    env();
+    kek_env();
     let b: Arc<dyn KekBackend> = Arc::new(
-        PassphraseKek::new("pp", pass(), fast_argon(), Algorithm::Aes256Gcm)
+        PassphraseKek::new("pp", pass(), Kdf::ARGON2ID_FLOOR, Algorithm::Aes256Gcm)
             .await
             .unwrap(),
     );
@@ -366,7 +142,7 @@ async fn passphrase_rotate_and_raised_params_keep_old_envelopes() {
     // and the Keyring flags them for rewrap.
     let ctx = KeyContext::new("ns", "raise", 1);
     let dek = SecretBytes::random(32);
-    let weak = PassphraseKek::new("pp", pass(), fast_argon(), Algorithm::Aes256Kwp)
+    let weak = PassphraseKek::new("pp", pass(), Kdf::ARGON2ID_FLOOR, Algorithm::Aes256Kwp)
         .await
         .unwrap();
     let env_old = weak.wrap(&ctx, &dek).await.unwrap();
@@ -393,36 +169,24 @@ async fn passphrase_rotate_and_raised_params_keep_old_envelopes() {
 
 #[tokio::test]
 async fn passphrase_config_errors_name_the_flag() {
-    env();
+    kek_env();
     let mut a = KekArgs {
         kek_backend: BackendKind::Passphrase,
-        passphrase_file: Some(env().dir.join("no-such-passphrase")),
+        passphrase_file: Some(kek_env().dir.join("no-such-passphrase")),
         ..KekArgs::default()
     };
-    let e = build_keyring(&a, None, "ns")
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let e = keyring_refusal(&a).await;
     assert!(e.contains("--passphrase-file"), "{e}");
 
     a.passphrase_file = Some(write_file("pp-ok", "a long enough passphrase\n"));
     a.kdf = KdfKind::Pbkdf2;
     a.pbkdf2_iterations = 599_999;
-    let e = build_keyring(&a, None, "ns")
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let e = keyring_refusal(&a).await;
     assert!(e.contains("--pbkdf2-iterations"), "{e}");
 
     a.kdf = KdfKind::Argon2id;
     a.argon2_memory_kib = 1024;
-    let e = build_keyring(&a, None, "ns")
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let e = keyring_refusal(&a).await;
     assert!(e.contains("--argon2-memory-kib"), "{e}");
 }
 
@@ -430,7 +194,7 @@ async fn passphrase_config_errors_name_the_flag() {
 /// then unwraps hit the cache.
 #[tokio::test]
 async fn passphrase_default_params_derive_once() {
-    env();
+    kek_env();
     let a = KekArgs {
         kek_backend: BackendKind::Passphrase,
         passphrase_file: Some(write_file("pp-default", "a long enough passphrase\n")),
@@ -456,7 +220,7 @@ async fn passphrase_default_params_derive_once() {
 
 #[tokio::test]
 async fn pkcs11_round_trip_and_binding() {
-    env();
+    kek_env();
     let b = Pkcs11Kek::connect(pkcs11_cfg("rt")).await.unwrap();
     assert_eq!(b.kek_id(), "keyward/rt");
     assert_eq!(b.kek_version(), 1);
@@ -482,9 +246,9 @@ async fn pkcs11_key_is_sensitive_and_not_extractable() {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::object::{Attribute, AttributeType, ObjectClass};
     use cryptoki::session::UserType;
-    env();
+    kek_env();
     let _b = Pkcs11Kek::connect(pkcs11_cfg("nx")).await.unwrap();
-    let module = env().module.clone();
+    let module = kek_env().module.clone();
     tokio::task::spawn_blocking(move || {
         let ctx = Pkcs11::new(&module).unwrap();
         // Already initialised by the backend in this process.
@@ -535,7 +299,7 @@ async fn pkcs11_key_is_sensitive_and_not_extractable() {
 
 #[tokio::test]
 async fn pkcs11_rotate_keeps_old_versions() {
-    env();
+    kek_env();
     let b = Arc::new(Pkcs11Kek::connect(pkcs11_cfg("rot")).await.unwrap());
     check_rotate_and_rewrap(b.clone()).await;
     assert_eq!(b.versions().await.unwrap(), vec![1, 2]);
@@ -546,32 +310,24 @@ async fn pkcs11_rotate_keeps_old_versions() {
 
 #[tokio::test]
 async fn pkcs11_startup_errors_name_the_setting() {
-    env();
+    kek_env();
     let pin_file = write_file("pin-ok", PIN);
     let base = KekArgs {
         kek_backend: BackendKind::Pkcs11,
-        pkcs11_module: Some(env().module.clone()),
+        pkcs11_module: Some(kek_env().module.clone()),
         pkcs11_token_label: Some(PIN_TOKEN.into()),
         pkcs11_pin_file: Some(pin_file),
         pkcs11_key_label: "startup".into(),
         ..KekArgs::default()
     };
-    let err = |a: KekArgs| async move {
-        build_keyring(&a, None, "ns")
-            .await
-            .err()
-            .unwrap()
-            .to_string()
-    };
-
-    let e = err(KekArgs {
+    let e = keyring_refusal(&KekArgs {
         pkcs11_module: Some("/nonexistent/libpkcs11.so".into()),
         ..base.clone()
     })
     .await;
     assert!(e.contains("--pkcs11-module"), "{e}");
 
-    let e = err(KekArgs {
+    let e = keyring_refusal(&KekArgs {
         pkcs11_module: Some(write_file("not-a-module.so", "garbage")),
         ..base.clone()
     })
@@ -581,7 +337,7 @@ async fn pkcs11_startup_errors_name_the_setting() {
         "{e}"
     );
 
-    let e = err(KekArgs {
+    let e = keyring_refusal(&KekArgs {
         pkcs11_token_label: Some("no-such-token".into()),
         ..base.clone()
     })
@@ -591,7 +347,7 @@ async fn pkcs11_startup_errors_name_the_setting() {
         "{e}"
     );
 
-    let e = err(KekArgs {
+    let e = keyring_refusal(&KekArgs {
         pkcs11_pin_file: Some(write_file("pin-bad", "9999")),
         ..base.clone()
     })
@@ -602,8 +358,8 @@ async fn pkcs11_startup_errors_name_the_setting() {
     );
     assert!(!e.contains("9999"), "the PIN leaked into the error: {e}");
 
-    let e = err(KekArgs {
-        pkcs11_pin_file: Some(env().dir.join("no-pin-file")),
+    let e = keyring_refusal(&KekArgs {
+        pkcs11_pin_file: Some(kek_env().dir.join("no-pin-file")),
         ..base.clone()
     })
     .await;
@@ -619,7 +375,7 @@ async fn pkcs11_startup_errors_name_the_setting() {
 
 #[tokio::test]
 async fn awskms_round_trip_and_binding() {
-    env();
+    kek_env();
     let moto = Moto::start();
     let arn = moto.create_key().await;
     let b = AwsKmsKek::connect(moto.cfg(&arn)).await.unwrap();
@@ -653,7 +409,7 @@ async fn awskms_round_trip_and_binding() {
 
 #[tokio::test]
 async fn awskms_rotate_persists_version_tag() {
-    env();
+    kek_env();
     let moto = Moto::start();
     let arn = moto.create_key().await;
     let b = Arc::new(AwsKmsKek::connect(moto.cfg(&arn)).await.unwrap());
@@ -665,7 +421,7 @@ async fn awskms_rotate_persists_version_tag() {
 
 #[tokio::test]
 async fn awskms_down_is_a_clear_error_and_nothing_changes() {
-    env();
+    kek_env();
     let mut moto = Moto::start();
     let arn = moto.create_key().await;
     let kms: Arc<dyn KekBackend> = Arc::new(AwsKmsKek::connect(moto.cfg(&arn)).await.unwrap());
@@ -706,7 +462,7 @@ async fn awskms_down_is_a_clear_error_and_nothing_changes() {
 
 #[tokio::test]
 async fn awskms_startup_errors_name_the_setting() {
-    env();
+    kek_env();
     let moto = Moto::start();
     let base = KekArgs {
         kek_backend: BackendKind::Awskms,
@@ -716,16 +472,8 @@ async fn awskms_startup_errors_name_the_setting() {
         aws_timeout_seconds: 5,
         ..KekArgs::default()
     };
-    let err = |a: KekArgs| async move {
-        build_keyring(&a, None, "ns")
-            .await
-            .err()
-            .unwrap()
-            .to_string()
-    };
-
     // moto not running on that port.
-    let e = err(KekArgs {
+    let e = keyring_refusal(&KekArgs {
         aws_endpoint_url: Some(format!("http://127.0.0.1:{}", free_port())),
         ..base.clone()
     })
@@ -735,7 +483,7 @@ async fn awskms_startup_errors_name_the_setting() {
         "{e}"
     );
 
-    let e = err(KekArgs {
+    let e = keyring_refusal(&KekArgs {
         aws_kms_key_id: Some("alias/does-not-exist".into()),
         ..base.clone()
     })
@@ -745,7 +493,7 @@ async fn awskms_startup_errors_name_the_setting() {
         "{e}"
     );
 
-    let e = err(KekArgs {
+    let e = keyring_refusal(&KekArgs {
         aws_kms_key_id: None,
         ..base.clone()
     })
@@ -758,7 +506,7 @@ async fn awskms_startup_errors_name_the_setting() {
         .call("DisableKey", &serde_json::json!({"KeyId": bare_id}))
         .await
         .unwrap();
-    let e = err(KekArgs {
+    let e = keyring_refusal(&KekArgs {
         aws_kms_key_id: Some(disabled),
         ..base.clone()
     })
@@ -781,9 +529,9 @@ async fn awskms_startup_errors_name_the_setting() {
 
 #[tokio::test]
 async fn migrate_passphrase_to_pkcs11_to_awskms() {
-    env();
+    kek_env();
     let pp: Arc<dyn KekBackend> = Arc::new(
-        PassphraseKek::new("pp", pass(), fast_argon(), Algorithm::Aes256Kwp)
+        PassphraseKek::new("pp", pass(), Kdf::ARGON2ID_FLOOR, Algorithm::Aes256Kwp)
             .await
             .unwrap(),
     );
@@ -802,7 +550,7 @@ async fn migrate_passphrase_to_pkcs11_to_awskms() {
 /// The same migration configured through flags: primary pkcs11, secondary passphrase.
 #[tokio::test]
 async fn build_keyring_with_secondary_migrates() {
-    env();
+    kek_env();
     let pp_file = write_file("pp-mig", "a long enough passphrase\n");
     let src = KekArgs {
         kek_backend: BackendKind::Passphrase,
@@ -823,7 +571,7 @@ async fn build_keyring_with_secondary_migrates() {
     let both = KekArgs {
         kek_backend: BackendKind::Pkcs11,
         secondary_kek_backend: Some(BackendKind::Passphrase),
-        pkcs11_module: Some(env().module.clone()),
+        pkcs11_module: Some(kek_env().module.clone()),
         pkcs11_token_label: Some(TOKEN.into()),
         pkcs11_pin_file: Some(write_file("pin-mig", PIN)),
         pkcs11_key_label: "flags".into(),

@@ -2,8 +2,10 @@
 //! real envelopes and lifecycle rules; TokenReview and the key store are in-memory fakes.
 
 mod common;
+mod fixture;
 
 use common::*;
+use fixture::assert_refused as refused;
 use keyward::lifecycle::KeyState::*;
 use keyward::proto::csi::VersionRequest;
 use keyward::proto::csi::csi_driver_provider_client::CsiDriverProviderClient;
@@ -16,13 +18,7 @@ const TOKEN: &str = "pod-token-web";
 async fn env() -> Env {
     let e = Env::start(Duration::ZERO).await;
     e.add_token(TOKEN, NS, SA, "web-0", &["keyward"], 3600);
-    e.put_key(
-        NS,
-        "db",
-        &[(NS, SA)],
-        KeyBuilder::default().with(Active, 10),
-    )
-    .await;
+    own_key(&e, "db", KeyBuilder::default().with(Active, 10)).await;
     e
 }
 
@@ -30,22 +26,26 @@ fn ok_attrs(objects: &str) -> serde_json::Value {
     attrs(NS, SA, "web-0", Some(TOKEN), objects)
 }
 
-#[track_caller]
-fn refused(r: Result<keyward::proto::csi::MountResponse, tonic::Status>, code: Code, needle: &str) {
-    match r {
-        Ok(resp) => panic!(
-            "expected {code:?} containing {needle:?}, got {} files",
-            resp.files.len()
-        ),
-        Err(s) => {
-            assert_eq!(s.code(), code, "message: {}", s.message());
-            assert!(
-                s.message().contains(needle),
-                "{:?} lacks {needle:?}",
-                s.message()
-            );
-        }
-    }
+/// (namespace, service account, pod, token, objects) as the driver claims them, and the code
+/// and message fragment of the refusal they must get.
+type Claim<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    Code,
+    &'a str,
+);
+
+/// A key that only the test pod's service account may mount.
+async fn own_key(e: &Env, name: &str, kb: KeyBuilder) {
+    e.put_key(NS, name, &[(NS, SA)], kb).await;
+}
+
+/// Mount `objects` as the test pod; it must be refused with `code` naming `needle`.
+async fn refused_mount(e: &Env, objects: &str, code: Code, needle: &str) {
+    refused(e.mount(&ok_attrs(objects)).await, code, needle);
 }
 
 #[tokio::test]
@@ -100,95 +100,112 @@ async fn authorisation_matrix() {
     e.add_token("tok-expired", NS, SA, "web-0", &["keyward"], -5);
     e.add_token("tok-vault", NS, SA, "web-0", &["vault"], 3600);
 
+    // A token issued for the same SA but bound to another pod.
+    e.add_token("tok-other-pod", NS, SA, "web-9", &["keyward"], 3600);
+
     assert!(e.mount(&ok_attrs("- key: db")).await.is_ok());
-    // Another service account of the same namespace.
-    refused(
-        e.mount(&attrs(
+    let cases: &[Claim] = &[
+        // Another service account of the same namespace.
+        (
             NS,
             "other",
             "other-0",
             Some("tok-other-sa"),
             "- key: db",
-        ))
-        .await,
-        Code::PermissionDenied,
-        "spec.access.serviceAccounts",
-    );
-    // A pod of another namespace cannot name our key, neither bare nor qualified.
-    refused(
-        e.mount(&attrs(
+            Code::PermissionDenied,
+            "spec.access.serviceAccounts",
+        ),
+        // A pod of another namespace cannot name our key, neither bare nor qualified.
+        (
             "team-b",
             "intruder",
             "b-0",
             Some("tok-team-b"),
             "- key: db",
-        ))
-        .await,
-        Code::PermissionDenied,
-        "team-b/intruder",
-    );
-    refused(
-        e.mount(&attrs(
+            Code::PermissionDenied,
+            "team-b/intruder",
+        ),
+        (
             "team-b",
             "intruder",
             "b-0",
             Some("tok-team-b"),
             "- key: team-a/db",
-        ))
-        .await,
-        Code::InvalidArgument,
-        "another namespace",
-    );
-    // Claims in attributes must match the verified token.
-    refused(
-        e.mount(&attrs(NS, SA, "web-0", Some("tok-other-sa"), "- key: db"))
-            .await,
-        Code::PermissionDenied,
-        "belongs to service account team-a/other",
-    );
-    refused(
-        e.mount(&attrs("team-b", "web", "web-0", Some(TOKEN), "- key: db"))
-            .await,
-        Code::PermissionDenied,
-        "belongs to service account team-a/web",
-    );
-    refused(
-        e.mount(&attrs(NS, SA, "web-0", None, "- key: db")).await,
-        Code::Unauthenticated,
-        "tokenRequests",
-    );
-    refused(
-        e.mount(&attrs(
+            Code::InvalidArgument,
+            "another namespace",
+        ),
+        // Claims in attributes must match the verified token.
+        (
+            NS,
+            SA,
+            "web-0",
+            Some("tok-other-sa"),
+            "- key: db",
+            Code::PermissionDenied,
+            "belongs to service account team-a/other",
+        ),
+        (
+            "team-b",
+            "web",
+            "web-0",
+            Some(TOKEN),
+            "- key: db",
+            Code::PermissionDenied,
+            "belongs to service account team-a/web",
+        ),
+        (
+            NS,
+            SA,
+            "web-0",
+            None,
+            "- key: db",
+            Code::Unauthenticated,
+            "tokenRequests",
+        ),
+        (
             NS,
             SA,
             "web-0",
             Some("forged.jwt.token"),
             "- key: db",
-        ))
-        .await,
-        Code::Unauthenticated,
-        "invalid bearer token",
-    );
-    refused(
-        e.mount(&attrs(NS, SA, "web-0", Some("tok-expired"), "- key: db"))
-            .await,
-        Code::Unauthenticated,
-        "expired",
-    );
-    refused(
-        e.mount(&attrs(NS, SA, "web-0", Some("tok-vault"), "- key: db"))
-            .await,
-        Code::Unauthenticated,
-        "audiences",
-    );
-    // A token issued for the same SA but bound to another pod.
-    e.add_token("tok-other-pod", NS, SA, "web-9", &["keyward"], 3600);
-    refused(
-        e.mount(&attrs(NS, SA, "web-0", Some("tok-other-pod"), "- key: db"))
-            .await,
-        Code::PermissionDenied,
-        "bound to another pod",
-    );
+            Code::Unauthenticated,
+            "invalid bearer token",
+        ),
+        (
+            NS,
+            SA,
+            "web-0",
+            Some("tok-expired"),
+            "- key: db",
+            Code::Unauthenticated,
+            "expired",
+        ),
+        (
+            NS,
+            SA,
+            "web-0",
+            Some("tok-vault"),
+            "- key: db",
+            Code::Unauthenticated,
+            "audiences",
+        ),
+        (
+            NS,
+            SA,
+            "web-0",
+            Some("tok-other-pod"),
+            "- key: db",
+            Code::PermissionDenied,
+            "bound to another pod",
+        ),
+    ];
+    for (ns, sa, pod, token, objects, code, needle) in cases {
+        refused(
+            e.mount(&attrs(ns, sa, pod, *token, objects)).await,
+            *code,
+            needle,
+        );
+    }
 }
 
 #[tokio::test]
@@ -254,20 +271,18 @@ async fn rotation_changes_object_version_exactly_when_current_changes() {
 #[tokio::test]
 async fn previous_within_grace_only() {
     let e = env().await;
-    e.put_key(
-        NS,
+    own_key(
+        &e,
         "fresh",
-        &[(NS, SA)],
         KeyBuilder::default()
             .with(Deactivated, 10)
             .with(Active, 10)
             .grace(3600),
     )
     .await;
-    e.put_key(
-        NS,
+    own_key(
+        &e,
         "stale",
-        &[(NS, SA)],
         KeyBuilder::default()
             .with(Deactivated, 7200)
             .with(Active, 7200)
@@ -279,12 +294,13 @@ async fn previous_within_grace_only() {
         .await
         .unwrap();
     assert_eq!(&r.files[0].contents[..], &material(NS, "fresh", 1)[..]);
-    refused(
-        e.mount(&ok_attrs("- key: stale\n  version: previous"))
-            .await,
+    refused_mount(
+        &e,
+        "- key: stale\n  version: previous",
         Code::FailedPrecondition,
         "grace period",
-    );
+    )
+    .await;
     // `all` drops the version whose grace ended and keeps the base file = current.
     let r = e
         .mount(&ok_attrs("- key: stale\n  version: all"))
@@ -308,10 +324,9 @@ async fn previous_within_grace_only() {
 #[tokio::test]
 async fn compromised_destroyed_suspended_and_pending_deletion_are_not_served() {
     let e = env().await;
-    e.put_key(
-        NS,
+    own_key(
+        &e,
         "leaked",
-        &[(NS, SA)],
         KeyBuilder::default().with(Compromised, 5).with(Active, 5),
     )
     .await;
@@ -319,18 +334,15 @@ async fn compromised_destroyed_suspended_and_pending_deletion_are_not_served() {
         "- key: leaked\n  version: 1",
         "- key: leaked\n  version: \"1\"",
     ] {
-        refused(
-            e.mount(&ok_attrs(y)).await,
-            Code::FailedPrecondition,
-            "Compromised",
-        );
+        refused_mount(&e, y, Code::FailedPrecondition, "Compromised").await;
     }
-    refused(
-        e.mount(&ok_attrs("- key: leaked\n  version: previous"))
-            .await,
+    refused_mount(
+        &e,
+        "- key: leaked\n  version: previous",
         Code::FailedPrecondition,
         "previous",
-    );
+    )
+    .await;
     let r = e
         .mount(&ok_attrs("- key: leaked\n  version: all"))
         .await
@@ -342,64 +354,51 @@ async fn compromised_destroyed_suspended_and_pending_deletion_are_not_served() {
             .all(|f| f.contents[..] == material(NS, "leaked", 2)[..])
     );
 
-    e.put_key(
-        NS,
-        "burnt",
-        &[(NS, SA)],
-        KeyBuilder::default().with(Compromised, 5),
-    )
-    .await;
-    refused(
-        e.mount(&ok_attrs("- key: burnt")).await,
+    own_key(&e, "burnt", KeyBuilder::default().with(Compromised, 5)).await;
+    refused_mount(
+        &e,
+        "- key: burnt",
         Code::FailedPrecondition,
         "no Active version",
-    );
-    e.put_key(
-        NS,
+    )
+    .await;
+    own_key(
+        &e,
         "gone",
-        &[(NS, SA)],
         KeyBuilder::default().with(Destroyed, 5).with(Active, 5),
     )
     .await;
-    refused(
-        e.mount(&ok_attrs("- key: gone\n  version: 1")).await,
+    refused_mount(
+        &e,
+        "- key: gone\n  version: 1",
         Code::FailedPrecondition,
         "Destroyed",
-    );
-    refused(
-        e.mount(&ok_attrs("- key: gone\n  version: 7")).await,
+    )
+    .await;
+    refused_mount(
+        &e,
+        "- key: gone\n  version: 7",
         Code::NotFound,
         "no version 7",
-    );
-    e.put_key(
-        NS,
-        "new",
-        &[(NS, SA)],
-        KeyBuilder::default().with(PreActivation, 5),
     )
     .await;
-    refused(
-        e.mount(&ok_attrs("- key: new")).await,
+    own_key(&e, "new", KeyBuilder::default().with(PreActivation, 5)).await;
+    refused_mount(
+        &e,
+        "- key: new",
         Code::FailedPrecondition,
         "no Active version",
-    );
-    refused(
-        e.mount(&ok_attrs("- key: new\n  version: 1")).await,
-        Code::FailedPrecondition,
-        "PreActivation",
-    );
-    e.put_key(
-        NS,
-        "paused",
-        &[(NS, SA)],
-        KeyBuilder::default().with(Suspended, 5),
     )
     .await;
-    refused(
-        e.mount(&ok_attrs("- key: paused")).await,
+    refused_mount(
+        &e,
+        "- key: new\n  version: 1",
         Code::FailedPrecondition,
-        "Suspended",
-    );
+        "PreActivation",
+    )
+    .await;
+    own_key(&e, "paused", KeyBuilder::default().with(Suspended, 5)).await;
+    refused_mount(&e, "- key: paused", Code::FailedPrecondition, "Suspended").await;
 
     e.edit(NS, "db", |r| {
         r.stored.state.pending_deletion = Some(keyward::state::PendingDeletion {
@@ -407,16 +406,20 @@ async fn compromised_destroyed_suspended_and_pending_deletion_are_not_served() {
             destroy_at: "2999-01-01T00:00:00Z".parse().unwrap(),
         })
     });
-    refused(
-        e.mount(&ok_attrs("- key: db")).await,
+    refused_mount(
+        &e,
+        "- key: db",
         Code::FailedPrecondition,
         "pending deletion",
-    );
-    refused(
-        e.mount(&ok_attrs("- key: db\n  version: 1")).await,
+    )
+    .await;
+    refused_mount(
+        &e,
+        "- key: db\n  version: 1",
         Code::FailedPrecondition,
         "spec.deletion",
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -507,6 +510,29 @@ async fn every_bad_input_is_refused_and_nothing_is_returned() {
     assert_eq!(r.files[0].mode, 0o400);
 }
 
+/// A public-only grant on a symmetric key, and a public format of one: the user must change the
+/// grant, the format or the algorithm, so the code is FailedPrecondition, never Internal.
+#[tokio::test]
+async fn public_forms_of_a_symmetric_key_are_failed_precondition() {
+    let e = env().await;
+    for objects in [
+        "- key: db\n  format: public-jwk",
+        "- key: db\n  format: public-pem",
+    ] {
+        refused_mount(
+            &e,
+            objects,
+            Code::FailedPrecondition,
+            "object \"db\": symmetric keys have no public part; use raw, base64, hex or jwk",
+        )
+        .await;
+    }
+    e.edit(NS, "db", |r| {
+        r.key.spec.access.service_accounts[0].public_only = true;
+    });
+    refused_mount(&e, "- key: db\n  format: public-jwk", Code::FailedPrecondition, "team-a/db is a symmetric aes-256 key: a public-only grant cannot mount it; grant full access or use an asymmetric algorithm").await;
+}
+
 #[tokio::test]
 async fn formats_and_file_names() {
     let e = env().await;
@@ -543,13 +569,7 @@ async fn each_key_is_read_once_per_mount() {
 async fn token_cache_skips_repeat_token_reviews_but_not_refusals() {
     let e = Env::start(Duration::from_secs(30)).await;
     e.add_token(TOKEN, NS, SA, "web-0", &["keyward"], 3600);
-    e.put_key(
-        NS,
-        "db",
-        &[(NS, SA)],
-        KeyBuilder::default().with(Active, 10),
-    )
-    .await;
+    own_key(&e, "db", KeyBuilder::default().with(Active, 10)).await;
     e.mount(&ok_attrs("- key: db")).await.unwrap();
     let after_first = e.reviewer.calls.load(Ordering::SeqCst);
     assert_eq!(after_first, 2, "provider and pod token reviewed once each");
@@ -559,11 +579,7 @@ async fn token_cache_skips_repeat_token_reviews_but_not_refusals() {
     assert_eq!(e.reviewer.calls.load(Ordering::SeqCst), after_first);
     // Access is still checked on every Mount: revoking the SA takes effect at once.
     e.edit(NS, "db", |r| r.key.spec.access.service_accounts.clear());
-    refused(
-        e.mount(&ok_attrs("- key: db")).await,
-        Code::PermissionDenied,
-        "spec.access",
-    );
+    refused_mount(&e, "- key: db", Code::PermissionDenied, "spec.access").await;
 }
 
 #[tokio::test]

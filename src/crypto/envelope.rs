@@ -61,17 +61,21 @@ impl Algorithm {
     }
 
     /// Parse a flag value such as `aes-256-gcm`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnknownAlgorithm> {
         match s {
             "aes-256-kwp" => Ok(Self::Aes256Kwp),
             "aes-256-kw" => Ok(Self::Aes256Kw),
             "aes-256-gcm" => Ok(Self::Aes256Gcm),
-            o => Err(format!(
-                "unknown wrap algorithm {o:?}: use aes-256-kwp, aes-256-kw or aes-256-gcm"
-            )),
+            o => Err(UnknownAlgorithm(o.into())),
         }
     }
 }
+
+/// A `--kek-wrap-algorithm` value that is not a wrap algorithm; the message lists the valid
+/// ones (clap shows it as the flag's error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown wrap algorithm {0:?}: use aes-256-kwp, aes-256-kw or aes-256-gcm")]
+pub struct UnknownAlgorithm(pub String);
 
 /// Which key version an envelope belongs to; bound into the envelope's header.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -360,6 +364,24 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn wrap_algorithm_names_round_trip_and_unknown_ones_list_the_choices() {
+        for a in [
+            Algorithm::Aes256Kwp,
+            Algorithm::Aes256Kw,
+            Algorithm::Aes256Gcm,
+        ] {
+            assert_eq!(Algorithm::parse(a.name()), Ok(a));
+        }
+        let e = Algorithm::parse("des").unwrap_err();
+        assert_eq!(e, UnknownAlgorithm("des".into()));
+        assert!(
+            e.to_string()
+                .contains("use aes-256-kwp, aes-256-kw or aes-256-gcm"),
+            "{e}"
+        );
+    }
 
     fn algs() -> impl Strategy<Value = Algorithm> {
         prop_oneof![

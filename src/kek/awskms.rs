@@ -597,13 +597,7 @@ impl KekBackend for AwsKmsKek {
     }
 
     async fn unwrap(&self, env: &Envelope, ctx: &KeyContext) -> Result<SecretBytes, KekError> {
-        if env.backend != KIND || env.kek_id != self.arn {
-            return Err(KekError::UnknownKek {
-                backend: env.backend.clone(),
-                kek_id: env.kek_id.clone(),
-                version: env.kek_version,
-            });
-        }
+        super::check_owner(env, KIND, &self.arn)?;
         env.check_context(ctx)?;
         if !env.nonce.is_empty() || !env.params.is_empty() {
             return Err(CryptoError::Integrity.into());

@@ -335,6 +335,14 @@ mod tests {
         kek: KekArgs,
     }
 
+    /// The start-up error `args` lead to (they must lead to one).
+    async fn refusal(args: &KekArgs) -> String {
+        match build_keyring(args, None, "ns").await {
+            Ok(_) => panic!("build_keyring accepted {args:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
     fn defaults_and_flags_parse() {
         let d = KekArgs::default();
@@ -365,11 +373,7 @@ mod tests {
             passphrase_file: Some("/nonexistent/keyward-pass".into()),
             ..KekArgs::default()
         };
-        let e = build_keyring(&a, None, "ns")
-            .await
-            .err()
-            .unwrap()
-            .to_string();
+        let e = refusal(&a).await;
         assert!(e.contains("--passphrase-file"), "{e}");
     }
 
@@ -385,11 +389,7 @@ mod tests {
             pbkdf2_iterations: 100_000,
             ..KekArgs::default()
         };
-        let e = build_keyring(&a, None, "ns")
-            .await
-            .err()
-            .unwrap()
-            .to_string();
+        let e = refusal(&a).await;
         assert!(e.contains("--pbkdf2-iterations"), "{e}");
     }
 
@@ -399,21 +399,13 @@ mod tests {
             secondary_kek_backend: Some(BackendKind::Local),
             ..KekArgs::default()
         };
-        let e = build_keyring(&a, None, "ns")
-            .await
-            .err()
-            .unwrap()
-            .to_string();
+        let e = refusal(&a).await;
         assert!(e.contains("--secondary-kek-backend"), "{e}");
     }
 
     #[tokio::test]
     async fn local_without_client_or_file_names_the_flag() {
-        let e = build_keyring(&KekArgs::default(), None, "ns")
-            .await
-            .err()
-            .unwrap()
-            .to_string();
+        let e = refusal(&KekArgs::default()).await;
         assert!(e.contains("--local-kek-file"), "{e}");
     }
 }

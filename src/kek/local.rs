@@ -229,24 +229,14 @@ impl KekBackend for LocalKek {
     }
 
     async fn unwrap(&self, env: &Envelope, ctx: &KeyContext) -> Result<SecretBytes, KekError> {
-        if env.backend != KIND || env.kek_id != self.id {
-            return Err(KekError::UnknownKek {
-                backend: env.backend.clone(),
-                kek_id: env.kek_id.clone(),
-                version: env.kek_version,
-            });
-        }
+        super::check_owner(env, KIND, &self.id)?;
         if self.key(env.kek_version).is_none() {
             // Another replica may have rotated the KEK since we loaded it.
             self.reload().await?;
         }
         let kek = self
             .key(env.kek_version)
-            .ok_or_else(|| KekError::UnknownKek {
-                backend: env.backend.clone(),
-                kek_id: env.kek_id.clone(),
-                version: env.kek_version,
-            })?;
+            .ok_or_else(|| KekError::unknown_kek(env))?;
         Ok(env.open_with_raw_kek(&kek, ctx)?)
     }
 

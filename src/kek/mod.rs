@@ -55,6 +55,27 @@ pub enum KekError {
     Kube(#[from] kube::Error),
 }
 
+impl KekError {
+    /// No KEK here for the backend, KEK id and version `env` names.
+    pub fn unknown_kek(env: &Envelope) -> Self {
+        Self::UnknownKek {
+            backend: env.backend.clone(),
+            kek_id: env.kek_id.clone(),
+            version: env.kek_version,
+        }
+    }
+}
+
+/// Refuse, before any crypto or remote call, an envelope that backend `kind` with KEK `kek_id`
+/// did not make: every backend's `unwrap` starts here.
+pub fn check_owner(env: &Envelope, kind: &str, kek_id: &str) -> Result<(), KekError> {
+    if env.backend == kind && env.kek_id == kek_id {
+        Ok(())
+    } else {
+        Err(KekError::unknown_kek(env))
+    }
+}
+
 /// One KEK backend.
 #[async_trait::async_trait]
 pub trait KekBackend: Send + Sync + 'static {
@@ -125,12 +146,8 @@ impl Keyring {
     pub async fn unwrap(&self, env: &Envelope, ctx: &KeyContext) -> Result<SecretBytes, KekError> {
         let b = std::iter::once(&self.primary)
             .chain(self.others.iter())
-            .find(|b| b.kind() == env.backend && b.kek_id() == env.kek_id)
-            .ok_or_else(|| KekError::UnknownKek {
-                backend: env.backend.clone(),
-                kek_id: env.kek_id.clone(),
-                version: env.kek_version,
-            })?;
+            .find(|b| check_owner(env, b.kind(), &b.kek_id()).is_ok())
+            .ok_or_else(|| KekError::unknown_kek(env))?;
         b.unwrap(env, ctx).await
     }
 

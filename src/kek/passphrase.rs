@@ -94,6 +94,14 @@ impl Kdf {
         }
     }
 
+    /// The cheapest Argon2id parameters [`Kdf::validate`] accepts (OWASP minimum memory, one
+    /// pass, one lane): what tests and benchmarks use so a derivation stays fast.
+    pub const ARGON2ID_FLOOR: Kdf = Kdf::Argon2id {
+        memory_kib: ARGON2_MIN_MEMORY_KIB,
+        time_cost: 1,
+        parallelism: 1,
+    };
+
     /// Refuse parameters below the floor or above the ceiling. `setting` names the flag.
     pub fn validate(self) -> Result<(), KekError> {
         let bad = |setting: &'static str, detail: String| {
@@ -421,13 +429,7 @@ impl KekBackend for PassphraseKek {
     }
 
     async fn unwrap(&self, env: &Envelope, ctx: &KeyContext) -> Result<SecretBytes, KekError> {
-        if env.backend != KIND || env.kek_id != self.id {
-            return Err(KekError::UnknownKek {
-                backend: env.backend.clone(),
-                kek_id: env.kek_id.clone(),
-                version: env.kek_version,
-            });
-        }
+        super::check_owner(env, KIND, &self.id)?;
         // Check the context before spending a derivation on it.
         env.check_context(ctx)?;
         let block = ParamBlock::decode(&env.params)?;
@@ -470,17 +472,21 @@ impl KekBackend for PassphraseKek {
 mod tests {
     use super::*;
 
-    /// The cheapest parameters `validate` accepts, so unit tests stay fast.
-    pub(crate) fn fast_argon() -> Kdf {
-        Kdf::Argon2id {
-            memory_kib: ARGON2_MIN_MEMORY_KIB,
-            time_cost: 1,
-            parallelism: 1,
-        }
-    }
+    const PASS: &[u8] = b"correct horse battery staple";
 
     fn pass() -> SecretBytes {
-        SecretBytes::from_slice(b"correct horse battery staple")
+        SecretBytes::from_slice(PASS)
+    }
+
+    /// A passphrase KEK with the cheapest accepted KDF, so unit tests stay fast.
+    async fn fast_kek(passphrase: &[u8], alg: Algorithm) -> Result<PassphraseKek, KekError> {
+        PassphraseKek::new(
+            "p",
+            SecretBytes::from_slice(passphrase),
+            Kdf::ARGON2ID_FLOOR,
+            alg,
+        )
+        .await
     }
 
     #[test]
@@ -538,7 +544,7 @@ mod tests {
     #[tokio::test]
     async fn round_trip_wrong_context_and_tampered_params_fail() {
         for kdf in [
-            fast_argon(),
+            Kdf::ARGON2ID_FLOOR,
             Kdf::Pbkdf2Sha256 {
                 iterations: PBKDF2_MIN_ITERATIONS,
             },
@@ -566,17 +572,10 @@ mod tests {
 
     #[tokio::test]
     async fn other_passphrase_cannot_unwrap() {
-        let a = PassphraseKek::new("p", pass(), fast_argon(), Algorithm::Aes256Kwp)
+        let a = fast_kek(PASS, Algorithm::Aes256Kwp).await.unwrap();
+        let b = fast_kek(b"another long passphrase", Algorithm::Aes256Kwp)
             .await
             .unwrap();
-        let b = PassphraseKek::new(
-            "p",
-            SecretBytes::from_slice(b"another long passphrase"),
-            fast_argon(),
-            Algorithm::Aes256Kwp,
-        )
-        .await
-        .unwrap();
         let ctx = KeyContext::new("ns", "k", 1);
         let env = a.wrap(&ctx, &SecretBytes::random(32)).await.unwrap();
         assert!(matches!(
@@ -587,25 +586,18 @@ mod tests {
 
     #[tokio::test]
     async fn short_passphrase_refused() {
-        let e = PassphraseKek::new(
-            "p",
-            SecretBytes::from_slice(b"short"),
-            fast_argon(),
-            Algorithm::Aes256Gcm,
-        )
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+        let e = fast_kek(b"short", Algorithm::Aes256Gcm)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("--passphrase-file"), "{e}");
         assert!(!e.contains("short\""), "{e}");
     }
 
     #[tokio::test]
     async fn unwrap_uses_the_cache_after_the_first_derivation() {
-        let k = PassphraseKek::new("p", pass(), fast_argon(), Algorithm::Aes256Gcm)
-            .await
-            .unwrap();
+        let k = fast_kek(PASS, Algorithm::Aes256Gcm).await.unwrap();
         let ctx = KeyContext::new("ns", "k", 1);
         let dek = SecretBytes::random(32);
         let old = k.wrap(&ctx, &dek).await.unwrap();

@@ -437,13 +437,7 @@ impl KekBackend for Pkcs11Kek {
     }
 
     async fn unwrap(&self, env: &Envelope, ctx: &KeyContext) -> Result<SecretBytes, KekError> {
-        if env.backend != KIND || env.kek_id != self.id {
-            return Err(KekError::UnknownKek {
-                backend: env.backend.clone(),
-                kek_id: env.kek_id.clone(),
-                version: env.kek_version,
-            });
-        }
+        super::check_owner(env, KIND, &self.id)?;
         env.check_context(ctx)?;
         if env.algorithm != Algorithm::Aes256Gcm || env.nonce.len() != 12 {
             return Err(CryptoError::Integrity.into());

@@ -40,6 +40,9 @@ pub enum FetchError {
     /// The request is malformed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A requested key name is not one the pod may ask for.
+    #[error(transparent)]
+    KeyName(#[from] KeyNameError),
     /// The ManagedKey does not exist.
     #[error(
         "ManagedKey {0} not found; create it in the pod's namespace or fix `key` in the objects parameter"
@@ -67,6 +70,17 @@ pub enum FetchError {
         /// Why.
         source: SelectError,
     },
+    /// A public-only grant on a symmetric key: the key has no public part, so nothing can be
+    /// mounted until the ManagedKey's owner changes the grant or the algorithm.
+    #[error(
+        "{key} is a symmetric {algorithm} key: a public-only grant cannot mount it; grant full access or use an asymmetric algorithm"
+    )]
+    PublicOnlySymmetric {
+        /// `namespace/name`.
+        key: String,
+        /// The key's algorithm.
+        algorithm: &'static str,
+    },
     /// Reading or unwrapping failed.
     #[error("{0}")]
     Internal(String),
@@ -83,10 +97,11 @@ impl FetchError {
             Self::CallerNotProvider(_) => "caller_not_provider",
             Self::PodUnauthenticated(_) => "pod_unauthenticated",
             Self::IdentityMismatch(_) => "identity_mismatch",
-            Self::InvalidArgument(_) => "invalid_argument",
+            Self::InvalidArgument(_) | Self::KeyName(_) => "invalid_argument",
             Self::KeyNotFound(_) => "key_not_found",
             Self::Denied { .. } => "access_denied",
             Self::NotServable { .. } => "not_servable",
+            Self::PublicOnlySymmetric { .. } => "public_only_symmetric",
             Self::Internal(_) => "internal",
             Self::Unavailable(_) => "unavailable",
         }
@@ -103,13 +118,17 @@ impl From<FetchError> for tonic::Status {
             FetchError::CallerNotProvider(_)
             | FetchError::IdentityMismatch(_)
             | FetchError::Denied { .. } => tonic::Status::permission_denied(msg),
-            FetchError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
+            FetchError::InvalidArgument(_) | FetchError::KeyName(_) => {
+                tonic::Status::invalid_argument(msg)
+            }
             FetchError::KeyNotFound(_) => tonic::Status::not_found(msg),
             FetchError::NotServable {
                 source: SelectError::NoSuchVersion(_),
                 ..
             } => tonic::Status::not_found(msg),
-            FetchError::NotServable { .. } => tonic::Status::failed_precondition(msg),
+            FetchError::NotServable { .. } | FetchError::PublicOnlySymmetric { .. } => {
+                tonic::Status::failed_precondition(msg)
+            }
             FetchError::Internal(_) => tonic::Status::internal(msg),
             FetchError::Unavailable(_) => tonic::Status::unavailable(msg),
         }
@@ -138,12 +157,24 @@ pub struct KeyService<R: TokenReviewer> {
     served: Arc<super::ServedMemory>,
 }
 
+/// Why a `key` in a Mount request is not a ManagedKey name this pod may ask for; each message
+/// names the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyNameError {
+    /// `namespace/name`: keys are only ever read from the pod's own namespace.
+    #[error(
+        "key {0:?} names another namespace; only ManagedKeys in the pod's own namespace can be mounted: use the bare name"
+    )]
+    OtherNamespace(String),
+    /// Not a DNS subdomain.
+    #[error("key {0:?} is not a valid ManagedKey name (lowercase letters, digits, '-' and '.')")]
+    Invalid(String),
+}
+
 /// Validate a ManagedKey name (a DNS subdomain); the error names the fix.
-pub fn check_key_name(name: &str) -> Result<(), String> {
+pub fn check_key_name(name: &str) -> Result<(), KeyNameError> {
     if name.contains('/') {
-        return Err(format!(
-            "key {name:?} names another namespace; only ManagedKeys in the pod's own namespace can be mounted: use the bare name"
-        ));
+        return Err(KeyNameError::OtherNamespace(name.into()));
     }
     let ok = !name.is_empty()
         && name.len() <= 253
@@ -155,9 +186,7 @@ pub fn check_key_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "key {name:?} is not a valid ManagedKey name (lowercase letters, digits, '-' and '.')"
-        ))
+        Err(KeyNameError::Invalid(name.into()))
     }
 }
 
@@ -179,6 +208,32 @@ struct AuditCtx<'a> {
 }
 
 impl AuditCtx<'_> {
+    /// `namespace/name` of the pod the mount is for.
+    fn pod(&self) -> String {
+        format!("{}/{}", self.req.pod_namespace, self.req.pod_name)
+    }
+
+    /// One entry in the tamper-evident audit log (refusals and deliveries alike).
+    fn append(
+        &self,
+        actor: String,
+        key: &str,
+        version: Option<u32>,
+        outcome: &str,
+        reason: String,
+    ) {
+        self.sink.append_only(crate::audit::AuditEvent {
+            actor,
+            action: "mount".into(),
+            key: format!("{}/{key}", self.req.pod_namespace),
+            version,
+            outcome: outcome.into(),
+            reason,
+            pod: Some(self.pod()),
+            node: None,
+        });
+    }
+
     fn refuse(&self, key: &str, version: &str, e: &FetchError) {
         let sa = self.verified.map_or_else(
             || {
@@ -192,7 +247,7 @@ impl AuditCtx<'_> {
         tracing::warn!(
             target: AUDIT_TARGET,
             time = %jiff::Timestamp::now(),
-            pod = %format!("{}/{}", self.req.pod_namespace, self.req.pod_name),
+            pod = %self.pod(),
             pod_uid = %self.req.pod_uid,
             sa = %sa,
             key = %key,
@@ -202,23 +257,14 @@ impl AuditCtx<'_> {
             detail = %e,
             "key request refused"
         );
-        self.sink.append_only(crate::audit::AuditEvent {
-            actor: sa,
-            action: "mount".into(),
-            key: format!("{}/{key}", self.req.pod_namespace),
-            version: version.parse().ok(),
-            outcome: "denied".into(),
-            reason: e.to_string(),
-            pod: Some(format!("{}/{}", self.req.pod_namespace, self.req.pod_name)),
-            node: None,
-        });
+        self.append(sa, key, version.parse().ok(), "denied", e.to_string());
     }
 
     fn served(&self, key: &str, versions: &[u32]) {
         // Only what changed is recorded: a version this pod already received from this replica
         // is a re-mount (counted in keyward_key_service_repeat_serves).
         let pod_id = if self.req.pod_uid.is_empty() {
-            format!("{}/{}", self.req.pod_namespace, self.req.pod_name)
+            self.pod()
         } else {
             self.req.pod_uid.clone()
         };
@@ -237,7 +283,7 @@ impl AuditCtx<'_> {
         tracing::info!(
             target: AUDIT_TARGET,
             time = %jiff::Timestamp::now(),
-            pod = %format!("{}/{}", self.req.pod_namespace, self.req.pod_name),
+            pod = %self.pod(),
             pod_uid = %self.req.pod_uid,
             sa = %sa,
             key = %key,
@@ -246,16 +292,7 @@ impl AuditCtx<'_> {
             "key served"
         );
         for v in &versions {
-            self.sink.append_only(crate::audit::AuditEvent {
-                actor: sa.clone(),
-                action: "mount".into(),
-                key: format!("{}/{key}", self.req.pod_namespace),
-                version: Some(*v),
-                outcome: "ok".into(),
-                reason: "served".into(),
-                pod: Some(format!("{}/{}", self.req.pod_namespace, self.req.pod_name)),
-                node: None,
-            });
+            self.append(sa.clone(), key, Some(*v), "ok", "served".into());
         }
     }
 }
@@ -416,8 +453,7 @@ impl<R: TokenReviewer> KeyService<R> {
             ));
         }
         for k in &req.keys {
-            check_key_name(&k.key)
-                .map_err(|m| fail(&k.key, "*", FetchError::InvalidArgument(m)))?;
+            check_key_name(&k.key).map_err(|e| fail(&k.key, "*", e.into()))?;
         }
         // Each ManagedKey is read once per request, all of them concurrently.
         let mut names: Vec<&str> = req.keys.iter().map(|k| k.key.as_str()).collect();
@@ -469,10 +505,10 @@ impl<R: TokenReviewer> KeyService<R> {
                 return Err(fail(
                     name,
                     &sel.to_string(),
-                    FetchError::Internal(format!(
-                        "{ns}/{name} is a symmetric {} key: a public-only grant cannot mount it; grant full access or use an asymmetric algorithm",
-                        algorithm.as_str()
-                    )),
+                    FetchError::PublicOnlySymmetric {
+                        key: format!("{ns}/{name}"),
+                        algorithm: algorithm.as_str(),
+                    },
                 ));
             }
             if !allowed {
@@ -562,5 +598,51 @@ impl<R: TokenReviewer> KeyService<R> {
             });
         }
         Ok(FetchResponse { keys: out })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn key_names_are_checked_naming_the_fix() {
+        assert_eq!(check_key_name("db.v2-key"), Ok(()));
+        assert_eq!(
+            check_key_name("team-b/db"),
+            Err(KeyNameError::OtherNamespace("team-b/db".into()))
+        );
+        for bad in ["", "Db", "-db", "db-", "d_b", &"a".repeat(254)] {
+            assert_eq!(
+                check_key_name(bad),
+                Err(KeyNameError::Invalid(bad.into())),
+                "{bad}"
+            );
+        }
+        let e = FetchError::from(check_key_name("team-b/db").unwrap_err());
+        assert_eq!(e.reason(), "invalid_argument");
+        let s = tonic::Status::from(e);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("use the bare name"), "{}", s.message());
+    }
+
+    /// A public-only grant on a symmetric key is the key owner's to fix, not a server fault.
+    #[test]
+    fn public_only_grant_on_a_symmetric_key_is_failed_precondition_naming_the_fix() {
+        let e = FetchError::PublicOnlySymmetric {
+            key: "team-a/db".into(),
+            algorithm: crate::crd::KeyAlgorithm::Aes256.as_str(),
+        };
+        assert_eq!(e.reason(), "public_only_symmetric");
+        let s = tonic::Status::from(e);
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(
+            s.message().contains("team-a/db is a symmetric aes-256 key")
+                && s.message()
+                    .contains("grant full access or use an asymmetric algorithm"),
+            "{}",
+            s.message()
+        );
     }
 }

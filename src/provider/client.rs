@@ -2,6 +2,7 @@
 //! the controller's key service, and one multiplexed HTTP/2 channel. The request and response
 //! types both sides use are the generated ones in `crate::proto::keyservice`.
 
+use super::error::MountError;
 use crate::proto::keyservice::key_service_client::KeyServiceClient as RawClient;
 use crate::proto::keyservice::{FetchRequest, FetchResponse};
 use std::path::PathBuf;
@@ -51,7 +52,7 @@ impl CallerToken {
         Self::File(path, Arc::default())
     }
 
-    fn get(&self) -> Result<Arc<str>, tonic::Status> {
+    fn get(&self) -> Result<Arc<str>, MountError> {
         match self {
             Self::Static(t) => Ok(t.clone()),
             Self::File(path, cache) => {
@@ -62,11 +63,9 @@ impl CallerToken {
                     return Ok(t.clone());
                 }
                 let t: Arc<str> = std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        tonic::Status::unavailable(format!(
-                            "reading the provider's own service-account token {} (--token-file): {e}",
-                            path.display()
-                        ))
+                    .map_err(|source| MountError::CallerToken {
+                        path: path.clone(),
+                        source,
                     })?
                     .trim()
                     .into();
@@ -143,24 +142,26 @@ impl KeyServiceClient {
         })
     }
 
-    /// Fetch keys for a pod; errors are the key service's gRPC status, passed through.
-    pub async fn fetch(&self, req: FetchRequest) -> Result<FetchResponse, tonic::Status> {
+    /// Fetch keys for a pod. A refusal keeps the key service's gRPC status; a transport
+    /// failure (Unavailable, or Unknown from below gRPC) says what to check.
+    pub async fn fetch(&self, req: FetchRequest) -> Result<FetchResponse, MountError> {
         let token = self.token.get()?;
         let mut r = tonic::Request::new(req);
         let v = format!("Bearer {token}")
             .parse()
-            .map_err(|_| tonic::Status::internal("provider token is not valid header text"))?;
+            .map_err(|_| MountError::CallerTokenNotHeader)?;
         r.metadata_mut().insert("authorization", v);
         let mut c = self.inner.clone();
-        c.fetch(r).await.map(tonic::Response::into_inner).map_err(|s| {
-            if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown {
-                tonic::Status::new(
-                    s.code(),
-                    format!("key service unreachable or failed: {} (check --key-service-url, TLS settings and that the controller is running)", s.message()),
-                )
-            } else {
-                s
-            }
-        })
+        c.fetch(r)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown => {
+                    MountError::KeyServiceUnreachable {
+                        detail: s.message().into(),
+                    }
+                }
+                _ => MountError::KeyService(s),
+            })
     }
 }

@@ -3,6 +3,7 @@
 //! pod's token, to the key service, which decides. See docs/provider.md.
 
 pub mod client;
+pub mod error;
 pub mod format;
 pub mod mount;
 pub mod params;
@@ -13,6 +14,7 @@ use crate::proto::csi::csi_driver_provider_server::{CsiDriverProvider, CsiDriver
 use crate::proto::csi::{MountRequest, MountResponse, VersionRequest, VersionResponse};
 use crate::proto::keyservice::{FetchRequest, FetchResponse};
 pub use client::{CallerToken, ClientConfig, ClientError, KeyServiceClient};
+pub use error::MountError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -65,7 +67,9 @@ pub trait Fetcher: Send + Sync + 'static {
 #[tonic::async_trait]
 impl Fetcher for KeyServiceClient {
     async fn fetch(&self, req: FetchRequest) -> Result<FetchResponse, Status> {
-        KeyServiceClient::fetch(self, req).await
+        KeyServiceClient::fetch(self, req)
+            .await
+            .map_err(Status::from)
     }
 }
 
@@ -86,7 +90,7 @@ impl Provider {
     }
 
     /// Handle one Mount.
-    pub async fn mount(&self, req: &MountRequest) -> Result<MountResponse, Status> {
+    pub async fn mount(&self, req: &MountRequest) -> Result<MountResponse, MountError> {
         let p = params::parse_mount(
             &req.attributes,
             &req.secrets,
@@ -96,7 +100,11 @@ impl Provider {
         )?;
         let (fetch, map) = mount::fetch_request(&p);
         let n = fetch.keys.len();
-        let resp = self.fetcher.fetch(fetch).await?;
+        let resp = self
+            .fetcher
+            .fetch(fetch)
+            .await
+            .map_err(MountError::KeyService)?;
         mount::build_response(&p, &map, &resp, n)
     }
 }
@@ -124,7 +132,8 @@ impl CsiDriverProvider for Provider {
                 tracing::debug!(files = r.files.len(), "mount served");
                 Ok(Response::new(r))
             }
-            Err(s) => {
+            Err(e) => {
+                let s = Status::from(e);
                 tracing::warn!(code = ?s.code(), error = %s.message(), "mount refused");
                 Err(s)
             }

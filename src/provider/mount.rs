@@ -1,6 +1,7 @@
 //! One Mount: parsed request -> one key-service Fetch -> files and object versions.
 
-use super::format::encode;
+use super::error::MountError;
+use super::format::{AnswerError, encode};
 use super::params::{MountParams, ObjectSpec};
 use crate::keyservice::Selector;
 use crate::proto::csi::{File, MountResponse, ObjectVersion};
@@ -8,7 +9,6 @@ use crate::proto::keyservice::{
     FetchRequest, FetchResponse, KeyRequest, KeyResult, VersionSelector, version_selector,
 };
 use std::collections::HashMap;
-use tonic::Status;
 
 /// Largest total the driver should receive (the Kubernetes Secret size limit).
 pub const MAX_TOTAL_BYTES: usize = 1024 * 1024;
@@ -63,7 +63,7 @@ fn kid(_o: &ObjectSpec, version_id: &str) -> String {
 }
 
 /// One JWKS file from every version of the answer, current first.
-fn jwks_file(o: &ObjectSpec, r: &KeyResult) -> Result<(File, ObjectVersion), Status> {
+fn jwks_file(o: &ObjectSpec, r: &KeyResult) -> Result<(File, ObjectVersion), MountError> {
     let mut order: Vec<&crate::proto::keyservice::ServedVersion> = r.versions.iter().collect();
     order.sort_by_key(|v| (v.version != r.current, std::cmp::Reverse(v.version)));
     let keys = order
@@ -78,8 +78,8 @@ fn jwks_file(o: &ObjectSpec, r: &KeyResult) -> Result<(File, ObjectVersion), Sta
             )
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|m| Status::failed_precondition(format!("object {:?}: {m}", o.key)))?;
-    let contents = super::format::jwks(&keys).map_err(Status::internal)?;
+        .map_err(|e| MountError::encode(&o.key, e))?;
+    let contents = super::format::jwks(&keys)?;
     // The set changes when any member changes: version = the member ids joined.
     let version = order
         .iter()
@@ -104,16 +104,14 @@ fn file(
     r: &KeyResult,
     path: String,
     version: u32,
-) -> Result<(File, ObjectVersion), Status> {
+) -> Result<(File, ObjectVersion), MountError> {
     let v = r
         .versions
         .iter()
         .find(|v| v.version == version)
-        .ok_or_else(|| {
-            Status::internal(format!(
-                "key service answer for {:?} lacks version {version}",
-                o.key
-            ))
+        .ok_or_else(|| AnswerError::MissingVersion {
+            key: o.key.clone(),
+            version,
         })?;
     let contents = encode(
         o.format,
@@ -122,7 +120,7 @@ fn file(
         &kid(o, &v.version_id),
         r.public_only,
     )
-    .map_err(|m| Status::failed_precondition(format!("object {:?}: {m}", o.key)))?;
+    .map_err(|e| MountError::encode(&o.key, e))?;
     Ok((
         File {
             path: path.clone(),
@@ -143,12 +141,13 @@ pub fn build_response(
     map: &[usize],
     resp: &FetchResponse,
     n_requested: usize,
-) -> Result<MountResponse, Status> {
+) -> Result<MountResponse, MountError> {
     if resp.keys.len() != n_requested {
-        return Err(Status::internal(format!(
-            "key service answered {} keys for {n_requested} requested",
-            resp.keys.len()
-        )));
+        return Err(AnswerError::Count {
+            answered: resp.keys.len(),
+            requested: n_requested,
+        }
+        .into());
     }
     let mut files = Vec::new();
     let mut versions = Vec::new();
@@ -157,12 +156,9 @@ pub fn build_response(
     for (o, &i) in p.objects.iter().zip(map) {
         let r = &resp.keys[i];
         if r.key != o.key || r.versions.is_empty() {
-            return Err(Status::internal(format!(
-                "key service answer for {:?} does not match the request",
-                o.key
-            )));
+            return Err(AnswerError::Mismatch(o.key.clone()).into());
         }
-        let mut push = |path: String, v: u32| -> Result<(), Status> {
+        let mut push = |path: String, v: u32| -> Result<(), MountError> {
             let (f, ov) = file(o, r, path, v)?;
             files.push(f);
             versions.push(ov);
@@ -195,30 +191,28 @@ pub fn build_response(
             .iter()
             .zip(&owners)
             .find(|(f, _)| f.path == path)
-            .map(|(_, k)| k.as_str())
-            .unwrap_or("?")
+            .map_or_else(|| "?".to_string(), |(_, k)| k.clone())
     };
     for f in &files {
         if let Some(problem) = super::paths::path_problem(&f.path) {
-            return Err(Status::invalid_argument(format!(
-                "object {:?}: file {:?} {problem}; change its fileName",
-                owner(&f.path),
-                f.path
-            )));
+            return Err(MountError::Path {
+                key: owner(&f.path),
+                path: f.path.clone(),
+                problem,
+            });
         }
     }
     if let Some((path, problem)) = super::paths::set_problem(files.iter().map(|f| f.path.as_str()))
     {
-        return Err(Status::invalid_argument(format!(
-            "object {:?}: file {path:?} {problem} (an `all` object writes <fileName>.v<N> and <fileName>); rename one of the objects",
-            owner(&path)
-        )));
+        return Err(MountError::PathClash {
+            key: owner(&path),
+            path,
+            problem,
+        });
     }
     let total: usize = files.iter().map(|f| f.contents.len()).sum();
     if total > MAX_TOTAL_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "the mount would return {total} bytes, above the 1 MiB limit; mount fewer objects or versions"
-        )));
+        return Err(MountError::TooLarge { total });
     }
     Ok(MountResponse {
         object_version: versions,
@@ -246,6 +240,25 @@ mod tests {
             },
             objects: parse_objects(objects, 0o644).unwrap(),
         }
+    }
+
+    /// The key service's answer for `key` (an AES key, full grant).
+    fn answer(key: &str, versions: Vec<ServedVersion>, current: u32) -> KeyResult {
+        KeyResult {
+            public_only: false,
+            key: key.into(),
+            algorithm: "aes-256".into(),
+            versions,
+            current,
+        }
+    }
+
+    /// The driver's view of the refusal of a mount of `objects` answered with `keys`.
+    fn refusal(objects: &str, keys: Vec<KeyResult>) -> tonic::Status {
+        let p = params(objects);
+        let (req, map) = fetch_request(&p);
+        let resp = FetchResponse { keys };
+        tonic::Status::from(build_response(&p, &map, &resp, req.keys.len()).unwrap_err())
     }
 
     fn sv(v: u32, byte: u8) -> ServedVersion {
@@ -277,20 +290,8 @@ mod tests {
         let (req, map) = fetch_request(&p);
         let resp = FetchResponse {
             keys: vec![
-                KeyResult {
-                    public_only: false,
-                    key: "a".into(),
-                    algorithm: "aes-256".into(),
-                    versions: vec![sv(2, 2)],
-                    current: 2,
-                },
-                KeyResult {
-                    public_only: false,
-                    key: "a".into(),
-                    algorithm: "aes-256".into(),
-                    versions: vec![sv(1, 1), sv(2, 2)],
-                    current: 2,
-                },
+                answer("a", vec![sv(2, 2)], 2),
+                answer("a", vec![sv(1, 1), sv(2, 2)], 2),
             ],
         };
         let r = build_response(&p, &map, &resp, req.keys.len()).unwrap();
@@ -330,13 +331,7 @@ mod tests {
         let p = params("- key: a\n  version: all");
         let (req, map) = fetch_request(&p);
         let resp = FetchResponse {
-            keys: vec![KeyResult {
-                public_only: false,
-                key: "a".into(),
-                algorithm: "aes-256".into(),
-                versions: vec![sv(1, 1)],
-                current: 0,
-            }],
+            keys: vec![answer("a", vec![sv(1, 1)], 0)],
         };
         let r = build_response(&p, &map, &resp, req.keys.len()).unwrap();
         assert_eq!(r.files.len(), 1);
@@ -345,62 +340,57 @@ mod tests {
 
     #[test]
     fn expanded_collisions_and_oversize_are_refused() {
-        let p = params("- key: a\n  version: all\n- key: b\n  fileName: a.v1");
-        let (req, map) = fetch_request(&p);
-        let resp = FetchResponse {
-            keys: vec![
-                KeyResult {
-                    public_only: false,
-                    key: "a".into(),
-                    algorithm: "aes-256".into(),
-                    versions: vec![sv(1, 1)],
-                    current: 1,
-                },
-                KeyResult {
-                    public_only: false,
-                    key: "b".into(),
-                    algorithm: "aes-256".into(),
-                    versions: vec![sv(1, 1)],
-                    current: 1,
-                },
+        let e = refusal(
+            "- key: a\n  version: all\n- key: b\n  fileName: a.v1",
+            vec![
+                answer("a", vec![sv(1, 1)], 1),
+                answer("b", vec![sv(1, 1)], 1),
             ],
-        };
-        let e = build_response(&p, &map, &resp, req.keys.len()).unwrap_err();
+        );
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("a.v1"), "{}", e.message());
 
-        let p = params("- key: a\n  format: hex");
-        let (req, map) = fetch_request(&p);
         let mut big = sv(1, 1);
         big.material = bytes::Bytes::from(vec![1u8; 600 * 1024]);
-        let resp = FetchResponse {
-            keys: vec![KeyResult {
-                public_only: false,
-                key: "a".into(),
-                algorithm: "aes-256".into(),
-                versions: vec![big],
-                current: 1,
-            }],
-        };
-        let e = build_response(&p, &map, &resp, req.keys.len()).unwrap_err();
+        let e = refusal("- key: a\n  format: hex", vec![answer("a", vec![big], 1)]);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("1 MiB"), "{}", e.message());
     }
 
     #[test]
+    fn an_answer_that_does_not_fit_the_request_is_internal() {
+        for (objects, keys, needle) in [
+            ("- key: a", vec![], "answered 0 keys for 1 requested"),
+            (
+                "- key: a",
+                vec![answer("b", vec![sv(1, 1)], 1)],
+                "does not match",
+            ),
+            ("- key: a", vec![answer("a", vec![], 1)], "does not match"),
+            (
+                "- key: a\n  format: jwk",
+                vec![KeyResult {
+                    algorithm: "rot13".into(),
+                    ..answer("a", vec![sv(1, 1)], 1)
+                }],
+                "object \"a\": unknown key algorithm \"rot13\"",
+            ),
+        ] {
+            let e = refusal(objects, keys);
+            assert_eq!(e.code(), tonic::Code::Internal, "{}", e.message());
+            assert!(e.message().contains(needle), "{}", e.message());
+        }
+    }
+
+    #[test]
     fn a_file_that_another_object_needs_as_a_directory_is_refused_naming_it() {
-        let p = params("- key: a\n  fileName: x\n- key: b\n  fileName: x/y");
-        let (req, map) = fetch_request(&p);
-        let key = |k: &str| KeyResult {
-            public_only: false,
-            key: k.into(),
-            algorithm: "aes-256".into(),
-            versions: vec![sv(1, 1)],
-            current: 1,
-        };
-        let resp = FetchResponse {
-            keys: vec![key("a"), key("b")],
-        };
-        let e = build_response(&p, &map, &resp, req.keys.len()).unwrap_err();
+        let e = refusal(
+            "- key: a\n  fileName: x\n- key: b\n  fileName: x/y",
+            vec![
+                answer("a", vec![sv(1, 1)], 1),
+                answer("b", vec![sv(1, 1)], 1),
+            ],
+        );
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(
             e.message().contains("object \"a\"") && e.message().contains("x/y"),

@@ -2,8 +2,9 @@
 //! Parameters choose *what* to mount; they never grant access (the key service decides from
 //! the verified pod token).
 
+use super::error::MountError;
 use crate::keyservice::Selector;
-use crate::keyservice::service::check_key_name;
+use crate::keyservice::service::{KeyNameError, check_key_name};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::time::SystemTime;
@@ -24,28 +25,147 @@ pub const OBJECTS: &str = "objects";
 /// Default file mode when the driver sends none (0644, the driver's own default).
 pub const DEFAULT_MODE: u32 = 0o644;
 
-/// A bad Mount request. Each maps to a gRPC code; messages name the object and the fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A malformed Mount request: the user fixes the SecretProviderClass or the CSIDriver. Every
+/// message names the parameter or object and the fix.
+#[derive(Debug, thiserror::Error)]
 pub enum ParamError {
-    /// Malformed input.
-    #[error("{0}")]
-    Invalid(String),
-    /// Missing or expired pod token.
-    #[error("{0}")]
-    Unauthenticated(String),
+    /// `attributes` is not the driver's JSON.
+    #[error("attributes are not a JSON object of strings: {0}")]
+    Attributes(#[source] serde_json::Error),
+    /// `secrets` is not the driver's JSON.
+    #[error("secrets are neither null nor a JSON object of strings: {0}")]
+    Secrets(#[source] serde_json::Error),
+    /// A pod-info attribute is missing.
+    #[error(
+        "attribute {0} is missing; set `podInfoOnMount: true` on the CSIDriver secrets-store.csi.k8s.io"
+    )]
+    MissingAttribute(&'static str),
+    /// The token map is not the driver's JSON.
+    #[error("{SA_TOKENS} in {from} is not the driver's token map JSON: {source}")]
+    TokenMap {
+        /// `attributes` or `secrets`.
+        from: &'static str,
+        /// Cause.
+        source: serde_json::Error,
+    },
+    /// `permission` is not a file mode.
+    #[error("permission {0:?} is not a file mode (JSON decimal 0-511, e.g. \"420\" for 0644)")]
+    Permission(String),
+    /// No `objects` parameter.
+    #[error(
+        "parameter `objects` is missing; list the keys to mount in the SecretProviderClass parameters"
+    )]
+    MissingObjects,
+    /// `objects` is not YAML of the expected shape.
+    #[error(
+        "parameter `objects` is not a valid YAML list of {{key, version, format, fileName, mode}}: {0}"
+    )]
+    ObjectsYaml(#[source] serde_yaml_ng::Error),
+    /// `objects` is empty.
+    #[error("parameter `objects` lists no object; add at least one entry such as `- key: my-key`")]
+    NoObjects,
+    /// An entry without `key`.
+    #[error("objects[{0}]: `key` (a ManagedKey name) is required")]
+    MissingKey(usize),
+    /// An entry whose `key` is not a ManagedKey name of the pod's namespace.
+    #[error("objects[{index}]: {source}")]
+    KeyName {
+        /// Position in `objects`.
+        index: usize,
+        /// What is wrong with the name.
+        source: KeyNameError,
+    },
+    /// Another field of an entry is wrong.
+    #[error("object {key:?}: {source}")]
+    Object {
+        /// The entry's `key`.
+        key: String,
+        /// What is wrong.
+        source: ObjectError,
+    },
 }
 
-impl From<ParamError> for tonic::Status {
-    fn from(e: ParamError) -> Self {
-        match e {
-            ParamError::Invalid(m) => tonic::Status::invalid_argument(m),
-            ParamError::Unauthenticated(m) => tonic::Status::unauthenticated(m),
-        }
-    }
+/// A missing or expired pod token: the CSIDriver's token set-up or kubelet must be fixed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No token for our audience in attributes or secrets.
+    #[error(
+        "no service-account token for audience {audience:?} in the mount request; add `tokenRequests: [{{audience: {audience}}}]` to the CSIDriver secrets-store.csi.k8s.io"
+    )]
+    Missing {
+        /// The audience looked for.
+        audience: String,
+    },
+    /// The driver's own expiry timestamp has passed.
+    #[error(
+        "the pod's service-account token for audience {audience:?} expired at {at}; the driver must send a fresh one (check kubelet and the CSIDriver's requiresRepublish)"
+    )]
+    Expired {
+        /// The audience.
+        audience: String,
+        /// The driver's expirationTimestamp, as sent.
+        at: String,
+    },
 }
 
-fn invalid(m: impl Into<String>) -> ParamError {
-    ParamError::Invalid(m.into())
+/// What is wrong with one field of an `objects` entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectError {
+    /// `format`.
+    #[error(transparent)]
+    Format(#[from] UnknownFormat),
+    /// `version`.
+    #[error("version {0} is not current, previous, all or a version number")]
+    Version(String),
+    /// `fileName`.
+    #[error(transparent)]
+    FileName(#[from] FileNameError),
+    /// `mode`.
+    #[error(transparent)]
+    Mode(#[from] ModeError),
+}
+
+/// A `format` value that is not one of ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown format {0:?}; use raw, base64, hex, pem, public-pem, jwk, public-jwk or jwks")]
+pub struct UnknownFormat(pub String);
+
+/// A `mode` value that is not a file mode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModeError {
+    /// Not octal digits.
+    #[error("mode {0:?} is not an octal file mode like \"0400\"")]
+    NotOctal(String),
+    /// Above 0777.
+    #[error("mode {0:?} is above 0777")]
+    TooLarge(String),
+    /// A YAML number or other non-string (`400` would silently be decimal).
+    #[error("mode must be a quoted octal string like \"0400\", got {0}")]
+    NotAString(String),
+}
+
+/// A `fileName` the driver would refuse or that is not portable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileNameError {
+    /// The driver's writer refuses the path (see [`super::paths`]).
+    #[error("fileName {name:?} {problem}")]
+    Path {
+        /// The name.
+        name: String,
+        /// Why the driver refuses it.
+        problem: String,
+    },
+    /// Longer than a Kubernetes name.
+    #[error("fileName {0:?} is longer than 253 characters")]
+    TooLong(String),
+    /// Characters outside `[A-Za-z0-9._-/]`.
+    #[error(
+        "fileName {0:?} may only contain letters, digits, '.', '_', '-' and '/' between non-empty parts"
+    )]
+    Characters(String),
+    /// Two objects write the same file.
+    #[error("fileName {0:?} is used twice; give each object its own fileName")]
+    Duplicate(String),
 }
 
 /// How a version's material is written to a file. New formats (pem, jwk, jwks) are added
@@ -77,7 +197,7 @@ impl Format {
     }
 
     /// Parse a `format` value.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnknownFormat> {
         match s {
             "raw" => Ok(Self::Raw),
             "base64" => Ok(Self::Base64),
@@ -87,9 +207,7 @@ impl Format {
             "jwk" => Ok(Self::Jwk),
             "public-jwk" => Ok(Self::PublicJwk),
             "jwks" => Ok(Self::Jwks),
-            other => Err(format!(
-                "unknown format {other:?}; use raw, base64, hex, pem, public-pem, jwk, public-jwk or jwks"
-            )),
+            other => Err(UnknownFormat(other.into())),
         }
     }
 }
@@ -179,53 +297,48 @@ pub fn parse_permission(s: &str) -> Result<u32, ParamError> {
         Ok(serde_json::Value::String(t)) => t.trim().parse::<u64>().ok(),
         _ => None,
     };
-    n.filter(|n| *n <= 0o777).map(|n| n as u32).ok_or_else(|| {
-        invalid(format!(
-            "permission {s:?} is not a file mode (JSON decimal 0-511, e.g. \"420\" for 0644)"
-        ))
-    })
+    n.filter(|n| *n <= 0o777)
+        .map(|n| n as u32)
+        .ok_or_else(|| ParamError::Permission(s.into()))
 }
 
 /// Parse an octal mode string such as `"0400"`.
-pub fn parse_mode(s: &str) -> Result<u32, String> {
+pub fn parse_mode(s: &str) -> Result<u32, ModeError> {
     let t = s.trim();
     let digits = t.strip_prefix("0o").unwrap_or(t);
     if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-        return Err(format!(
-            "mode {s:?} is not an octal file mode like \"0400\""
-        ));
+        return Err(ModeError::NotOctal(s.into()));
     }
     u32::from_str_radix(digits, 8)
         .ok()
         .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("mode {s:?} is above 0777"))
+        .ok_or_else(|| ModeError::TooLarge(s.into()))
 }
 
 /// Check a file name: what the driver's writer accepts (see [`super::paths`]), and components
 /// of `[A-Za-z0-9._-]` so names stay portable and printable.
-pub fn check_file_name(name: &str) -> Result<(), String> {
+pub fn check_file_name(name: &str) -> Result<(), FileNameError> {
     if let Some(problem) = super::paths::path_problem(name) {
-        return Err(format!("fileName {name:?} {problem}"));
+        return Err(FileNameError::Path {
+            name: name.into(),
+            problem,
+        });
     }
     if name.len() > 253 {
-        return Err(format!("fileName {name:?} is longer than 253 characters"));
+        return Err(FileNameError::TooLong(name.into()));
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' || b == b'/')
     {
-        return Err(format!(
-            "fileName {name:?} may only contain letters, digits, '.', '_', '-' and '/' between non-empty parts"
-        ));
+        return Err(FileNameError::Characters(name.into()));
     }
     Ok(())
 }
 
-fn parse_selector(v: &Option<serde_yaml_ng::Value>, key: &str) -> Result<Selector, String> {
+fn parse_selector(v: &Option<serde_yaml_ng::Value>) -> Result<Selector, ObjectError> {
     use serde_yaml_ng::Value;
-    let bad = |shown: String| {
-        format!("object {key:?}: version {shown} is not current, previous, all or a version number")
-    };
+    let bad = ObjectError::Version;
     match v {
         None | Some(Value::Null) => Ok(Selector::Current),
         Some(Value::String(s)) => match s.as_str() {
@@ -252,69 +365,67 @@ fn parse_selector(v: &Option<serde_yaml_ng::Value>, key: &str) -> Result<Selecto
 /// Parse the `objects` YAML list.
 pub fn parse_objects(yaml: &str, default_mode: u32) -> Result<Vec<ObjectSpec>, ParamError> {
     let raw: Vec<RawObject> = serde_yaml_ng::from_str::<Option<Vec<RawObject>>>(yaml)
-        .map_err(|e| {
-            invalid(format!(
-                "parameter `objects` is not a valid YAML list of {{key, version, format, fileName, mode}}: {e}"
-            ))
-        })?
+        .map_err(ParamError::ObjectsYaml)?
         .unwrap_or_default();
     if raw.is_empty() {
-        return Err(invalid(
-            "parameter `objects` lists no object; add at least one entry such as `- key: my-key`",
-        ));
+        return Err(ParamError::NoObjects);
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut names = HashSet::new();
-    for (i, r) in raw.into_iter().enumerate() {
-        let key = r.key.filter(|k| !k.is_empty()).ok_or_else(|| {
-            invalid(format!(
-                "objects[{i}]: `key` (a ManagedKey name) is required"
-            ))
-        })?;
-        check_key_name(&key).map_err(|m| invalid(format!("objects[{i}]: {m}")))?;
-        let format = Format::parse(r.format.as_deref().unwrap_or("raw"))
-            .map_err(|m| invalid(format!("object {key:?}: {m}")))?;
-        // A JWKS holds every version verifiers must accept: current plus previous in grace.
-        let selector = if format == Format::Jwks && r.version.is_none() {
-            Selector::All
-        } else {
-            parse_selector(&r.version, &key).map_err(invalid)?
-        };
-        let file_name = r.file_name.unwrap_or_else(|| key.clone());
-        check_file_name(&file_name).map_err(|m| invalid(format!("object {key:?}: {m}")))?;
-        let mode = match &r.mode {
-            None | Some(serde_yaml_ng::Value::Null) => default_mode,
-            Some(serde_yaml_ng::Value::String(s)) => {
-                parse_mode(s).map_err(|m| invalid(format!("object {key:?}: {m}")))?
-            }
-            Some(other) => {
-                return Err(invalid(format!(
-                    "object {key:?}: mode must be a quoted octal string like \"0400\", got {other:?}"
-                )));
-            }
-        };
-        if !names.insert(file_name.clone()) {
-            return Err(invalid(format!(
-                "object {key:?}: fileName {file_name:?} is used twice; give each object its own fileName"
-            )));
-        }
-        out.push(ObjectSpec {
-            key,
-            selector,
-            format,
-            file_name,
-            mode,
-        });
+    for (index, r) in raw.into_iter().enumerate() {
+        let key = r
+            .key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .ok_or(ParamError::MissingKey(index))?;
+        check_key_name(&key).map_err(|source| ParamError::KeyName { index, source })?;
+        let spec = object_spec(r, key.clone(), default_mode, &mut names)
+            .map_err(|source| ParamError::Object { key, source })?;
+        out.push(spec);
     }
     Ok(out)
 }
 
-fn parse_token_map(json: &str, audience: &str, from: &str) -> Result<Option<PodToken>, ParamError> {
-    let m: BTreeMap<String, TokenEntry> = serde_json::from_str(json).map_err(|e| {
-        invalid(format!(
-            "{SA_TOKENS} in {from} is not the driver's token map JSON: {e}"
-        ))
-    })?;
+/// One validated entry; `names` holds the file names of the entries before it.
+fn object_spec(
+    r: RawObject,
+    key: String,
+    default_mode: u32,
+    names: &mut HashSet<String>,
+) -> Result<ObjectSpec, ObjectError> {
+    let format = Format::parse(r.format.as_deref().unwrap_or("raw"))?;
+    // A JWKS holds every version verifiers must accept: current plus previous in grace.
+    let selector = if format == Format::Jwks && r.version.is_none() {
+        Selector::All
+    } else {
+        parse_selector(&r.version)?
+    };
+    let file_name = r.file_name.unwrap_or_else(|| key.clone());
+    check_file_name(&file_name)?;
+    let mode = match &r.mode {
+        None | Some(serde_yaml_ng::Value::Null) => default_mode,
+        Some(serde_yaml_ng::Value::String(s)) => parse_mode(s)?,
+        Some(other) => return Err(ModeError::NotAString(format!("{other:?}")).into()),
+    };
+    if !names.insert(file_name.clone()) {
+        return Err(FileNameError::Duplicate(file_name).into());
+    }
+    Ok(ObjectSpec {
+        key,
+        selector,
+        format,
+        file_name,
+        mode,
+    })
+}
+
+fn parse_token_map(
+    json: &str,
+    audience: &str,
+    from: &'static str,
+) -> Result<Option<PodToken>, ParamError> {
+    let m: BTreeMap<String, TokenEntry> =
+        serde_json::from_str(json).map_err(|source| ParamError::TokenMap { from, source })?;
     Ok(m.get(audience).map(|t| PodToken {
         token: t.token.clone(),
         expires: t
@@ -333,37 +444,31 @@ pub fn parse_mount(
     permission: &str,
     audience: &str,
     now: SystemTime,
-) -> Result<MountParams, ParamError> {
-    let attrs: BTreeMap<String, String> = serde_json::from_str(attributes)
-        .map_err(|e| invalid(format!("attributes are not a JSON object of strings: {e}")))?;
+) -> Result<MountParams, MountError> {
+    let attrs: BTreeMap<String, String> =
+        serde_json::from_str(attributes).map_err(ParamError::Attributes)?;
     // The driver sends `json.Marshal` of the CSI secrets map (v1.6.0 `nodeserver.go`
     // `NodePublishVolume`): the text `null` when the volume has no nodePublishSecretRef and no
     // tokens ride in secrets (a nil Go map), the normal case; an object otherwise.
     let secrets: BTreeMap<String, String> = match secrets.trim() {
         "" | "null" | "{}" => BTreeMap::new(),
         text => serde_json::from_str::<Option<BTreeMap<String, String>>>(text)
-            .map_err(|e| {
-                invalid(format!(
-                    "secrets are neither null nor a JSON object of strings: {e}"
-                ))
-            })?
+            .map_err(ParamError::Secrets)?
             .unwrap_or_default(),
     };
-    let need = |k: &str| -> Result<String, ParamError> {
-        attrs.get(k).filter(|v| !v.is_empty()).cloned().ok_or_else(|| {
-            invalid(format!(
-                "attribute {k} is missing; set `podInfoOnMount: true` on the CSIDriver secrets-store.csi.k8s.io"
-            ))
-        })
+    let need = |k: &'static str| -> Result<String, ParamError> {
+        attrs
+            .get(k)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .ok_or(ParamError::MissingAttribute(k))
     };
     let namespace = need(POD_NAMESPACE)?;
     let pod_name = need(POD_NAME)?;
     let pod_uid = attrs.get(POD_UID).cloned().unwrap_or_default();
     let service_account = need(SA_NAME)?;
     let default_mode = parse_permission(permission)?;
-    let objects_yaml = attrs.get(OBJECTS).ok_or_else(|| {
-        invalid("parameter `objects` is missing; list the keys to mount in the SecretProviderClass parameters")
-    })?;
+    let objects_yaml = attrs.get(OBJECTS).ok_or(ParamError::MissingObjects)?;
     let objects = parse_objects(objects_yaml, default_mode)?;
     // The token may come in attributes or (Kubernetes >= 1.35) in secrets.
     let mut token = None;
@@ -375,18 +480,19 @@ pub fn parse_mount(
             break;
         }
     }
-    let token = token.filter(|t| !t.token.is_empty()).ok_or_else(|| {
-        ParamError::Unauthenticated(format!(
-            "no service-account token for audience {audience:?} in the mount request; add `tokenRequests: [{{audience: {audience}}}]` to the CSIDriver secrets-store.csi.k8s.io"
-        ))
-    })?;
+    let token = token
+        .filter(|t| !t.token.is_empty())
+        .ok_or_else(|| TokenError::Missing {
+            audience: audience.into(),
+        })?;
     if let Some(exp) = token.expires
         && exp <= now
     {
-        return Err(ParamError::Unauthenticated(format!(
-            "the pod's service-account token for audience {audience:?} expired at {}; the driver must send a fresh one (check kubelet and the CSIDriver's requiresRepublish)",
-            token.expiration_raw
-        )));
+        return Err(TokenError::Expired {
+            audience: audience.into(),
+            at: token.expiration_raw,
+        }
+        .into());
     }
     Ok(MountParams {
         namespace,
@@ -486,7 +592,8 @@ mod tests {
         for bad in ["[]", "\"x\"", "{\"a\": 1}", "nul"] {
             let e = parse_mount(&a, bad, "420", "keyward", now).unwrap_err();
             assert!(
-                matches!(e, ParamError::Invalid(ref m) if m.contains("neither null nor a JSON object")),
+                matches!(e, MountError::Request(ParamError::Secrets(_)))
+                    && e.to_string().contains("neither null nor a JSON object"),
                 "{bad}: {e}"
             );
         }
@@ -512,14 +619,18 @@ mod tests {
         let now = SystemTime::now();
         let e = parse_mount(&attrs("- key: db", None), "", "420", "keyward", now).unwrap_err();
         assert!(
-            matches!(e, ParamError::Unauthenticated(ref m) if m.contains("tokenRequests")),
+            matches!(e, MountError::PodToken(TokenError::Missing { .. }))
+                && e.to_string().contains("tokenRequests"),
             "{e}"
         );
         let other =
             serde_json::json!({"vault": {"token": "x", "expirationTimestamp": FUTURE}}).to_string();
         let e =
             parse_mount(&attrs("- key: db", Some(&other)), "", "420", "keyward", now).unwrap_err();
-        assert!(matches!(e, ParamError::Unauthenticated(_)));
+        assert!(matches!(
+            e,
+            MountError::PodToken(TokenError::Missing { .. })
+        ));
         let e = parse_mount(
             &attrs("- key: db", Some(&tok("2001-01-01T00:00:00Z"))),
             "",
@@ -529,7 +640,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(e, ParamError::Unauthenticated(ref m) if m.contains("expired")),
+            matches!(e, MountError::PodToken(TokenError::Expired { .. }))
+                && e.to_string().contains("expired"),
             "{e}"
         );
         let soon = jiff::Timestamp::try_from(now + Duration::from_secs(5))
@@ -623,8 +735,10 @@ mod tests {
         ];
         for (y, want) in cases {
             let e = parse_objects(y, 0o644).expect_err(y);
-            assert!(matches!(e, ParamError::Invalid(_)));
             assert!(e.to_string().contains(want), "{y:?}: {e}");
+            // Every one of them is the user's to fix in the SecretProviderClass.
+            let s = tonic::Status::from(MountError::from(e));
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{y:?}");
         }
     }
 
