@@ -8,39 +8,18 @@
 
 mod fixture;
 
-use keyward::controller::{Context, Metrics, SystemClock};
+use fixture::stack::Stack;
+use keyward::controller::SystemClock;
 use keyward::crd::{ManagedKey, RotationPolicy};
-use keyward::crypto::{Algorithm, SecretBytes};
-use keyward::kek::{Keyring, local::LocalKek};
-use keyward::keyservice::{
-    ApiKeySource, CachingReviewer, KeyService, KubeTokenReviewer, ServeMetrics, Settings,
-    VersionIdKey,
-};
-use keyward::proto::keyservice::{FetchRequest, FetchResponse};
-use keyward::provider::{Fetcher, Provider};
 use kube::api::{Api, Patch, PatchParams};
-use kube_test_apiserver::{TestApiServer, TokenIdentity};
+use kube_test_apiserver::TestApiServer;
 use std::io::{BufRead, BufReader, Write};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 const PODS: usize = 200;
 const ROUNDS: usize = 30;
 const ROTATE_AFTER: usize = 10;
-const PROVIDER_TOKEN: &str = "provider-token";
-
-/// The provider's key-service client, in process (the gRPC hop is covered elsewhere): it
-/// authenticates as the provider's service account exactly as the real client does.
-struct InProcess(Arc<KeyService<KubeTokenReviewer>>);
-
-#[tonic::async_trait]
-impl Fetcher for InProcess {
-    async fn fetch(&self, req: FetchRequest) -> Result<FetchResponse, tonic::Status> {
-        let expiry = keyward::keyservice::pod_token_expiry(&req);
-        Ok(self.0.fetch(Some(PROVIDER_TOKEN), &req, expiry).await?)
-    }
-}
 
 async fn current_version(keys: &Api<ManagedKey>) -> u32 {
     keys.get("payments-dek")
@@ -54,8 +33,9 @@ async fn current_version(keys: &Api<ManagedKey>) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn republish_rounds_audit_changes_not_mounts() {
     let (root, python) = (fixture::root(), fixture::python());
-    let dir = tempfile::tempdir().unwrap();
-    let (server, client) = fixture::cluster().await;
+    // The real controller (system clock, default requeue) and the whole serving path.
+    let stack = Stack::start(Arc::new(SystemClock), Duration::from_secs(300)).await;
+    let (server, client, dir) = (&stack.server, stack.client.clone(), stack.dir.path());
     let pp = PatchParams::apply("test").force();
     Api::<RotationPolicy>::namespaced(client.clone(), "default")
         .patch(
@@ -83,24 +63,6 @@ async fn republish_rounds_audit_changes_not_mounts() {
     .await
     .unwrap();
 
-    // The real controller (system clock) creates version 1.
-    let keyring = Keyring::new(Arc::new(
-        LocalKek::in_memory("republish", SecretBytes::random(32), Algorithm::Aes256Kwp).unwrap(),
-    ));
-    let ctx = Context::new(
-        client.clone(),
-        keyring.clone(),
-        Arc::new(Metrics::default()),
-        Arc::new(SystemClock),
-        Some("solo".into()),
-    );
-    let storage = ctx.storage.clone();
-    tokio::spawn(keyward::controller::run(
-        Arc::new(ctx),
-        std::future::pending(),
-        None,
-        Arc::new(AtomicBool::new(false)),
-    ));
     for _ in 0..200 {
         if current_version(&keys).await == 1 {
             break;
@@ -109,48 +71,8 @@ async fn republish_rounds_audit_changes_not_mounts() {
     }
     assert_eq!(current_version(&keys).await, 1, "no first version");
 
-    // Key service with real TokenReviews and API reads, auditing to a file; the provider.
-    let audit_path = dir.path().join("audit.log");
-    let serve_metrics = ServeMetrics::default();
-    let svc = KeyService::new(
-        CachingReviewer::new(
-            KubeTokenReviewer::new(client.clone()),
-            Duration::from_secs(10),
-            65_536,
-        ),
-        Arc::new(ApiKeySource::new(client.clone(), storage)),
-        keyring,
-        VersionIdKey::new(SecretBytes::random(32)),
-        Settings {
-            audience: "keyward".into(),
-            provider_sa: ("keyward-system".into(), "keyward-csi-provider".into()),
-            provider_audience: None,
-        },
-    )
-    .with_audit(Arc::new(
-        keyward::audit::Audit::open(&audit_path, None, 0).unwrap(),
-    ))
-    .with_serve_metrics(serve_metrics.clone());
-    let in_an_hour = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600);
-    server.add_token(
-        PROVIDER_TOKEN,
-        TokenIdentity {
-            namespace: "keyward-system".into(),
-            service_account: "keyward-csi-provider".into(),
-            pod_name: None,
-            pod_uid: None,
-            audiences: vec![],
-            expires_at: Some(in_an_hour),
-        },
-    );
-    let socket = dir.path().join("providers/keyward.sock");
-    let provider = Provider::new(Arc::new(InProcess(Arc::new(svc))), "keyward");
-    let sock = socket.clone();
-    tokio::spawn(async move {
-        keyward::provider::serve(&sock, provider, std::future::pending())
-            .await
-            .unwrap()
-    });
+    let (audit_path, socket, serve_metrics) =
+        (&stack.audit_path, &stack.socket, &stack.serve_metrics);
     let mut pods = Vec::new();
     for i in 0..PODS {
         let (name, uid, token) = (
@@ -158,28 +80,11 @@ async fn republish_rounds_audit_changes_not_mounts() {
             format!("uid-{i:04}"),
             format!("pod-token-{i}"),
         );
-        server.add_token(
-            &token,
-            TokenIdentity {
-                namespace: "default".into(),
-                service_account: "payments".into(),
-                pod_name: Some(name.clone()),
-                pod_uid: Some(uid.clone()),
-                audiences: vec!["keyward".into()],
-                expires_at: Some(in_an_hour),
-            },
-        );
+        stack.add_pod_token(&token, "default", "payments", &name, &uid);
         pods.push(serde_json::json!({"name": name, "uid": uid, "token": token}));
     }
-    let pods_path = dir.path().join("pods.json");
+    let pods_path = dir.join("pods.json");
     std::fs::write(&pods_path, serde_json::Value::Array(pods).to_string()).unwrap();
-    for _ in 0..100 {
-        if socket.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
     let mut child = std::process::Command::new(&python)
         .arg(root.join("tests/py/republish.py"))
         .arg("--socket")
@@ -187,11 +92,11 @@ async fn republish_rounds_audit_changes_not_mounts() {
         .arg("--proto-dir")
         .arg(root.join("proto"))
         .arg("--stub-dir")
-        .arg(dir.path().join("stubs"))
+        .arg(dir.join("stubs"))
         .arg("--pods")
         .arg(&pods_path)
         .args(["--rounds", &ROUNDS.to_string(), "--targets"])
-        .arg(dir.path().join("volumes"))
+        .arg(dir.join("volumes"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -205,7 +110,7 @@ async fn republish_rounds_audit_changes_not_mounts() {
         }
     });
     let audit_lines = || {
-        std::fs::read_to_string(&audit_path)
+        std::fs::read_to_string(audit_path)
             .map(|s| s.lines().count() as u64)
             .unwrap_or(0)
     };
@@ -214,7 +119,7 @@ async fn republish_rounds_audit_changes_not_mounts() {
         "round  mounts  ok  API requests  TokenReviews  audit records  files rewritten  seconds"
     );
     let (mut api_before, mut audit_before) = (server.request_total(), audit_lines());
-    let mut tr_before = tokenreviews(&server);
+    let mut tr_before = tokenreviews(server);
     let mut rows = Vec::new();
     for round in 1..=ROUNDS {
         let line = tokio::time::timeout(Duration::from_secs(300), rx.recv())
@@ -222,7 +127,7 @@ async fn republish_rounds_audit_changes_not_mounts() {
             .expect("round timed out")
             .expect("republish.py ended early");
         let r: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let (api, audit, tr) = (server.request_total(), audit_lines(), tokenreviews(&server));
+        let (api, audit, tr) = (server.request_total(), audit_lines(), tokenreviews(server));
         let row = (
             round,
             r["ok"].as_u64().unwrap(),
@@ -258,7 +163,7 @@ async fn republish_rounds_audit_changes_not_mounts() {
             assert_eq!(current_version(&keys).await, 2, "rotation did not happen");
         }
         (api_before, audit_before, tr_before) =
-            (server.request_total(), audit_lines(), tokenreviews(&server));
+            (server.request_total(), audit_lines(), tokenreviews(server));
         if round < ROUNDS {
             stdin.write_all(b"go\n").unwrap();
             stdin.flush().unwrap();
