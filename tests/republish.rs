@@ -88,7 +88,7 @@ async fn republish_rounds_audit_changes_not_mounts() {
     let mut child = std::process::Command::new(&python)
         .arg(root.join("tests/py/republish.py"))
         .arg("--socket")
-        .arg(&socket)
+        .arg(socket)
         .arg("--proto-dir")
         .arg(root.join("proto"))
         .arg("--stub-dir")

@@ -84,9 +84,11 @@ pub struct SweepReport {
 /// restore has taken over. Two list calls per sweep, then one write per change.
 pub async fn sweep(ctx: &Context) -> Result<SweepReport, Error> {
     let now = ctx.clock.now();
+    // Metadata only (names, annotations): memory per sweep stays small however many keys
+    // there are; only orphans are then read in full.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.storage.namespace);
     let stored = secrets
-        .list(&ListParams::default().labels(&storage::label_selector()))
+        .list_metadata(&ListParams::default().labels(&storage::label_selector()))
         .await?;
     let live: BTreeSet<String> = Api::<PartialObjectMeta<ManagedKey>>::all(ctx.client.clone())
         .list_metadata(&ListParams::default())
@@ -99,19 +101,36 @@ pub async fn sweep(ctx: &Context) -> Result<SweepReport, Error> {
         .items
         .iter()
         .filter_map(|s| {
-            s.annotations()
+            s.metadata
+                .annotations
+                .as_ref()?
                 .get(storage::RESTORED_FROM_ANNOTATION)
                 .cloned()
         })
         .collect();
     let mut report = SweepReport::default();
-    for secret in &stored.items {
+    for meta in &stored.items {
+        let Some(uid) = meta
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(storage::UID_ANNOTATION))
+        else {
+            continue;
+        };
+        if live.contains(uid) {
+            continue;
+        }
+        let Some(secret) = secrets
+            .get_opt(meta.metadata.name.as_deref().unwrap_or_default())
+            .await?
+        else {
+            continue;
+        };
+        let secret = &secret;
         let Some(id) = KeyIdentity::of_storage(secret) else {
             continue;
         };
-        if live.contains(&id.uid) {
-            continue;
-        }
         let key = format!("{}/{}", id.namespace, id.name);
         let rv = secret.resource_version();
         if restored_from.contains(&id.uid) {
