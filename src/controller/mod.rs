@@ -43,9 +43,15 @@ pub enum Error {
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] kube::Error),
-    /// Input the controller cannot act on.
+    /// Key material could not be processed (e.g. a public key not derivable).
+    #[error("key material: {0}")]
+    Key(#[from] crate::keys::KeyError),
+    /// The blocking key-generation task died.
+    #[error("key generation task failed: {0}")]
+    Generation(#[from] tokio::task::JoinError),
+    /// An object the API server should never send (no name or namespace).
     #[error("{0}")]
-    Invalid(String),
+    Invalid(&'static str),
 }
 
 impl Error {
@@ -55,8 +61,8 @@ impl Error {
         match e {
             F::ApplyFailed(e) | F::CleanupFailed(e) => e,
             F::AddFinalizer(e) | F::RemoveFinalizer(e) => Error::Finalizer(e),
-            F::UnnamedObject => Error::Invalid("ManagedKey has no name".into()),
-            F::InvalidFinalizer => Error::Invalid("finalizer patch path".into()),
+            F::UnnamedObject => Error::Invalid("ManagedKey has no name"),
+            F::InvalidFinalizer => Error::Invalid("finalizer patch path is invalid"),
         }
     }
 
@@ -87,6 +93,8 @@ impl Error {
             Error::Crypto(_) => "crypto",
             Error::State(_) => "state",
             Error::Finalizer(_) => "finalizer",
+            Error::Key(_) => "key",
+            Error::Generation(_) => "generation",
             Error::Invalid(_) => "invalid",
         }
     }

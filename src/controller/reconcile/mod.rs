@@ -59,7 +59,7 @@ pub fn error_policy(_mk: Arc<ManagedKey>, err: &Error, _ctx: Arc<Context>) -> Ac
 async fn dispatch(mk: Arc<ManagedKey>, ctx: &Context) -> Result<Action, Error> {
     let ns = mk
         .namespace()
-        .ok_or_else(|| Error::Invalid("ManagedKey has no namespace".into()))?;
+        .ok_or(Error::Invalid("ManagedKey has no namespace"))?;
     if mk.meta().deletion_timestamp.is_some() && !mk.finalizers().iter().any(|f| f == FINALIZER) {
         ctx.metrics.forget_key(&ns, &mk.name_any());
         return Ok(Action::await_change());
@@ -221,9 +221,7 @@ async fn execute(
                 let kek = format!("{}/{}@{}", env.backend, env.kek_id, env.kek_version);
                 stored.envelopes.insert(*version, env.encode()?);
                 made.insert(*version, (fingerprint(&dek), Some(kek)));
-                if let Some(p) = crate::keys::public_pem(mk.spec.algorithm, &dek)
-                    .map_err(|e| Error::Invalid(e.to_string()))?
-                {
+                if let Some(p) = crate::keys::public_pem(mk.spec.algorithm, &dek)? {
                     public_keys.insert(*version, p);
                 }
             }
@@ -255,7 +253,5 @@ async fn execute(
 /// generation runs on a blocking thread and never stalls other reconciles.
 async fn generate(mk: &ManagedKey) -> Result<crate::crypto::SecretBytes, Error> {
     let alg = mk.spec.algorithm;
-    tokio::task::spawn_blocking(move || crate::keys::generate(alg))
-        .await
-        .map_err(|e| Error::Invalid(format!("key generation task failed: {e}")))
+    Ok(tokio::task::spawn_blocking(move || crate::keys::generate(alg)).await?)
 }
