@@ -332,3 +332,103 @@ async fn deletion_window_recreate_restore_and_sweep() {
     assert_eq!(theirs_before.data, theirs_after.data);
     assert!(t.mount().is_err(), "nothing served after a refused restore");
 }
+
+impl T {
+    /// A key `name` in namespace `ns` (created with the namespace); returns its UID once its
+    /// first version is stored.
+    async fn key_in(&self, ns: &str, name: &str) -> String {
+        let nso: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+        let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(self.stack.client.clone())
+            .create(&Default::default(), &nso)
+            .await;
+        let k = Api::<ManagedKey>::namespaced(self.stack.client.clone(), ns)
+            .patch(
+                name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(serde_json::json!({
+                    "apiVersion": "keyward.io/v1alpha1", "kind": "ManagedKey",
+                    "metadata": {"name": name}, "spec": {}
+                })),
+            )
+            .await
+            .unwrap();
+        let uid = k.uid().unwrap();
+        for _ in 0..200 {
+            if self.storage(&uid).await.is_some() {
+                return uid;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{ns}/{name} never stored");
+    }
+}
+
+/// Deleting a key's whole namespace: the namespace finishes terminating (keyward's finalizer
+/// lets the key go at once), the material stays in the controller's namespace for the
+/// window, and the sweeper destroys and audits it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_deletion_finishes_and_the_material_outlives_it_for_the_window() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let t = T::new().await;
+    let uid = t.key_in("team-c", "orders").await;
+    let namespaces = Api::<Namespace>::all(t.stack.client.clone());
+    namespaces
+        .delete("team-c", &DeleteParams::default())
+        .await
+        .unwrap();
+    let mut gone = false;
+    for _ in 0..200 {
+        if namespaces.get_opt("team-c").await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the namespace finished terminating");
+    assert!(t.storage(&uid).await.is_some(), "material kept for the window");
+    let scheduled: Vec<_> = t
+        .controller_audit()
+        .into_iter()
+        .filter(|r| r["action"] == "schedule-deletion" && r["key"] == "team-c/orders")
+        .collect();
+    assert_eq!(scheduled.len(), 1, "{scheduled:?}");
+    // No policy (and none left): the default 30-day window.
+    t.clock.advance(SignedDuration::from_hours(29 * 24));
+    t.stack.trigger.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(t.storage(&uid).await.is_some(), "still inside the window");
+    t.clock.advance(SignedDuration::from_hours(2 * 24));
+    t.stack.trigger.send(()).unwrap();
+    for _ in 0..200 {
+        if t.storage(&uid).await.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(t.storage(&uid).await.is_none(), "destroyed after the window");
+    let destroyed = t
+        .controller_audit()
+        .into_iter()
+        .filter(|r| r["action"] == "destroy" && r["key"] == "team-c/orders")
+        .count();
+    assert_eq!(destroyed, 1, "one record for the one version");
+}
+
+/// `kubectl delete --cascade=foreground`: the object carries `foregroundDeletion` beside
+/// keyward's finalizer; both go, the storage is written once (no delete/re-create loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreground_deletion_converges() {
+    let t = T::new().await;
+    let uid = t.create(None).await;
+    t.wait("v1", |k| version(k) == 1).await;
+    t.delete(&DeleteParams::foreground()).await;
+    let s = t.storage(&uid).await.expect("material kept");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let again = t.storage(&uid).await.expect("still there");
+    assert_eq!(
+        s.metadata.resource_version, again.metadata.resource_version,
+        "storage is not rewritten in a loop"
+    );
+    assert_eq!(t.audited("schedule-deletion"), 1);
+}
