@@ -27,6 +27,27 @@ pub(crate) fn store_error(e: StoreError, t: Option<&ResType>, name: &str) -> Res
         StoreError::Conflict(m) => status(409, "Conflict", m, Some(details(t))),
         StoreError::BadRequest(m) => status(400, "BadRequest", m, None),
         StoreError::MethodNotAllowed(m) => status(405, "MethodNotAllowed", m, None),
+        StoreError::Forbidden {
+            message,
+            name,
+            causes,
+        } => {
+            // NewForbidden in staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go.
+            let mut d = json!({"name": name, "group": t.map(|t| t.group.clone()).unwrap_or_default(), "kind": t.map(|t| t.plural.clone()).unwrap_or_default()});
+            if !causes.is_empty() {
+                d["causes"] = causes
+                    .iter()
+                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                    .collect::<Vec<_>>()
+                    .into();
+            }
+            status(403, "Forbidden", message, Some(d))
+        }
+        StoreError::PreconditionFailed { message, kind } => {
+            let mut d = details(t);
+            d["kind"] = kind.into();
+            status(409, "Conflict", message, Some(d))
+        }
         StoreError::Invalid(m, causes) => {
             let mut d = details(t);
             d["kind"] = t.map(|t| t.kind.clone()).unwrap_or_default().into();
@@ -110,4 +131,38 @@ pub(crate) fn wants_table(headers: &HeaderMap) -> bool {
         .get("accept")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("as=Table"))
+}
+
+/// The DeleteOptions of a DELETE: the body (kube-rs and kubectl send one), else the query
+/// parameters the real server also decodes them from. An invalid one is the real 422.
+#[allow(clippy::result_large_err)] // the error is the finished HTTP answer
+pub(crate) fn delete_options(
+    headers: &HeaderMap,
+    body: &[u8],
+    q: &HashMap<String, String>,
+) -> Result<DeleteOptions, Response> {
+    let v = if body.iter().all(u8::is_ascii_whitespace) {
+        let mut v = json!({});
+        if let Some(p) = q.get("propagationPolicy") {
+            v["propagationPolicy"] = p.clone().into();
+        }
+        if let Some(o) = q.get("orphanDependents") {
+            v["orphanDependents"] = (o == "true").into();
+        }
+        v
+    } else {
+        parse_body(headers, body)?
+    };
+    DeleteOptions::from_json(&v).map_err(|(message, causes)| {
+        let causes: Vec<Value> = causes
+            .iter()
+            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+            .collect();
+        status(
+            422,
+            "Invalid",
+            message,
+            Some(json!({"name": "", "group": "meta.k8s.io", "kind": "DeleteOptions", "causes": causes})),
+        )
+    })
 }

@@ -13,6 +13,7 @@ mod admin;
 mod auth;
 mod faults;
 mod http;
+mod lifecycle;
 mod patch;
 mod protobuf;
 mod routes;
@@ -39,7 +40,7 @@ pub(crate) mod prelude {
     pub(crate) use crate::protobuf;
     pub(crate) use crate::routes::*;
     pub(crate) use crate::server::*;
-    pub(crate) use crate::store::{self, Change, State, StoreError};
+    pub(crate) use crate::store::{self, Change, DeleteOptions, State, StoreError, Sub};
     pub(crate) use crate::table;
     pub(crate) use crate::tls::*;
     pub(crate) use crate::types::ResType;

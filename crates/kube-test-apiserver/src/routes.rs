@@ -302,6 +302,15 @@ pub(crate) async fn resource(
         };
     }
     if rt.plural == "serviceaccounts" && t.sub.as_deref() == Some("token") && verb == "create" {
+        // TokenRequest is a create in the namespace: NamespaceLifecycle refuses it too.
+        let refused = inner
+            .state
+            .lock()
+            .expect("lock")
+            .admit_create_in_namespace(&rt, &ns, &name);
+        if let Err(e) = refused {
+            return store_error(e, Some(&rt), &name);
+        }
         return match parse_body(headers, body) {
             Ok(b) => token_request(inner, &rt, &ns, &name, b),
             Err(r) => r,
@@ -315,9 +324,21 @@ pub(crate) async fn resource(
             None,
         );
     }
-    let status_only = match t.sub.as_deref() {
-        None => false,
-        Some("status") if rt.status => true,
+    let sub = match t.sub.as_deref() {
+        None => Sub::Main,
+        Some("status") if rt.status => Sub::Status,
+        // FinalizeREST (pkg/registry/core/namespace/storage/storage.go) only implements Update.
+        Some("finalize") if store::is_namespace(&rt) => {
+            if verb != "update" {
+                return status(
+                    405,
+                    "MethodNotAllowed",
+                    format!("{verb} is not supported on namespaces/finalize"),
+                    None,
+                );
+            }
+            Sub::Finalize
+        }
         Some(s) => {
             return status(
                 404,
@@ -327,6 +348,7 @@ pub(crate) async fn resource(
             );
         }
     };
+    let status_only = sub == Sub::Status;
     let in_ns = if rt.namespaced {
         t.namespace.as_deref()
     } else {
@@ -403,14 +425,11 @@ pub(crate) async fn resource(
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let r = inner.state.lock().expect("lock").update(
-                &rt,
-                &t.version,
-                &ns,
-                &name,
-                b,
-                status_only,
-            );
+            let r = inner
+                .state
+                .lock()
+                .expect("lock")
+                .update_sub(&rt, &t.version, &ns, &name, b, sub);
             answer(inner, r, StatusCode::OK, &rt, &name)
         }
         "patch" => patch(
@@ -424,10 +443,22 @@ pub(crate) async fn resource(
             body,
         ),
         "delete" => {
-            let r = inner.state.lock().expect("lock").delete(&rt, &ns, &name);
+            let opts = match delete_options(headers, body, q) {
+                Ok(o) => o,
+                Err(r) => return r,
+            };
+            let r = inner
+                .state
+                .lock()
+                .expect("lock")
+                .delete(&rt, &ns, &name, &opts);
             answer(inner, r, StatusCode::OK, &rt, &name)
         }
         "deletecollection" => {
+            let opts = match delete_options(headers, body, q) {
+                Ok(o) => o,
+                Err(r) => return r,
+            };
             let mut st = inner.state.lock().expect("lock");
             let mut items = st.list(&rt, in_ns);
             if let Err(e) = filter(&mut items, q) {
@@ -443,7 +474,7 @@ pub(crate) async fn resource(
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
-                if let Ok((_, ch)) = st.delete(&rt, &ons, &n) {
+                if let Ok((_, ch)) = st.delete(&rt, &ons, &n, &opts) {
                     all.extend(ch);
                 }
             }

@@ -1,6 +1,7 @@
 //! In-memory object store with a global resourceVersion, a bounded event history for watch
 //! resumption, and the Kubernetes write rules (generation, status subresource, finalizers,
-//! optimistic concurrency, garbage collection).
+//! optimistic concurrency, DeleteOptions, the namespace REST rules). The controllers that react
+//! to these writes (garbage collector, namespace controller) are in `lifecycle.rs`.
 
 use crate::schema::{self, FieldError};
 use crate::types::ResType;
@@ -41,7 +42,129 @@ pub enum StoreError {
     BadRequest(String),
     /// 405.
     MethodNotAllowed(String),
+    /// 403 Forbidden from an admission rule; `name` goes into the Status details.
+    Forbidden {
+        /// The whole Status message.
+        message: String,
+        /// Object name for the details.
+        name: String,
+        /// Status causes.
+        causes: Vec<FieldError>,
+    },
+    /// 409 Conflict of a DeleteOptions precondition; the details name `kind` (the real server
+    /// puts the object's Kind there for generic resources, `namespaces` for namespaces).
+    PreconditionFailed {
+        /// The whole Status message.
+        message: String,
+        /// `details.kind`.
+        kind: String,
+    },
 }
+
+/// `DeleteOptions.propagationPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// Dependents lose their ownerReference and stay.
+    Orphan,
+    /// The owner goes at once; the garbage collector deletes dependents afterwards.
+    Background,
+    /// Dependents are deleted first; the owner waits with the `foregroundDeletion` finalizer.
+    Foreground,
+}
+
+/// The parts of a DELETE request's `DeleteOptions` the store acts on (grace periods and
+/// `dryRun` are accepted and ignored).
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// `preconditions.uid`.
+    pub uid: Option<String>,
+    /// `preconditions.resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `propagationPolicy`.
+    pub propagation: Option<Propagation>,
+    /// The deprecated `orphanDependents`, still honoured by the real server.
+    pub orphan_dependents: Option<bool>,
+}
+
+impl DeleteOptions {
+    /// Options with only a propagation policy, as the controllers send them.
+    pub fn propagation(p: Propagation) -> Self {
+        Self {
+            propagation: Some(p),
+            ..Self::default()
+        }
+    }
+
+    /// Read a `DeleteOptions` body, validated as ValidateDeleteOptions does
+    /// (staging/src/k8s.io/apimachinery/pkg/apis/meta/v1/validation/validation.go, called from
+    /// BeforeDelete in staging/src/k8s.io/apiserver/pkg/registry/rest/delete.go). The error is
+    /// the message and causes of the 422 `DeleteOptions.meta.k8s.io "" is invalid`.
+    pub fn from_json(v: &Value) -> Result<Self, (String, Vec<FieldError>)> {
+        let s = |p: &str| v.pointer(p).and_then(Value::as_str).map(String::from);
+        let policy = s("/propagationPolicy");
+        let orphan_dependents = v.get("orphanDependents").and_then(Value::as_bool);
+        let mut errs = Vec::new();
+        if orphan_dependents.is_some() && policy.is_some() {
+            errs.push(FieldError {
+                reason: "FieldValueInvalid",
+                field: "propagationPolicy".into(),
+                message: format!(
+                    "Invalid value: {:?}: orphanDependents and deletionPropagation cannot be both set",
+                    policy.clone().unwrap_or_default()
+                ),
+            });
+        }
+        let propagation = match policy.as_deref() {
+            None => None,
+            Some("Orphan") => Some(Propagation::Orphan),
+            Some("Background") => Some(Propagation::Background),
+            Some("Foreground") => Some(Propagation::Foreground),
+            Some(other) => {
+                errs.push(FieldError {
+                    reason: "FieldValueNotSupported",
+                    field: "propagationPolicy".into(),
+                    message: format!(
+                        "Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                    ),
+                });
+                None
+            }
+        };
+        if !errs.is_empty() {
+            let list: Vec<String> = errs.iter().map(FieldError::render).collect();
+            let joined = if list.len() == 1 {
+                list[0].clone()
+            } else {
+                format!("[{}]", list.join(", "))
+            };
+            return Err((
+                format!("DeleteOptions.meta.k8s.io \"\" is invalid: {joined}"),
+                errs,
+            ));
+        }
+        Ok(Self {
+            uid: s("/preconditions/uid"),
+            resource_version: s("/preconditions/resourceVersion"),
+            propagation,
+            orphan_dependents,
+        })
+    }
+}
+
+/// Which part of an object an update writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sub {
+    /// The resource itself.
+    Main,
+    /// The `status` subresource.
+    Status,
+    /// `namespaces/{name}/finalize`: the only way to change a namespace's `spec.finalizers`.
+    Finalize,
+}
+
+/// The namespaces NamespaceLifecycle refuses to delete (its Register in
+/// staging/src/k8s.io/apiserver/pkg/admission/plugin/namespace/lifecycle/admission.go).
+const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
 
 /// Everything stored.
 pub struct State {
@@ -57,15 +180,133 @@ pub struct State {
     pub history_cap: usize,
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     jiff::Timestamp::now()
         .round(jiff::Unit::Second)
         .expect("round")
         .to_string()
 }
 
-fn meta(o: &Value, k: &str) -> Option<String> {
+pub(crate) fn meta(o: &Value, k: &str) -> Option<String> {
     o.get("metadata")?.get(k)?.as_str().map(String::from)
+}
+
+/// `metadata.finalizers`.
+pub(crate) fn finalizers(o: &Value) -> Vec<String> {
+    o["metadata"]
+        .get("finalizers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `spec.finalizers` of a namespace.
+fn spec_finalizers(o: &Value) -> Vec<String> {
+    o.pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn is_namespace(t: &ResType) -> bool {
+    t.group.is_empty() && t.plural == "namespaces"
+}
+
+pub(crate) fn is_deleting(o: &Value) -> bool {
+    o["metadata"]
+        .get("deletionTimestamp")
+        .is_some_and(|d| !d.is_null())
+}
+
+/// Whether a write leaves an object that must go at once: being deleted with no finalizers
+/// left (ShouldDeleteDuringUpdate in
+/// staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go); a namespace also needs
+/// empty `spec.finalizers` (ShouldDeleteNamespaceDuringUpdate in
+/// pkg/registry/core/namespace/storage/storage.go).
+pub(crate) fn should_remove(t: &ResType, o: &Value) -> bool {
+    is_deleting(o)
+        && finalizers(o).is_empty()
+        && (!is_namespace(t) || spec_finalizers(o).is_empty())
+}
+
+/// The finalizers a delete leaves on an object: deletionFinalizersForGarbageCollection with
+/// shouldOrphanDependents / shouldDeleteDependents
+/// (staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go). The options win, then
+/// a GC finalizer already present, then the type's default (background for every type here).
+fn gc_finalizers(old: &[String], opts: &DeleteOptions) -> Vec<String> {
+    let first_gc = old
+        .iter()
+        .find(|f| *f == "orphan" || *f == "foregroundDeletion")
+        .map(String::as_str);
+    let orphan = match (opts.orphan_dependents, opts.propagation) {
+        (Some(b), _) => b,
+        (None, Some(p)) => p == Propagation::Orphan,
+        (None, None) => first_gc == Some("orphan"),
+    };
+    let foreground = match (opts.orphan_dependents, opts.propagation) {
+        (Some(_), _) => false,
+        (None, Some(p)) => p == Propagation::Foreground,
+        (None, None) => first_gc == Some("foregroundDeletion"),
+    };
+    let mut new: Vec<String> = old
+        .iter()
+        .filter(|f| *f != "orphan" && *f != "foregroundDeletion")
+        .cloned()
+        .collect();
+    if orphan {
+        new.push("orphan".into());
+    }
+    if foreground {
+        new.push("foregroundDeletion".into());
+    }
+    let set = |v: &[String]| v.iter().cloned().collect::<HashSet<String>>();
+    if set(&new) == set(old) {
+        old.to_vec()
+    } else {
+        new
+    }
+}
+
+/// The namespace REST Delete's own GC finalizers (shouldHaveOrphanFinalizer /
+/// shouldHaveDeleteDependentsFinalizer in pkg/registry/core/namespace/storage/storage.go): unlike
+/// the generic store, `orphanDependents: false` asks for foreground deletion.
+fn namespace_gc_finalizers(old: &[String], opts: &DeleteOptions) -> Vec<String> {
+    let has = |f: &str| old.iter().any(|x| x == f);
+    let orphan = match (opts.orphan_dependents, opts.propagation) {
+        (Some(b), _) => b,
+        (None, Some(p)) => p == Propagation::Orphan,
+        (None, None) => has("orphan"),
+    };
+    let foreground = match (opts.orphan_dependents, opts.propagation) {
+        (Some(b), _) => !b,
+        (None, Some(p)) => p == Propagation::Foreground,
+        (None, None) => has("foregroundDeletion"),
+    };
+    if orphan == has("orphan") && foreground == has("foregroundDeletion") {
+        return old.to_vec();
+    }
+    let mut new: Vec<String> = old
+        .iter()
+        .filter(|f| *f != "orphan" && *f != "foregroundDeletion")
+        .cloned()
+        .collect();
+    if orphan {
+        new.push("orphan".into());
+    }
+    if foreground {
+        new.push("foregroundDeletion".into());
+    }
+    new
 }
 
 fn spec_part(o: &Value) -> Value {
@@ -215,6 +456,42 @@ impl State {
         })
     }
 
+    /// The create rule of the NamespaceLifecycle admission plugin (Admit in
+    /// staging/src/k8s.io/apiserver/pkg/admission/plugin/namespace/lifecycle/admission.go): no
+    /// new content in a Terminating namespace. Only `localsubjectaccessreviews` are exempt
+    /// (accessReviewResources); Events are not. `shown` is the name the Forbidden names
+    /// (extractResourceName in staging/src/k8s.io/apiserver/pkg/admission/errors.go: name, else
+    /// generateName, else "Unknown").
+    pub(crate) fn admit_create_in_namespace(
+        &self,
+        t: &ResType,
+        ns: &str,
+        shown: &str,
+    ) -> Result<(), StoreError> {
+        if t.group == "authorization.k8s.io" && t.plural == "localsubjectaccessreviews" {
+            return Ok(());
+        }
+        let nst = self.find_type("", "namespaces").expect("builtin");
+        let terminating = self
+            .get(nst, "", ns)
+            .is_some_and(|n| n.pointer("/status/phase") == Some(&json!("Terminating")));
+        if !terminating {
+            return Ok(());
+        }
+        Err(StoreError::Forbidden {
+            message: format!(
+                "{} {shown:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                Self::qualified(t)
+            ),
+            name: shown.into(),
+            causes: vec![FieldError {
+                reason: "NamespaceTerminating",
+                field: "metadata.namespace".into(),
+                message: format!("namespace {ns} is being terminated"),
+            }],
+        })
+    }
+
     /// Create. Returns the stored object and the change.
     pub fn create(
         &mut self,
@@ -232,6 +509,26 @@ impl State {
             if self.get(&nst, "", ns).is_none() {
                 return Err(StoreError::NotFound(format!("namespaces {ns:?} not found")));
             }
+            let shown = meta(&obj, "name")
+                .filter(|n| !n.is_empty())
+                .or_else(|| meta(&obj, "generateName").filter(|n| !n.is_empty()))
+                .unwrap_or_else(|| "Unknown".into());
+            self.admit_create_in_namespace(t, ns, &shown)?;
+        }
+        if is_namespace(t) {
+            // PrepareForCreate in pkg/registry/core/namespace/strategy.go: a new namespace is
+            // Active and always carries the `kubernetes` finalizer the namespace controller owns.
+            let o = obj.as_object_mut().expect("object");
+            o.insert("status".into(), json!({"phase": "Active"}));
+            let spec = o.entry("spec").or_insert_with(|| json!({}));
+            if !spec.is_object() {
+                *spec = json!({});
+            }
+            let mut fins = spec_finalizers(&json!({"spec": spec.clone()}));
+            if !fins.iter().any(|f| f == "kubernetes") {
+                fins.push("kubernetes".into());
+            }
+            spec["finalizers"] = json!(fins);
         }
         let mut name = meta(&obj, "name").unwrap_or_default();
         if name.is_empty() {
@@ -324,10 +621,24 @@ impl State {
         version: &str,
         ns: &str,
         name: &str,
-        mut obj: Value,
+        obj: Value,
         status_only: bool,
     ) -> Result<(Value, Vec<Arc<Change>>), StoreError> {
-        let key = (t.group.clone(), t.plural.clone());
+        let sub = if status_only { Sub::Status } else { Sub::Main };
+        self.update_sub(t, version, ns, name, obj, sub)
+    }
+
+    /// Replace one part of an object (`sub`), then let the emulated controllers react.
+    pub fn update_sub(
+        &mut self,
+        t: &ResType,
+        version: &str,
+        ns: &str,
+        name: &str,
+        mut obj: Value,
+        sub: Sub,
+    ) -> Result<(Value, Vec<Arc<Change>>), StoreError> {
+        let status_only = sub == Sub::Status;
         let cur = self.get(t, ns, name).cloned().ok_or_else(|| {
             StoreError::NotFound(format!("{} {name:?} not found", Self::qualified(t)))
         })?;
@@ -365,6 +676,22 @@ impl State {
                     }
                     None => {
                         o.remove("status");
+                    }
+                }
+            }
+            if is_namespace(t) && sub == Sub::Main {
+                // PrepareForUpdate in pkg/registry/core/namespace/strategy.go: spec.finalizers
+                // only change through the finalize subresource.
+                let fins = cur.pointer("/spec/finalizers").cloned();
+                let spec = o.entry("spec").or_insert_with(|| json!({}));
+                if let Some(spec) = spec.as_object_mut() {
+                    match fins {
+                        Some(f) => {
+                            spec.insert("finalizers".into(), f);
+                        }
+                        None => {
+                            spec.remove("finalizers");
+                        }
                     }
                 }
             }
@@ -408,16 +735,22 @@ impl State {
             // No-op writes do not bump the resourceVersion (as the real server).
             return Ok((cur, vec![]));
         }
+        let (out, mut changes) = self.put_or_remove(t, ns, name, next)?;
+        changes.extend(self.settle());
+        Ok((out, changes))
+    }
+
+    /// Store a new state of an existing object (bumps the resourceVersion, records MODIFIED).
+    pub(crate) fn put(
+        &mut self,
+        t: &ResType,
+        ns: &str,
+        name: &str,
+        mut next: Value,
+    ) -> Arc<Change> {
+        let key = (t.group.clone(), t.plural.clone());
         let rv = self.bump();
         next["metadata"]["resourceVersion"] = rv.to_string().into();
-        let deleting = next["metadata"].get("deletionTimestamp").is_some();
-        let no_finalizers = next["metadata"]
-            .get("finalizers")
-            .and_then(Value::as_array)
-            .is_none_or(|f| f.is_empty());
-        if deleting && no_finalizers {
-            return self.remove(t, ns, name);
-        }
         self.objects
             .entry(key.clone())
             .or_default()
@@ -429,48 +762,182 @@ impl State {
                 .retain(|x| !(x.group == rt.group && x.plural == rt.plural));
             self.types.push(rt);
         }
-        let c = self.record(&key, ns, "MODIFIED", next.clone());
-        Ok((next, vec![c]))
+        self.record(&key, ns, "MODIFIED", next)
     }
 
-    /// Delete: mark with deletionTimestamp while finalizers remain, else remove (and collect
-    /// garbage).
+    /// Store an update, or remove the object when the update emptied the finalizers of an
+    /// object being deleted (see [`should_remove`]).
+    pub(crate) fn put_or_remove(
+        &mut self,
+        t: &ResType,
+        ns: &str,
+        name: &str,
+        next: Value,
+    ) -> Result<(Value, Vec<Arc<Change>>), StoreError> {
+        if should_remove(t, &next) {
+            return self.remove(t, ns, name);
+        }
+        let c = self.put(t, ns, name, next);
+        Ok((c.object.clone(), vec![c]))
+    }
+
+    /// DELETE with its options, then let the emulated controllers (garbage collector,
+    /// namespace controller) react.
     pub fn delete(
         &mut self,
         t: &ResType,
         ns: &str,
         name: &str,
+        opts: &DeleteOptions,
     ) -> Result<(Value, Vec<Arc<Change>>), StoreError> {
-        let key = (t.group.clone(), t.plural.clone());
+        let (out, mut changes) = self.delete_one(t, ns, name, opts)?;
+        changes.extend(self.settle());
+        Ok((out, changes))
+    }
+
+    /// One delete as the registry does it, without the controllers' reaction.
+    pub(crate) fn delete_one(
+        &mut self,
+        t: &ResType,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<(Value, Vec<Arc<Change>>), StoreError> {
         let cur = self.get(t, ns, name).cloned().ok_or_else(|| {
             StoreError::NotFound(format!("{} {name:?} not found", Self::qualified(t)))
         })?;
-        let has_finalizers = cur["metadata"]
-            .get("finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
-        if has_finalizers {
-            if cur["metadata"].get("deletionTimestamp").is_some() {
-                return Ok((cur, vec![]));
-            }
-            let mut next = cur.clone();
-            next["metadata"]["deletionTimestamp"] = now().into();
-            next["metadata"]["deletionGracePeriodSeconds"] = 0.into();
-            let g = cur["metadata"]["generation"].as_i64().unwrap_or(1);
-            next["metadata"]["generation"] = (g + 1).into();
-            let rv = self.bump();
-            next["metadata"]["resourceVersion"] = rv.to_string().into();
-            self.objects
-                .entry(key.clone())
-                .or_default()
-                .insert((ns.to_string(), name.to_string()), next.clone());
-            let c = self.record(&key, ns, "MODIFIED", next.clone());
-            return Ok((next, vec![c]));
+        if is_namespace(t) {
+            return self.delete_namespace(t, name, cur, opts);
         }
-        self.remove(t, ns, name)
+        self.delete_generic(t, ns, name, cur, opts)
     }
 
-    fn remove(
+    /// Store.Delete of the generic registry.
+    fn delete_generic(
+        &mut self,
+        t: &ResType,
+        ns: &str,
+        name: &str,
+        cur: Value,
+        opts: &DeleteOptions,
+    ) -> Result<(Value, Vec<Arc<Change>>), StoreError> {
+        // BeforeDelete (staging/src/k8s.io/apiserver/pkg/registry/rest/delete.go) checks the
+        // preconditions first; its Conflict names the Kind (and group) as the resource.
+        let uid = meta(&cur, "uid").unwrap_or_default();
+        let rv = meta(&cur, "resourceVersion").unwrap_or_default();
+        let conflict = |why: String| StoreError::PreconditionFailed {
+            message: format!(
+                "Operation cannot be fulfilled on {} {name:?}: {why}",
+                Self::kind_group(t)
+            ),
+            kind: t.kind.clone(),
+        };
+        if let Some(want) = &opts.uid
+            && *want != uid
+        {
+            return Err(conflict(format!(
+                "the UID in the precondition ({want}) does not match the UID in record ({uid}). The object might have been deleted and then recreated"
+            )));
+        }
+        if let Some(want) = &opts.resource_version
+            && *want != rv
+        {
+            return Err(conflict(format!(
+                "the ResourceVersion in the precondition ({want}) does not match the ResourceVersion in record ({rv}). The object might have been modified"
+            )));
+        }
+        // Store.Delete / updateForGracefulDeletionAndFinalizers (same file as gc_finalizers):
+        // with finalizers left after the GC ones are set from the options, the object is only
+        // marked (markAsDeleting); otherwise it goes now.
+        let old = finalizers(&cur);
+        let fins = gc_finalizers(&old, opts);
+        if fins.is_empty() {
+            return self.remove(t, ns, name);
+        }
+        let mut next = cur.clone();
+        if fins != old {
+            next["metadata"]["finalizers"] = json!(fins);
+        }
+        if !is_deleting(&cur) {
+            let g = cur["metadata"]["generation"].as_i64().unwrap_or(0);
+            if g > 0 {
+                next["metadata"]["generation"] = (g + 1).into();
+            }
+            next["metadata"]["deletionTimestamp"] = now().into();
+        }
+        next["metadata"]["deletionGracePeriodSeconds"] = 0.into();
+        if next == cur {
+            return Ok((cur, vec![]));
+        }
+        let c = self.put(t, ns, name, next);
+        Ok((c.object.clone(), vec![c]))
+    }
+
+    /// The namespace REST Delete (Delete in pkg/registry/core/namespace/storage/storage.go),
+    /// after NamespaceLifecycle admission refuses the immortal namespaces.
+    fn delete_namespace(
+        &mut self,
+        t: &ResType,
+        name: &str,
+        cur: Value,
+        opts: &DeleteOptions,
+    ) -> Result<(Value, Vec<Arc<Change>>), StoreError> {
+        if IMMORTAL_NAMESPACES.contains(&name) {
+            return Err(StoreError::Forbidden {
+                message: format!(
+                    "namespaces {name:?} is forbidden: this namespace may not be deleted"
+                ),
+                name: name.into(),
+                causes: vec![],
+            });
+        }
+        let uid = meta(&cur, "uid").unwrap_or_default();
+        let rv = meta(&cur, "resourceVersion").unwrap_or_default();
+        let conflict = |why: String| StoreError::PreconditionFailed {
+            message: format!("Operation cannot be fulfilled on namespaces {name:?}: {why}"),
+            kind: "namespaces".into(),
+        };
+        if let Some(want) = &opts.uid
+            && *want != uid
+        {
+            return Err(conflict(format!(
+                "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+            )));
+        }
+        if let Some(want) = &opts.resource_version
+            && *want != rv
+        {
+            return Err(conflict(format!(
+                "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"
+            )));
+        }
+        if !is_deleting(&cur) {
+            // First delete: mark it and switch to Terminating; the namespace controller
+            // (crate::lifecycle) empties it and removes the `kubernetes` finalizer.
+            let mut next = cur.clone();
+            next["metadata"]["deletionTimestamp"] = now().into();
+            if !next["status"].is_object() {
+                next["status"] = json!({});
+            }
+            next["status"]["phase"] = "Terminating".into();
+            let old = finalizers(&cur);
+            let fins = namespace_gc_finalizers(&old, opts);
+            if fins != old {
+                next["metadata"]["finalizers"] = json!(fins);
+            }
+            let c = self.put(t, "", name, next);
+            return Ok((c.object.clone(), vec![c]));
+        }
+        if !spec_finalizers(&cur).is_empty() {
+            // Still being finalized: answered with the namespace as it is.
+            return Ok((cur, vec![]));
+        }
+        // Finalized: the generic store deletes it (or waits for metadata.finalizers).
+        self.delete_generic(t, "", name, cur, opts)
+    }
+
+    /// Take an object out of the store (DELETED). Deleting a CRD takes its objects with it.
+    pub(crate) fn remove(
         &mut self,
         t: &ResType,
         ns: &str,
@@ -498,50 +965,7 @@ impl State {
                 }
             }
         }
-        changes.extend(self.collect_garbage());
         Ok((obj, changes))
-    }
-
-    /// Background garbage collection: delete objects whose every owner is gone.
-    fn collect_garbage(&mut self) -> Vec<Arc<Change>> {
-        let mut changes = Vec::new();
-        loop {
-            let live: HashSet<String> = self
-                .objects
-                .values()
-                .flat_map(|m| m.values())
-                .filter_map(|o| meta(o, "uid"))
-                .collect();
-            let mut orphans = Vec::new();
-            for ((g, p), m) in &self.objects {
-                for ((ns, name), o) in m {
-                    let owners = o["metadata"]
-                        .get("ownerReferences")
-                        .and_then(Value::as_array);
-                    if let Some(owners) = owners
-                        && !owners.is_empty()
-                        && owners.iter().all(|r| {
-                            r.get("uid")
-                                .and_then(Value::as_str)
-                                .is_none_or(|u| !live.contains(u))
-                        })
-                        && o["metadata"].get("deletionTimestamp").is_none()
-                    {
-                        orphans.push((g.clone(), p.clone(), ns.clone(), name.clone()));
-                    }
-                }
-            }
-            if orphans.is_empty() {
-                return changes;
-            }
-            for (g, p, ns, name) in orphans {
-                if let Some(t) = self.find_type(&g, &p).cloned()
-                    && let Ok((_, c)) = self.delete(&t, &ns, &name)
-                {
-                    changes.extend(c);
-                }
-            }
-        }
     }
 }
 
@@ -654,5 +1078,41 @@ mod tests {
         assert!(fields_match("metadata.name=a,metadata.namespace!=m", &o).unwrap());
         assert!(!fields_match("metadata.name==b", &o).unwrap());
         assert!(fields_match("spec.bogus=1", &o).is_err());
+    }
+
+    #[test]
+    fn delete_options_and_gc_finalizers() {
+        let o = DeleteOptions::from_json(
+            &json!({"propagationPolicy": "Foreground", "preconditions": {"uid": "u"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            (o.propagation, o.uid.as_deref()),
+            (Some(Propagation::Foreground), Some("u"))
+        );
+        let (msg, causes) =
+            DeleteOptions::from_json(&json!({"propagationPolicy": "Sideways"})).unwrap_err();
+        assert_eq!(
+            msg,
+            r#"DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: "Sideways": supported values: "Foreground", "Background", "Orphan", "nil""#
+        );
+        assert_eq!(causes[0].reason, "FieldValueNotSupported");
+        let keep = vec!["a".to_string()];
+        assert_eq!(gc_finalizers(&keep, &o), ["a", "foregroundDeletion"]);
+        // Background strips the GC finalizers; no options keep what is there.
+        let fg = vec!["a".to_string(), "foregroundDeletion".to_string()];
+        let bg = DeleteOptions::propagation(Propagation::Background);
+        assert_eq!(gc_finalizers(&fg, &bg), ["a"]);
+        assert_eq!(gc_finalizers(&fg, &DeleteOptions::default()), fg);
+        // orphanDependents=false means foreground for a namespace, background elsewhere.
+        let no_orphan = DeleteOptions {
+            orphan_dependents: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(
+            namespace_gc_finalizers(&[], &no_orphan),
+            ["foregroundDeletion"]
+        );
+        assert!(gc_finalizers(&[], &no_orphan).is_empty());
     }
 }

@@ -529,3 +529,304 @@ async fn runtime_controller_with_finalizer_helper() {
     );
     assert_eq!(cleanups.load(Ordering::SeqCst), 1);
 }
+
+/// A namespace `name` holding a ConfigMap and a Widget with a finalizer, then deleted:
+/// Terminating until the Widget's finalizer goes. Returns the namespace's resourceVersion before the delete.
+async fn terminating_namespace(c: &kube::Client, name: &str) -> String {
+    let nss: Api<Namespace> = Api::all(c.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.into());
+    let ns = nss.create(&PostParams::default(), &ns).await.unwrap();
+    let spec_fins = ns.spec.as_ref().and_then(|s| s.finalizers.clone());
+    assert_eq!(spec_fins, Some(vec!["kubernetes".to_string()]));
+    assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Active"));
+    let widgets: Api<Widget> = Api::namespaced(c.clone(), name);
+    let mut w = widget("held", 1);
+    w.meta_mut().namespace = Some(name.into());
+    w.meta_mut().finalizers = Some(vec!["keyward.io/deletion-window".into()]);
+    widgets.create(&PostParams::default(), &w).await.unwrap();
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("plain".into());
+    Api::<ConfigMap>::namespaced(c.clone(), name)
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let rv = nss.get(name).await.unwrap().resource_version().unwrap();
+    let gone = nss.delete(name, &DeleteParams::default()).await.unwrap();
+    let marked = gone.left().expect("the namespace is answered, not removed");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(marked.status.unwrap().phase.as_deref(), Some("Terminating"));
+    rv
+}
+
+#[tokio::test]
+async fn namespace_stays_terminating_until_its_content_is_finalized() {
+    let (_s, c) = server_with_crd().await;
+    let nss: Api<Namespace> = Api::all(c.clone());
+    let e = nss
+        .delete("default", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, kube::Error::Api(ref s) if s.code == 403 && s.message == r#"namespaces "default" is forbidden: this namespace may not be deleted"#),
+        "{e:?}"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "doomed");
+    nss.create(&PostParams::default(), &{
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some("other".into());
+        ns
+    })
+    .await
+    .unwrap();
+    let widgets: Api<Widget> = Api::namespaced(c.clone(), "doomed");
+    let before = terminating_namespace(&c, "doomed").await;
+    // Content without finalizers goes at once; the Widget is only marked.
+    assert!(cms.get_opt("plain").await.unwrap().is_none());
+    let held = widgets.get("held").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    let ns = nss.get("doomed").await.unwrap();
+    assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Terminating"));
+    assert_eq!(
+        ns.spec.unwrap().finalizers,
+        Some(vec!["kubernetes".to_string()])
+    );
+    // A second delete changes nothing while the namespace is being finalized.
+    let again = nss
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        again.left().unwrap().resource_version(),
+        nss.get("doomed").await.unwrap().resource_version()
+    );
+    // The Widget's controller lets go: the Widget goes, then the namespace.
+    widgets
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    assert!(widgets.get_opt("held").await.unwrap().is_none());
+    assert!(nss.get_opt("doomed").await.unwrap().is_none());
+    assert!(
+        nss.get_opt("other").await.unwrap().is_some(),
+        "only its own"
+    );
+    let events: Vec<_> = nss
+        .watch(&kube::api::WatchParams::default().timeout(1), &before)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let doomed: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            kube::api::WatchEvent::Modified(n) if n.name_any() == "doomed" => Some("MODIFIED"),
+            kube::api::WatchEvent::Deleted(n) if n.name_any() == "doomed" => Some("DELETED"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(doomed, ["MODIFIED", "DELETED"], "{events:?}");
+}
+
+#[tokio::test]
+async fn creating_in_a_terminating_namespace_is_forbidden() {
+    let (_s, c) = server_with_crd().await;
+    terminating_namespace(&c, "closing").await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "closing");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("late".into());
+    let e = cms.create(&PostParams::default(), &cm).await.unwrap_err();
+    let kube::Error::Api(s) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        s.message,
+        r#"configmaps "late" is forbidden: unable to create new content in namespace closing because it is being terminated"#
+    );
+    // Events are not exempt (only localsubjectaccessreviews are).
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.clone(), "closing");
+    let mut ev = k8s_openapi::api::core::v1::Event::default();
+    ev.metadata.name = Some("late-event".into());
+    let e = events
+        .create(&PostParams::default(), &ev)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, kube::Error::Api(ref s) if s.code == 403),
+        "{e:?}"
+    );
+    // Existing content can still be updated.
+    let widgets: Api<Widget> = Api::namespaced(c, "closing");
+    let w = widgets
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"still": "writable"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        w.labels().get("still").map(String::as_str),
+        Some("writable")
+    );
+}
+
+#[tokio::test]
+async fn delete_preconditions_that_do_not_match_are_conflicts() {
+    let s = TestApiServer::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("kept".into());
+    let cm = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let uid = cm.uid().unwrap();
+    let rv = cm.resource_version().unwrap();
+    let with = |uid: Option<&str>, rv: Option<&str>| DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: uid.map(String::from),
+            resource_version: rv.map(String::from),
+        }),
+        ..Default::default()
+    };
+    let e = cms
+        .delete("kept", &with(Some("not-the-uid"), None))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(st) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!((st.code, st.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        st.message,
+        format!(
+            "Operation cannot be fulfilled on ConfigMap \"kept\": the UID in the precondition (not-the-uid) does not match the UID in record ({uid}). The object might have been deleted and then recreated"
+        )
+    );
+    let e = cms
+        .delete("kept", &with(Some(&uid), Some("1")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, kube::Error::Api(ref s) if s.code == 409 && s.message.contains(&format!("the ResourceVersion in the precondition (1) does not match the ResourceVersion in record ({rv})"))),
+        "{e:?}"
+    );
+    assert!(
+        cms.get_opt("kept").await.unwrap().is_some(),
+        "nothing deleted"
+    );
+    cms.delete("kept", &with(Some(&uid), Some(&rv)))
+        .await
+        .unwrap();
+    assert!(cms.get_opt("kept").await.unwrap().is_none());
+}
+
+/// An owner Widget with the given finalizers and a ConfigMap it controls
+/// (`blockOwnerDeletion: true`) that holds `child_finalizers`.
+async fn owner_and_child(
+    c: &kube::Client,
+    owner_finalizers: &[&str],
+    child_finalizers: &[&str],
+) -> (Api<Widget>, Api<ConfigMap>) {
+    let widgets: Api<Widget> = Api::namespaced(c.clone(), "default");
+    let mut w = widget("owner", 1);
+    w.meta_mut().finalizers = Some(owner_finalizers.iter().map(|f| f.to_string()).collect());
+    let w = widgets.create(&PostParams::default(), &w).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("child".into());
+    let mut owner = w.controller_owner_ref(&()).unwrap();
+    // kube-rs leaves blockOwnerDeletion unset; without it a dependent does not hold the owner.
+    owner.block_owner_deletion = Some(true);
+    cm.metadata.owner_references = Some(vec![owner]);
+    cm.metadata.finalizers = Some(child_finalizers.iter().map(|f| f.to_string()).collect());
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    (widgets, cms)
+}
+
+#[tokio::test]
+async fn foreground_delete_removes_dependents_before_the_owner() {
+    let (_s, c) = server_with_crd().await;
+    let (widgets, cms) = owner_and_child(&c, &["keyward.io/deletion-window"], &["test/hold"]).await;
+    widgets
+        .delete("owner", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let owner = widgets.get("owner").await.unwrap();
+    assert!(owner.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        owner.finalizers(),
+        ["keyward.io/deletion-window", "foregroundDeletion"]
+    );
+    let child = cms.get("child").await.unwrap();
+    assert!(
+        child.metadata.deletion_timestamp.is_some(),
+        "the collector deletes the dependent first"
+    );
+    // The dependent's finalizer goes: it is removed, and it no longer blocks the owner.
+    cms.patch(
+        "child",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(cms.get_opt("child").await.unwrap().is_none());
+    let owner = widgets.get("owner").await.unwrap();
+    assert_eq!(
+        owner.finalizers(),
+        ["keyward.io/deletion-window"],
+        "foregroundDeletion removed; the other finalizer still holds it"
+    );
+    widgets
+        .patch(
+            "owner",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    assert!(widgets.get_opt("owner").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn orphan_delete_keeps_dependents_without_the_owner_reference() {
+    let (_s, c) = server_with_crd().await;
+    let (widgets, cms) = owner_and_child(&c, &[], &[]).await;
+    widgets
+        .delete("owner", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    assert!(widgets.get_opt("owner").await.unwrap().is_none());
+    let child = cms.get("child").await.unwrap();
+    assert!(child.metadata.deletion_timestamp.is_none());
+    assert!(child.owner_references().is_empty(), "{child:?}");
+}
+
+#[tokio::test]
+async fn namespace_finalizers_change_only_through_finalize() {
+    let (_s, c) = server_with_crd().await;
+    terminating_namespace(&c, "stuck").await;
+    let nss: Api<Namespace> = Api::all(c.clone());
+    let mut ns = nss.get("stuck").await.unwrap();
+    ns.spec.as_mut().unwrap().finalizers = Some(vec![]);
+    // The main resource keeps spec.finalizers (the namespace strategy's PrepareForUpdate)...
+    let kept = nss
+        .replace("stuck", &PostParams::default(), &ns)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.spec.unwrap().finalizers,
+        Some(vec!["kubernetes".to_string()])
+    );
+    // ...and the finalize subresource releases it although content remains.
+    ns.metadata.resource_version = None;
+    nss.replace_subresource("finalize", "stuck", &PostParams::default(), &ns)
+        .await
+        .unwrap();
+    assert!(nss.get_opt("stuck").await.unwrap().is_none());
+}
