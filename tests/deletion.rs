@@ -386,7 +386,10 @@ async fn namespace_deletion_finishes_and_the_material_outlives_it_for_the_window
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(gone, "the namespace finished terminating");
-    assert!(t.storage(&uid).await.is_some(), "material kept for the window");
+    assert!(
+        t.storage(&uid).await.is_some(),
+        "material kept for the window"
+    );
     let scheduled: Vec<_> = t
         .controller_audit()
         .into_iter()
@@ -406,7 +409,10 @@ async fn namespace_deletion_finishes_and_the_material_outlives_it_for_the_window
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(t.storage(&uid).await.is_none(), "destroyed after the window");
+    assert!(
+        t.storage(&uid).await.is_none(),
+        "destroyed after the window"
+    );
     let destroyed = t
         .controller_audit()
         .into_iter()

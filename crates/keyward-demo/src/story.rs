@@ -631,25 +631,26 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
         "versions 1..={n} all unwrap and match their fingerprints; exactly one version was added"
     );
 
-    w.say("delete the ManagedKey: the material is kept until the deletion window ends");
-    w.show(&[
-        "delete",
-        "mk",
-        "payments-dek",
-        "-n",
-        "default",
-        "--wait=false",
-    ])?;
-    let k = w.wait_key("payments-dek", "pending deletion", |k| {
-        k["status"]["state"] == "PendingDeletion"
-    })?;
-    println!("pendingDeletion: {}", k["status"]["pendingDeletion"]);
-    // Storage lives in the controller's namespace, named by the key's UID; the tenant's
-    // namespace holds none of it.
-    let uid = k["metadata"]["uid"]
+    w.say("delete the ManagedKey: the object goes at once, the material is kept (in the controller's namespace) until the deletion window ends");
+    let before = w.key("payments-dek")?;
+    let uid = before["metadata"]["uid"]
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let current_v = current(&before);
+    let served = w.mount("payments", &token, "- key: payments-dek\n  fileName: dek\n")?;
+    ensure!(
+        served["ok"] == true,
+        "mount before deletion refused: {served}"
+    );
+    let fp_before = fp(&file_bytes(&served, "dek")?);
+    w.show(&["delete", "mk", "payments-dek", "-n", "default"])?;
+    ensure!(
+        w.key("payments-dek").is_err(),
+        "the ManagedKey is still there after kubectl delete returned"
+    );
+    // Storage lives in the controller's namespace, named by the key's UID; the tenant's
+    // namespace holds none of it.
     let secret = w.kubectl(&[
         "get",
         "secret",
@@ -661,9 +662,22 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     ])?;
     let secret: Value = serde_json::from_str(&secret)?;
     ensure!(
-        secret["data"]["v1"].is_string() && secret["data"]["state.mac"].is_string(),
+        secret["data"][format!("v{current_v}")].is_string()
+            && secret["data"]["state.mac"].is_string(),
         "material was not kept (authenticated) during the deletion window"
     );
+    let state: Value = {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"]["state.json"].as_str().unwrap_or_default())?;
+        serde_json::from_slice(&raw)?
+    };
+    ensure!(
+        state["pendingDeletion"]["destroyAt"].is_string(),
+        "no pending destruction recorded in storage: {}",
+        state["pendingDeletion"]
+    );
+    println!("stored pendingDeletion: {}", state["pendingDeletion"]);
     let tenant = w.kubectl(&["get", "secrets", "-n", "default", "-o", "json"])?;
     ensure!(
         !tenant.contains("keyward.io/"),
@@ -672,9 +686,36 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     let refused = w.mount("payments", &token, "- key: payments-dek\n")?;
     ensure!(
         refused["ok"] == false,
-        "a key pending deletion was served: {refused}"
+        "a deleted key was served: {refused}"
     );
     println!("material kept, nothing served: {}", refused["message"]);
+
+    w.say("restore it inside the window: re-create it with annotation keyward.io/restore-from-uid");
+    // The annotation must be in the manifest that creates the key: a key that already has
+    // storage ignores it.
+    let manifest = std::fs::read_to_string(repo.join("examples/managed-key.yaml"))?.replacen(
+        "  namespace: default\n",
+        &format!(
+            "  namespace: default\n  annotations:\n    keyward.io/restore-from-uid: \"{uid}\"\n"
+        ),
+        1,
+    );
+    let restore_yaml = w.dir.path().join("restore.yaml");
+    std::fs::write(&restore_yaml, &manifest)?;
+    w.show(&["apply", "-f", &restore_yaml.to_string_lossy()])?;
+    let k = w.wait_key("payments-dek", "restored", |k| {
+        current(k) == current_v && k["status"]["versionCount"].as_u64() >= Some(current_v as u64)
+    })?;
+    let again = w.mount("payments", &token, "- key: payments-dek\n  fileName: dek\n")?;
+    ensure!(again["ok"] == true, "mount after restore refused: {again}");
+    ensure!(
+        fp(&file_bytes(&again, "dek")?) == fp_before,
+        "restored key serves other bytes than before deletion"
+    );
+    println!(
+        "restored: version {} serves the same bytes as before deletion (fingerprint {fp_before})",
+        current(&k)
+    );
 
     w.say("audit log: verify the chain the controller wrote");
     let audit_path = w.dir.path().join("audit.log");
