@@ -704,7 +704,7 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     std::fs::write(&restore_yaml, &manifest)?;
     w.show(&["apply", "-f", &restore_yaml.to_string_lossy()])?;
     let k = w.wait_key("payments-dek", "restored", |k| {
-        current(k) == current_v && k["status"]["versionCount"].as_u64() >= Some(current_v as u64)
+        current(k) == current_v && k["status"]["versionCount"].as_u64() >= Some(current_v)
     })?;
     let again = w.mount("payments", &token, "- key: payments-dek\n  fileName: dek\n")?;
     ensure!(again["ok"] == true, "mount after restore refused: {again}");

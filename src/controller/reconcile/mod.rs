@@ -64,15 +64,25 @@ async fn dispatch(mk: Arc<ManagedKey>, ctx: &Context) -> Result<Action, Error> {
         ctx.metrics.forget_key(&ns, &mk.name_any());
         return Ok(Action::await_change());
     }
+    let adding =
+        mk.meta().deletion_timestamp.is_none() && !mk.finalizers().iter().any(|f| f == FINALIZER);
     let api: Api<ManagedKey> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, mk, |event| async move {
+    let action = finalizer(&api, FINALIZER, mk, |event| async move {
         match event {
             FinalizerEvent::Apply(mk) => apply(&mk, ctx).await,
             FinalizerEvent::Cleanup(mk) => deletion::cleanup(&mk, ctx).await,
         }
     })
     .await
-    .map_err(Error::from_finalizer)
+    .map_err(Error::from_finalizer)?;
+    // The helper answers "wait for a change" after adding the finalizer, counting on the
+    // watch event of its own patch. Come back shortly instead: a key must not wait for its
+    // first version on an event that a resumed or lagging watch may fold away.
+    Ok(if adding {
+        Action::requeue(Duration::from_millis(100))
+    } else {
+        action
+    })
 }
 
 /// The policy a key references, or why it cannot be used (reason, message for the
