@@ -44,6 +44,15 @@ impl ApiServerVerifier {
     }
 }
 
+/// `state.json` of a storage Secret as sent on the wire (base64 in `data`).
+fn state_json(secret: &Value) -> Value {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["state.json"].as_str().unwrap())
+        .unwrap();
+    serde_json::from_slice(&raw).unwrap()
+}
+
 fn not_found(what: &str) -> Value {
     json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":format!("{what} not found")})
 }
@@ -164,13 +173,7 @@ async fn next_reconcile_creates_version_one_and_writes_status() {
         "hex MAC, base64"
     );
     assert!(secret["data"]["v1"].is_string(), "version 1 stored wrapped");
-    let state: Value = {
-        use base64::Engine;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(secret["data"]["state.json"].as_str().unwrap())
-            .unwrap();
-        serde_json::from_slice(&raw).unwrap()
-    };
+    let state = state_json(&secret);
     assert_eq!(state["versions"][0]["state"], "Active");
 
     let ev = api
@@ -283,13 +286,7 @@ async fn deletion_records_the_window_in_storage_then_drops_the_finalizer_at_once
         )
         .await;
     assert_eq!(put["metadata"]["resourceVersion"], "5", "optimistic write");
-    let state: Value = {
-        use base64::Engine;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(put["data"]["state.json"].as_str().unwrap())
-            .unwrap();
-        serde_json::from_slice(&raw).unwrap()
-    };
+    let state = state_json(&put);
     // The policy is gone (as in a namespace deletion): the default 30-day window, counted
     // from the deletionTimestamp.
     assert_eq!(
