@@ -220,6 +220,7 @@ async fn passphrase_default_params_derive_once() {
 
 #[tokio::test]
 async fn pkcs11_round_trip_and_binding() {
+    let _turn = hsm_turn().await;
     kek_env();
     let b = Pkcs11Kek::connect(pkcs11_cfg("rt")).await.unwrap();
     assert_eq!(b.kek_id(), "keyward/rt");
@@ -243,6 +244,7 @@ async fn pkcs11_round_trip_and_binding() {
 
 #[tokio::test]
 async fn pkcs11_key_is_sensitive_and_not_extractable() {
+    let _turn = hsm_turn().await;
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::object::{Attribute, AttributeType, ObjectClass};
     use cryptoki::session::UserType;
@@ -299,6 +301,7 @@ async fn pkcs11_key_is_sensitive_and_not_extractable() {
 
 #[tokio::test]
 async fn pkcs11_rotate_keeps_old_versions() {
+    let _turn = hsm_turn().await;
     kek_env();
     let b = Arc::new(Pkcs11Kek::connect(pkcs11_cfg("rot")).await.unwrap());
     check_rotate_and_rewrap(b.clone()).await;
@@ -310,6 +313,7 @@ async fn pkcs11_rotate_keeps_old_versions() {
 
 #[tokio::test]
 async fn pkcs11_startup_errors_name_the_setting() {
+    let _turn = hsm_turn().await;
     kek_env();
     let pin_file = write_file("pin-ok", PIN);
     let base = KekArgs {
@@ -529,6 +533,7 @@ async fn awskms_startup_errors_name_the_setting() {
 
 #[tokio::test]
 async fn migrate_passphrase_to_pkcs11_to_awskms() {
+    let _turn = hsm_turn().await;
     kek_env();
     let pp: Arc<dyn KekBackend> = Arc::new(
         PassphraseKek::new("pp", pass(), Kdf::ARGON2ID_FLOOR, Algorithm::Aes256Kwp)
@@ -550,6 +555,7 @@ async fn migrate_passphrase_to_pkcs11_to_awskms() {
 /// The same migration configured through flags: primary pkcs11, secondary passphrase.
 #[tokio::test]
 async fn build_keyring_with_secondary_migrates() {
+    let _turn = hsm_turn().await;
     kek_env();
     let pp_file = write_file("pp-mig", "a long enough passphrase\n");
     let src = KekArgs {
