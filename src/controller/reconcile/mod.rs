@@ -20,7 +20,7 @@ use crate::crypto::{KeyContext, fingerprint};
 use crate::rotation::{self, Action as PlanAction, Plan, PlanInput, Policy};
 use crate::storage::{self, KeyIdentity, Stored};
 use jiff::Timestamp;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Resource, ResourceExt};
@@ -64,25 +64,37 @@ async fn dispatch(mk: Arc<ManagedKey>, ctx: &Context) -> Result<Action, Error> {
         ctx.metrics.forget_key(&ns, &mk.name_any());
         return Ok(Action::await_change());
     }
-    let adding =
-        mk.meta().deletion_timestamp.is_none() && !mk.finalizers().iter().any(|f| f == FINALIZER);
     let api: Api<ManagedKey> = Api::namespaced(ctx.client.clone(), &ns);
-    let action = finalizer(&api, FINALIZER, mk, |event| async move {
+    // Added here, before any material exists, with a merge patch guarded by the
+    // resourceVersion, and the reconcile goes on with the patched object. (The helper below
+    // would add it and then wait for the watch event of its own patch; the controller bench
+    // showed keys that never got that second reconcile.)
+    let mk = if mk.meta().deletion_timestamp.is_none()
+        && !mk.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        let mut finalizers = mk.finalizers().to_vec();
+        finalizers.push(FINALIZER.into());
+        let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": mk.resource_version()}});
+        Arc::new(
+            api.patch(
+                &mk.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(Error::Finalizer)?,
+        )
+    } else {
+        mk
+    };
+    finalizer(&api, FINALIZER, mk, |event| async move {
         match event {
             FinalizerEvent::Apply(mk) => apply(&mk, ctx).await,
             FinalizerEvent::Cleanup(mk) => deletion::cleanup(&mk, ctx).await,
         }
     })
     .await
-    .map_err(Error::from_finalizer)?;
-    // The helper answers "wait for a change" after adding the finalizer, counting on the
-    // watch event of its own patch. Come back shortly instead: a key must not wait for its
-    // first version on an event that a resumed or lagging watch may fold away.
-    Ok(if adding {
-        Action::requeue(Duration::from_millis(100))
-    } else {
-        action
-    })
+    .map_err(Error::from_finalizer)
 }
 
 /// The policy a key references, or why it cannot be used (reason, message for the
