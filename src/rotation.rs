@@ -14,7 +14,7 @@ use jiff::{SignedDuration, Timestamp};
 /// Default grace period when no policy applies.
 pub const DEFAULT_GRACE: Duration = Duration::from_days(7);
 /// Default deletion window when no policy applies (AWS KMS's default too).
-pub const DEFAULT_WINDOW_DAYS: u32 = 30;
+pub const DEFAULT_WINDOW: Duration = Duration::from_days(30);
 
 /// A RotationPolicy the planner cannot use; the message names the field and the fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -80,7 +80,7 @@ impl Default for Policy {
             notify_before: None,
             retain_versions: 3,
             grace: DEFAULT_GRACE,
-            deletion_window: Duration::from_days(DEFAULT_WINDOW_DAYS as i64),
+            deletion_window: DEFAULT_WINDOW,
         }
     }
 }

@@ -53,6 +53,27 @@ fn state_json(secret: &Value) -> Value {
     serde_json::from_slice(&raw).unwrap()
 }
 
+/// No policy, no storage yet, and creating the storage answers 409 (another writer first).
+async fn storage_create_loses_a_race(api: &mut ApiServerVerifier) {
+    api.expect(Method::GET, RP, StatusCode::NOT_FOUND, not_found("policy"))
+        .await;
+    api.expect(
+        Method::GET,
+        SECRET,
+        StatusCode::NOT_FOUND,
+        not_found("secret"),
+    )
+    .await;
+    let conflict = json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"AlreadyExists","code":409,"message":"secrets \"keyward-mk-uid-1\" already exists"});
+    api.expect(
+        Method::POST,
+        "/api/v1/namespaces/keyward-system/secrets",
+        StatusCode::CONFLICT,
+        conflict,
+    )
+    .await;
+}
+
 fn not_found(what: &str) -> Value {
     json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":format!("{what} not found")})
 }
@@ -117,23 +138,7 @@ async fn first_reconcile_adds_the_finalizer_optimistically_then_goes_on() {
         "finalizer patch is optimistic"
     );
     // The same reconcile goes on to make version 1 (here its storage write loses a race).
-    api.expect(Method::GET, RP, StatusCode::NOT_FOUND, not_found("policy"))
-        .await;
-    api.expect(
-        Method::GET,
-        SECRET,
-        StatusCode::NOT_FOUND,
-        not_found("secret"),
-    )
-    .await;
-    let conflict = json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"AlreadyExists","code":409,"message":"exists"});
-    api.expect(
-        Method::POST,
-        "/api/v1/namespaces/keyward-system/secrets",
-        StatusCode::CONFLICT,
-        conflict,
-    )
-    .await;
+    storage_create_loses_a_race(&mut api).await;
     assert!(task.await.unwrap().unwrap_err().is_conflict());
 }
 
@@ -220,23 +225,7 @@ async fn next_reconcile_creates_version_one_and_writes_status() {
 async fn conflict_on_storage_write_is_an_error_and_writes_no_status() {
     let (ctx, mut api) = setup();
     let task = tokio::spawn(reconcile(Arc::new(key(true)), ctx.clone()));
-    api.expect(Method::GET, RP, StatusCode::NOT_FOUND, not_found("policy"))
-        .await;
-    api.expect(
-        Method::GET,
-        SECRET,
-        StatusCode::NOT_FOUND,
-        not_found("secret"),
-    )
-    .await;
-    let conflict = json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"AlreadyExists","code":409,"message":"secrets \"keyward-mk-uid-1\" already exists"});
-    api.expect(
-        Method::POST,
-        "/api/v1/namespaces/keyward-system/secrets",
-        StatusCode::CONFLICT,
-        conflict,
-    )
-    .await;
+    storage_create_loses_a_race(&mut api).await;
     let err = task.await.unwrap().expect_err("conflict surfaces");
     assert!(err.is_conflict());
     // Nothing else was called: no status, no event for a plain conflict.

@@ -8,8 +8,7 @@ use super::super::{Context, Error};
 use super::report::{audit, key_of};
 use super::{execute, load_policy, recorded_generation};
 use crate::crd::ManagedKey;
-use crate::duration::Duration;
-use crate::rotation::{self, DEFAULT_WINDOW_DAYS, PlanInput};
+use crate::rotation::{self, DEFAULT_WINDOW, PlanInput};
 use crate::state::PendingDeletion;
 use crate::storage::{self, KeyIdentity, StorageError};
 use k8s_openapi::api::core::v1::Secret;
@@ -171,10 +170,9 @@ pub async fn sweep(ctx: &Context) -> Result<SweepReport, Error> {
                 None => {
                     // Deleted without keyward's clean-up (finalizer removed by hand, or the
                     // controller was away): the window starts now.
-                    let window = Duration::from_days(DEFAULT_WINDOW_DAYS as i64);
                     let pd = PendingDeletion {
                         scheduled_at: now,
-                        destroy_at: now + window.signed(),
+                        destroy_at: now + DEFAULT_WINDOW.signed(),
                     };
                     s.state.pending_deletion = Some(pd);
                     storage::save(&ctx.storage, &ctx.client, &id, &mut s).await?;
@@ -210,7 +208,7 @@ pub async fn sweep(ctx: &Context) -> Result<SweepReport, Error> {
                     }
                     Some(_) => report.kept += 1,
                     None => {
-                        let at = now + Duration::from_days(DEFAULT_WINDOW_DAYS as i64).signed();
+                        let at = now + DEFAULT_WINDOW.signed();
                         storage::mark_orphan(&ctx.storage, &ctx.client, secret, at).await?;
                         audit(
                             ctx,
