@@ -5,7 +5,7 @@
 //! Keeping the planner pure makes every rule testable without a cluster and makes a crash
 //! harmless: re-planning from the stored state after a crash yields no duplicate work.
 
-use crate::crd::{DesiredState, ManagedKeySpec, RotationPolicySpec};
+use crate::crd::{DesiredState, KeyAlgorithm, ManagedKeySpec, RotationPolicySpec};
 use crate::duration::{Duration, DurationError};
 use crate::lifecycle::KeyState;
 pub use crate::state::{PendingDeletion, StateError, StoredState};
@@ -47,9 +47,41 @@ pub enum PolicyError {
     /// deletionWindowDays outside 7..=30.
     #[error("spec.deletionWindowDays: must be 7 to 30, got {0}")]
     DeletionWindow(u32),
-    /// retainVersions is 0.
-    #[error("spec.retainVersions: must be at least 1")]
-    RetainVersions,
+    /// retainVersions outside 1..=MAX_RETAIN_VERSIONS.
+    #[error("spec.retainVersions: must be 1 to {MAX_RETAIN_VERSIONS}, got {0}")]
+    RetainVersions(u32),
+}
+
+/// Highest `retainVersions`: well below the smallest [`material_limit`], so retention alone
+/// never blocks a rotation.
+pub const MAX_RETAIN_VERSIONS: u32 = 32;
+
+/// How many versions of one key may hold material at once. Deactivated versions keep theirs
+/// for the grace period and the deletion window (at least 7 days), so a short rotation period
+/// or a stream of rotate-now requests would otherwise grow the storage Secret past the
+/// apiserver's 1 MiB limit, after which no save succeeds. At the limit the planner creates no
+/// new version until the oldest is destroyed ([`Plan::blocked`]); material is never destroyed
+/// early. The figures keep a key's storage under about 400 KiB (RSA-4096 envelopes are ~3 KiB,
+/// symmetric ones ~100 bytes; see `tests/controller_scenarios.rs` for the measured sizes).
+pub fn material_limit(algorithm: KeyAlgorithm) -> u32 {
+    match algorithm {
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => 64,
+        _ => 256,
+    }
+}
+
+/// A version the planner wanted to create but could not: the key is at its
+/// [`material_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionLimit {
+    /// Why a version was wanted.
+    pub cause: Cause,
+    /// Versions holding material now.
+    pub with_material: u32,
+    /// The limit for the key's algorithm.
+    pub limit: u32,
+    /// When the oldest of them may be destroyed (and a rotation can proceed), if known.
+    pub frees_at: Option<Timestamp>,
 }
 
 /// A validated RotationPolicy.
@@ -121,8 +153,8 @@ impl Policy {
         if !(7..=30).contains(&spec.deletion_window_days) {
             return Err(PolicyError::DeletionWindow(spec.deletion_window_days));
         }
-        if spec.retain_versions < 1 {
-            return Err(PolicyError::RetainVersions);
+        if !(1..=MAX_RETAIN_VERSIONS).contains(&spec.retain_versions) {
+            return Err(PolicyError::RetainVersions(spec.retain_versions));
         }
         let grace = spec
             .grace_period
@@ -270,6 +302,8 @@ pub struct Plan {
     pub next_rotation: Option<Timestamp>,
     /// When to look again even if nothing changes.
     pub requeue_at: Option<Timestamp>,
+    /// Set when a wanted version was not created because the key is at its material limit.
+    pub blocked: Option<VersionLimit>,
 }
 
 /// Everything the planner looks at.
@@ -354,11 +388,35 @@ impl Planner<'_, '_> {
         self.push(Action::EraseMaterial { version });
     }
 
-    fn create_active(&mut self, cause: Cause) -> u32 {
+    /// Whether one more version may hold material, destroying versions retention lets go
+    /// of first; records the refusal when still full.
+    fn room(&mut self, cause: Cause) -> bool {
+        let limit = material_limit(self.input.spec.algorithm);
+        if self.state.with_material() < limit {
+            return true;
+        }
+        let policy = self.policy();
+        self.retire(&policy);
+        let with_material = self.state.with_material();
+        if with_material < limit {
+            return true;
+        }
+        self.plan.blocked.get_or_insert(VersionLimit {
+            cause,
+            with_material,
+            limit,
+            frees_at: None,
+        });
+        false
+    }
+
+    fn create_active(&mut self, cause: Cause) {
+        if !self.room(cause) {
+            return;
+        }
         let v = self.next_version;
         self.push(Action::CreateVersion { version: v });
         self.transition(v, KeyState::Active, cause);
-        v
     }
 
     fn run(&mut self) {
@@ -464,15 +522,19 @@ impl Planner<'_, '_> {
             .input
             .rotate_request
             .filter(|r| !r.is_empty() && self.state.last_rotate_request.as_deref() != Some(*r));
-        let cause = if let Some(r) = requested {
-            self.push(Action::MarkRotateRequest(r.to_string()));
+        let cause = if requested.is_some() {
             Some(Cause::RotateNow)
         } else if due.is_some_and(|d| now >= d) {
             Some(Cause::PeriodElapsed)
         } else {
             None
         };
-        if let Some(cause) = cause {
+        // At the material limit the current version stays (and a rotate-now request stays
+        // unhandled) until retention destroys the oldest.
+        if let Some(cause) = cause.filter(|c| self.room(*c)) {
+            if let Some(r) = requested {
+                self.push(Action::MarkRotateRequest(r.to_string()));
+            }
             self.transition(cur.version, KeyState::Deactivated, cause);
             self.create_active(cause);
             due = earliest(policy.due_after(now), expiry(now));
@@ -518,6 +580,9 @@ impl Planner<'_, '_> {
             } else {
                 later.push(eligible);
             }
+        }
+        if let Some(b) = &mut self.plan.blocked {
+            b.frees_at = later.iter().min().copied();
         }
         for t in later {
             self.requeue(t);
@@ -584,6 +649,7 @@ pub fn apply(
             Action::CancelDeletion => state.pending_deletion = None,
         }
     }
+    state.compact();
     Ok(())
 }
 

@@ -3,6 +3,13 @@
 //! holds (authenticated, see [`crate::storage`]); the planner reads it and the CRD status is a
 //! projection of it ([`StoredState::version_statuses`]), never the other way round.
 //!
+//! The state is bounded whatever the rotation count: records of destroyed versions beyond the
+//! newest [`DESTROYED_RECORDS_KEPT`] collapse into a [`Pruned`] summary and each version keeps
+//! at most [`TRANSITIONS_KEPT`] recent steps (plus those up to its first activation, which the
+//! rotation clock reads); the audit log keeps the whole history. Without that, the storage
+//! Secret passes the apiserver's 1 MiB limit after about 1,500 rotations and every later save
+//! fails.
+//!
 //! Timestamps are typed (`jiff::Timestamp`, RFC 3339 on the wire), so an unparsable time in a
 //! stored copy is refused when it is read instead of being treated as "now" somewhere later.
 
@@ -11,6 +18,23 @@ use crate::duration::Duration;
 use crate::lifecycle::{KeyState, TransitionError, TransitionRecord};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+
+/// Records of destroyed versions kept in full; older ones only count in [`Pruned`].
+pub const DESTROYED_RECORDS_KEPT: usize = 16;
+
+/// Transitions kept per version after its first activation (the first steps up to and
+/// including the first activation are always kept: rotation clocks run from there).
+pub const TRANSITIONS_KEPT: usize = 8;
+
+/// What compaction removed, so version numbers are never reused and counts stay true.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pruned {
+    /// Destroyed versions whose records were dropped.
+    pub versions: u32,
+    /// The highest version number among them.
+    pub through_version: u32,
+}
 
 /// One lifecycle step of a version, kept for the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,12 +79,39 @@ pub struct StoredVersion {
     /// SPKI PEM for asymmetric keys (public data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
-    /// Every transition, oldest first.
+    /// Transitions, oldest first: the steps up to the first activation and the most recent
+    /// [`TRANSITIONS_KEPT`] (the audit log has every one).
     #[serde(default)]
     pub transitions: Vec<Transition>,
+    /// Transitions dropped from the middle of `transitions` by compaction.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub transitions_pruned: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl StoredVersion {
+    /// Drop middle transitions beyond [`TRANSITIONS_KEPT`], keeping the prefix up to the first
+    /// activation.
+    fn compact(&mut self) {
+        let head = self
+            .transitions
+            .iter()
+            .position(|r| r.to == KeyState::Active)
+            .map_or(1, |i| i + 1)
+            .min(self.transitions.len());
+        let tail = self.transitions.len() - head;
+        if tail > TRANSITIONS_KEPT {
+            let drop = tail - TRANSITIONS_KEPT;
+            self.transitions.drain(head..head + drop);
+            self.transitions_pruned = self
+                .transitions_pruned
+                .saturating_add(u32::try_from(drop).unwrap_or(u32::MAX));
+        }
+    }
+
     /// When the version first became Active: rotation clocks run from here, so suspending a
     /// key does not extend its life.
     pub fn first_activated(&self) -> Option<Timestamp> {
@@ -170,6 +221,9 @@ pub struct StoredState {
     /// The UID of the deleted ManagedKey this state was restored from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<String>,
+    /// Destroyed versions whose records compaction dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<Pruned>,
 }
 
 impl StoredState {
@@ -213,9 +267,58 @@ impl StoredState {
             .collect()
     }
 
-    /// Highest version number used so far.
+    /// Highest version number used so far (pruned records included: numbers are never
+    /// reused).
     pub fn max_version(&self) -> u32 {
-        self.versions.iter().map(|v| v.version).max().unwrap_or(0)
+        let listed = self.versions.iter().map(|v| v.version).max().unwrap_or(0);
+        listed.max(self.pruned.map_or(0, |p| p.through_version))
+    }
+
+    /// Versions ever created, pruned records included.
+    pub fn version_count(&self) -> u32 {
+        let listed = u32::try_from(self.versions.len()).unwrap_or(u32::MAX);
+        listed.saturating_add(self.pruned.map_or(0, |p| p.versions))
+    }
+
+    /// Versions that still hold material (every state but Destroyed).
+    pub fn with_material(&self) -> u32 {
+        let n = self
+            .versions
+            .iter()
+            .filter(|v| v.state != KeyState::Destroyed)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Bound the state: drop the records of destroyed versions beyond the newest
+    /// [`DESTROYED_RECORDS_KEPT`] and old middle transitions of every version. Live versions
+    /// are never dropped. Idempotent.
+    pub fn compact(&mut self) {
+        for v in &mut self.versions {
+            v.compact();
+        }
+        let destroyed = self
+            .versions
+            .iter()
+            .filter(|v| v.state == KeyState::Destroyed)
+            .count();
+        let mut excess = destroyed.saturating_sub(DESTROYED_RECORDS_KEPT);
+        if excess == 0 {
+            return;
+        }
+        let mut pruned = self.pruned.unwrap_or_default();
+        // Oldest first: the list is in creation order.
+        self.versions.retain(|v| {
+            if excess > 0 && v.state == KeyState::Destroyed {
+                excess -= 1;
+                pruned.versions = pruned.versions.saturating_add(1);
+                pruned.through_version = pruned.through_version.max(v.version);
+                false
+            } else {
+                true
+            }
+        });
+        self.pruned = Some(pruned);
     }
 
     /// The newest Deactivated version still within the grace period: what "previous" serves.
@@ -286,6 +389,7 @@ impl StoredState {
                 at,
                 reason: "generated".into(),
             }],
+            transitions_pruned: 0,
         });
     }
 
@@ -352,5 +456,69 @@ mod tests {
         assert_eq!(s[0].activated, Some(t(9).to_string()));
         assert_eq!(st.versions[0].first_activated(), Some(t(1)));
         assert_eq!(st.versions[0].transitions.len(), 10);
+    }
+
+    #[test]
+    fn compaction_keeps_live_versions_first_activation_and_numbers() {
+        let mut st = StoredState::default();
+        // v1 stays Compromised (live) forever; v2..=v60 are destroyed in turn.
+        st.add_version(1, t(0), "fp1".into(), None, None);
+        st.transition(1, KeyState::Active, t(1), "first").unwrap();
+        st.transition(1, KeyState::Compromised, t(2), "c").unwrap();
+        for v in 2..=60 {
+            st.add_version(v, t(v as i64 * 10), format!("fp{v}"), None, None);
+            st.transition(v, KeyState::Active, t(v as i64 * 10 + 1), "r")
+                .unwrap();
+            st.transition(v, KeyState::Deactivated, t(v as i64 * 10 + 2), "r")
+                .unwrap();
+            st.transition(v, KeyState::Destroyed, t(v as i64 * 10 + 3), "r")
+                .unwrap();
+            st.compact();
+        }
+        st.add_version(61, t(700), "fp61".into(), None, None);
+        st.transition(61, KeyState::Active, t(701), "r").unwrap();
+        // Many suspend/resume cycles on the active version.
+        for i in 0..50 {
+            st.transition(61, KeyState::Suspended, t(702 + 2 * i), "s")
+                .unwrap();
+            st.transition(61, KeyState::Active, t(703 + 2 * i), "r")
+                .unwrap();
+        }
+        st.compact();
+        let again = st.clone();
+        st.compact();
+        assert_eq!(st, again, "compaction is idempotent");
+        assert_eq!(st.version(1).map(|v| v.state), Some(KeyState::Compromised));
+        let destroyed = st.in_states(&[KeyState::Destroyed]);
+        assert_eq!(destroyed, (45..=60).collect::<Vec<_>>());
+        assert_eq!(
+            st.pruned,
+            Some(Pruned {
+                versions: 43,
+                through_version: 44
+            })
+        );
+        assert_eq!(st.max_version(), 61);
+        assert_eq!(st.version_count(), 61);
+        assert_eq!(st.with_material(), 2);
+        let v61 = st.version(61).unwrap();
+        assert_eq!(v61.transitions.len(), 2 + TRANSITIONS_KEPT);
+        assert_eq!(v61.transitions_pruned, 100 - TRANSITIONS_KEPT as u32);
+        assert_eq!(v61.first_activated(), Some(t(701)));
+        assert_eq!(v61.transitions.last().unwrap().at, t(801));
+        // The summary survives a round trip (it is what keeps numbers from being reused).
+        let back: StoredState =
+            serde_json::from_slice(&serde_json::to_vec(&st).unwrap()).unwrap();
+        assert_eq!(back, st);
+        // Everything destroyed and pruned down to the kept records: still "all destroyed".
+        let mut gone = StoredState::default();
+        for v in 1..=40 {
+            gone.add_version(v, t(0), "fp".into(), None, None);
+            gone.transition(v, KeyState::Destroyed, t(1), "x").unwrap();
+        }
+        gone.compact();
+        assert!(gone.all_destroyed());
+        assert_eq!(gone.versions.len(), DESTROYED_RECORDS_KEPT);
+        assert_eq!(gone.max_version(), 40);
     }
 }

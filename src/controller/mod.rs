@@ -110,6 +110,8 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Event recorder.
     pub recorder: Recorder,
+    /// Who the Events say reported them (the recorder's reporter, for Events it cannot name).
+    pub reporter: Reporter,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Longest wait between reconciles of one key (bounds drift and missed watch events).
@@ -138,7 +140,8 @@ impl Context {
             instance,
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             keyring,
             clock,

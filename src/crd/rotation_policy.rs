@@ -44,7 +44,7 @@ pub struct RotationPolicySpec {
     /// Versions to keep with material (current included); older ones are destroyed after the
     /// grace period and deletion window.
     #[serde(default = "default_retain")]
-    #[schemars(range(min = 1, max = 100))]
+    #[schemars(range(min = 1, max = 32))]
     pub retain_versions: u32,
     /// How long the previous version keeps being served (dual-key verification, decryption of
     /// recent data) after a rotation.

@@ -342,6 +342,89 @@ fn policy_errors_name_the_field_and_the_fix() {
     );
 }
 
+#[test]
+fn retain_versions_is_bounded() {
+    let e = Policy::from_spec(&RotationPolicySpec {
+        retain_versions: 100,
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(e, "spec.retainVersions: must be 1 to 32, got 100");
+}
+
+/// A stream of rotate-now requests (a tenant with edit rights on the ManagedKey can send
+/// them) stops at the material limit: no version is destroyed early, the request waits, and
+/// rotation resumes once retention frees a slot.
+#[test]
+fn rotate_now_requests_stop_at_the_material_limit() {
+    let spec = ManagedKeySpec::default();
+    let p = policy("30d");
+    let limit = material_limit(spec.algorithm);
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    let mut now = t(0);
+    for i in 1..limit {
+        now = t(i64::from(i));
+        step(&spec, Some(&p), &mut st, Some(&format!("r{i}")), now);
+    }
+    assert_eq!(st.with_material(), limit);
+    assert_eq!(st.active().map(|v| v.version), Some(limit));
+    // One more request: refused, nothing changes, the request stays unhandled.
+    now += SignedDuration::from_secs(1);
+    let before = st.clone();
+    let plan = step(&spec, Some(&p), &mut st, Some("over"), now);
+    assert_eq!(plan.actions, vec![]);
+    assert_eq!(st, before);
+    let b = plan.blocked.expect("blocked");
+    assert_eq!((b.cause, b.with_material, b.limit), (Cause::RotateNow, limit, limit));
+    // v1 left Active at t(1); it may go after grace (1d) and window (7d).
+    let frees = t(1) + SignedDuration::from_hours(24 * 8);
+    assert_eq!(b.frees_at, Some(frees));
+    assert!(plan.requeue_at.is_some_and(|r| r <= frees));
+    // Then: v1 is destroyed and the waiting request rotates.
+    let plan = step(&spec, Some(&p), &mut st, Some("over"), frees);
+    assert!(plan.blocked.is_none(), "{plan:?}");
+    assert_eq!(st.version(1).map(|v| v.state), Some(KeyState::Destroyed));
+    assert_eq!(st.active().map(|v| v.version), Some(limit + 1));
+    assert_eq!(st.last_rotate_request.as_deref(), Some("over"));
+}
+
+/// 2,000 scheduled rotations: rotation keeps working and the stored state stays bounded
+/// (printed with `--nocapture`).
+#[test]
+fn two_thousand_rotations_keep_the_state_bounded() {
+    let spec = ManagedKeySpec::default();
+    let p = Policy::from_spec(&RotationPolicySpec {
+        rotation_period: Some("1h".into()),
+        retain_versions: 3,
+        grace_period: "1h".into(),
+        deletion_window_days: 7,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    let mut largest = 0;
+    for i in 1..=2000i64 {
+        let now = t(i * 3600);
+        let plan = step(&spec, Some(&p), &mut st, None, now);
+        assert!(plan.blocked.is_none(), "rotation {i} blocked: {plan:?}");
+        assert_eq!(st.active().map(|v| v.version), Some(i as u32 + 1));
+        largest = largest.max(serde_json::to_vec(&st).unwrap().len());
+    }
+    let size = serde_json::to_vec(&st).unwrap().len();
+    // Versions waiting for their window: retain 3 + (1h grace + 7d) / 1h.
+    assert!(st.with_material() <= 3 + 7 * 24 + 2, "{}", st.with_material());
+    assert_eq!(st.version_count(), 2001);
+    assert!(largest < 256 * 1024, "state.json reached {largest} bytes");
+    println!(
+        "2000 rotations: state.json {size} bytes (largest {largest}), {} records, {} with material",
+        st.versions.len(),
+        st.with_material()
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
@@ -378,9 +461,12 @@ proptest! {
             // The current version is never older than the period.
             let act: Timestamp = st.active().unwrap().activated.unwrap();
             prop_assert!(now.duration_since(act) < SignedDuration::from_hours(period_h));
-            // Versions are numbered without gaps or repeats.
+            // Versions are numbered without repeats; the listed ones and the pruned records
+            // of destroyed ones account for every number.
             let nums: Vec<u32> = st.versions.iter().map(|v| v.version).collect();
-            prop_assert_eq!(nums, (1..=st.versions.len() as u32).collect::<Vec<_>>());
+            prop_assert!(nums.windows(2).all(|w| w[0] < w[1]), "{:?}", nums);
+            prop_assert_eq!(st.version_count(), st.max_version());
+            prop_assert!(st.in_states(&[KeyState::Destroyed]).len() <= crate::state::DESTROYED_RECORDS_KEPT);
             for (idx, v) in st.versions.iter().enumerate() {
                 let newer = (st.versions.len() - idx - 1) as u32;
                 if v.state == KeyState::Destroyed {

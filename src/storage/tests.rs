@@ -35,6 +35,7 @@ fn version(v: u32, state: KeyState) -> StoredVersion {
             at,
             reason: "test".into(),
         }],
+        transitions_pruned: 0,
     }
 }
 

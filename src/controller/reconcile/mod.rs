@@ -202,6 +202,7 @@ async fn apply(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error> {
         now,
     );
     report::rotation_due(ctx, mk, &st).await;
+    report::version_limit(ctx, mk, &st).await;
     status::write(ctx, mk, &st).await?;
     let secs = plan
         .next_rotation

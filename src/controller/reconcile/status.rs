@@ -7,7 +7,7 @@ use super::report::{audit, key_of, publish};
 use crate::crd::{Condition, ManagedKey, ManagedKeyStatus};
 use crate::duration::Duration;
 use crate::lifecycle::KeyState;
-use crate::rotation::Plan;
+use crate::rotation::{Plan, VersionLimit};
 use crate::state::StoredState;
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -17,6 +17,32 @@ use kube::runtime::events::EventType;
 
 /// Status keeps the last few transitions per version; storage keeps all of them.
 const STATUS_TRANSITIONS: usize = 5;
+
+/// Degraded reason when the planner could not create a version (material limit reached).
+pub(super) const VERSION_LIMIT: &str = "VersionLimit";
+
+/// What is blocked, until when, and the fix.
+fn version_limit_message(mk: &ManagedKey, b: &VersionLimit) -> String {
+    let until = b.frees_at.map_or_else(
+        || "when an old version is destroyed".to_string(),
+        |t| format!("after {t}, when the oldest may be destroyed"),
+    );
+    let policy = mk
+        .spec
+        .policy_ref
+        .as_ref()
+        .map_or("the default policy".to_string(), |p| {
+            format!("RotationPolicy {}", p.name)
+        });
+    format!(
+        "no new version ({}): {} versions still hold material, the limit for {}; it resumes {until}. \
+         Lengthen rotationPeriod or shorten gracePeriod/deletionWindowDays in {policy}, or send \
+         fewer rotate-now requests",
+        b.cause,
+        b.with_material,
+        mk.spec.algorithm.as_str(),
+    )
+}
 
 /// A condition, keeping `lastTransitionTime` while its status does not change.
 pub(super) fn condition(
@@ -90,9 +116,10 @@ pub(super) fn project(
     };
     conditions.push(condition(old, "Ready", ready, &r, m, generation, now));
     // Degraded is True when something needs the owner's attention.
-    let (degraded, r, m) = match policy_problem {
-        Some((r, m)) => (true, r, m),
-        None => (
+    let (degraded, r, m) = match (policy_problem, plan.blocked) {
+        (Some((r, m)), _) => (true, r, m),
+        (None, Some(b)) => (true, VERSION_LIMIT, version_limit_message(mk, &b)),
+        (None, None) => (
             false,
             "AsExpected",
             "policy and storage are healthy".to_string(),
@@ -145,7 +172,7 @@ pub(super) fn project(
     ManagedKeyStatus {
         current_version: current.map(|c| c.version),
         state: Some(state),
-        version_count: st.versions.len() as u32,
+        version_count: st.version_count(),
         versions: st.version_statuses(STATUS_TRANSITIONS),
         next_rotation: plan.next_rotation.map(|t| t.to_string()),
         last_rotation: st
