@@ -27,6 +27,7 @@ pub(crate) fn store_error(e: StoreError, t: Option<&ResType>, name: &str) -> Res
         StoreError::Conflict(m) => status(409, "Conflict", m, Some(details(t))),
         StoreError::BadRequest(m) => status(400, "BadRequest", m, None),
         StoreError::MethodNotAllowed(m) => status(405, "MethodNotAllowed", m, None),
+        StoreError::Internal(m) => crate::paging::raw_status(500, None, m, json!({})),
         StoreError::Forbidden {
             message,
             name,
