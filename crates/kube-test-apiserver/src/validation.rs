@@ -50,7 +50,7 @@ fn regex_error(msg: &str, fmt: &str, examples: &[&str]) -> String {
     let ex: Vec<String> = examples.iter().map(|e| format!("'{e}', ")).collect();
     format!(
         "{msg} (e.g. {}regex used for validation is '{fmt}')",
-        ex.join("or ")
+        ex.join(" or ")
     )
 }
 
