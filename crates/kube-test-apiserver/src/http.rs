@@ -27,6 +27,7 @@ pub(crate) fn store_error(e: StoreError, t: Option<&ResType>, name: &str) -> Res
         StoreError::Conflict(m) => status(409, "Conflict", m, Some(details(t))),
         StoreError::BadRequest(m) => status(400, "BadRequest", m, None),
         StoreError::MethodNotAllowed(m) => status(405, "MethodNotAllowed", m, None),
+        StoreError::Internal(m) => crate::paging::raw_status(500, None, m, json!({})),
         StoreError::Forbidden {
             message,
             name,
@@ -50,6 +51,14 @@ pub(crate) fn store_error(e: StoreError, t: Option<&ResType>, name: &str) -> Res
         }
         StoreError::Invalid(m, causes) => {
             let mut d = details(t);
+            // NewInvalid names the object (a create's URL has no name); kubectl prints it.
+            if name.is_empty()
+                && let Some((prefix, _)) = m.split_once(" is invalid: ")
+                && let Some((_, quoted)) = prefix.split_once(' ')
+                && let Ok(n) = serde_json::from_str::<String>(quoted)
+            {
+                d["name"] = n.into();
+            }
             d["kind"] = t.map(|t| t.kind.clone()).unwrap_or_default().into();
             d["causes"] = causes
                 .iter()

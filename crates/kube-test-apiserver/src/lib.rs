@@ -14,6 +14,7 @@ mod auth;
 mod faults;
 mod http;
 mod lifecycle;
+mod paging;
 mod patch;
 mod protobuf;
 mod routes;
@@ -23,6 +24,7 @@ mod store;
 mod table;
 mod tls;
 mod types;
+mod validation;
 mod watch;
 
 pub use auth::TokenIdentity;

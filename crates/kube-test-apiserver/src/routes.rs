@@ -3,7 +3,7 @@
 use crate::prelude::*;
 
 /// Parsed resource path.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Target {
     pub(crate) group: String,
     pub(crate) version: String,
@@ -202,7 +202,74 @@ pub(crate) async fn handle(
     if let Some(r) = apply_fault(&inner, verb, &target).await {
         return r;
     }
-    resource(&inner, &method, verb, target, &q, &headers, &body).await
+    // limitedReadBody (staging/src/k8s.io/apiserver/pkg/endpoints/handlers/rest.go) with the
+    // default MaxRequestBodyBytes.
+    if matches!(verb, "create" | "update" | "patch")
+        && body.len() > crate::validation::MAX_REQUEST_BODY
+    {
+        return status(
+            413,
+            "RequestEntityTooLarge",
+            format!(
+                "Request entity too large: limit is {}",
+                crate::validation::MAX_REQUEST_BODY
+            ),
+            None,
+        );
+    }
+    let crd_before = crd_state(&inner, verb, &target);
+    let r = resource(&inner, &method, verb, target.clone(), &q, &headers, &body).await;
+    with_crd_warnings(&inner, &target, crd_before, r)
+}
+
+/// A CRD write's old object, for the warnings of [`with_crd_warnings`].
+fn crd_state(inner: &Inner, verb: &str, t: &Target) -> Option<Option<Value>> {
+    if t.group != "apiextensions.k8s.io"
+        || t.plural != "customresourcedefinitions"
+        || t.sub.is_some()
+        || !matches!(verb, "create" | "update" | "patch")
+    {
+        return None;
+    }
+    let st = inner.state.lock().expect("lock");
+    let rt = st.find_type(&t.group, &t.plural)?;
+    Some(t.name.as_ref().and_then(|n| st.get(rt, "", n).cloned()))
+}
+
+/// Add the `Warning` headers of a successful CRD write (validation::crd_warnings).
+fn with_crd_warnings(
+    inner: &Inner,
+    t: &Target,
+    before: Option<Option<Value>>,
+    mut r: Response,
+) -> Response {
+    let Some(old) = before else { return r };
+    if !r.status().is_success() {
+        return r;
+    }
+    let new = {
+        let st = inner.state.lock().expect("lock");
+        let Some(rt) = st.find_type(&t.group, &t.plural) else {
+            return r;
+        };
+        match &t.name {
+            Some(n) => st.get(rt, "", n).cloned(),
+            // A create: the newest CRD is the one just written.
+            None => st.list(rt, None).into_iter().max_by_key(|o| {
+                o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            }),
+        }
+    };
+    let Some(new) = new else { return r };
+    for w in crate::validation::crd_warnings(&new, old.as_ref()) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&crate::validation::warning_header(&w)) {
+            r.headers_mut().append("warning", v);
+        }
+    }
+    r
 }
 
 pub(crate) fn discovery_groups(inner: &Inner) -> Value {
@@ -356,25 +423,7 @@ pub(crate) async fn resource(
     };
 
     match verb {
-        "list" => {
-            let st = inner.state.lock().expect("lock");
-            let mut items = st.list(&rt, in_ns);
-            if let Err(e) = filter(&mut items, q) {
-                return status(400, "BadRequest", e, None);
-            }
-            let rv = st.rv.to_string();
-            drop(st);
-            for it in &mut items {
-                it["apiVersion"] = rt.api_version(&t.version).into();
-            }
-            if wants_table(headers) {
-                return ok_json(StatusCode::OK, &table::table(&rt, &t.version, &items, &rv));
-            }
-            ok_json(
-                StatusCode::OK,
-                &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(&t.version), "metadata": {"resourceVersion": rv}, "items": items}),
-            )
-        }
+        "list" => crate::paging::list(inner, &rt, &t.version, in_ns, q, headers),
         "watch" => watch(
             inner.clone(),
             rt,

@@ -150,6 +150,16 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<FieldError
                     _ => {}
                 }
             }
+            // The recognized string formats are validated (validation::check_format).
+            if let Some(f) = s.get("format").and_then(Value::as_str)
+                && let Some(message) = crate::validation::check_format(f, path, st)
+            {
+                errs.push(FieldError {
+                    reason: "FieldValueInvalid",
+                    field: path.into(),
+                    message,
+                });
+            }
         }
         Value::Array(items) => {
             if let Some(min) = s.get("minItems").and_then(Value::as_u64)

@@ -77,7 +77,12 @@ impl TestApiServer {
             &inner.admin_token,
             &inner.ca_pem,
         )?;
-        let app = Router::new().fallback(handle).with_state(inner.clone());
+        // Bodies are limited by the handler with the real server's 413 Status (routes.rs), not
+        // by axum's 2 MB default.
+        let app = Router::new()
+            .fallback(handle)
+            .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
+            .with_state(inner.clone());
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.server_config()?));
         tokio::spawn(async move {

@@ -42,6 +42,8 @@ pub enum StoreError {
     BadRequest(String),
     /// 405.
     MethodNotAllowed(String),
+    /// 500 without a reason: a storage error the real server does not convert.
+    Internal(String),
     /// 403 Forbidden from an admission rule; `name` goes into the Status details.
     Forbidden {
         /// The whole Status message.
@@ -178,6 +180,8 @@ pub struct State {
     pub history: VecDeque<Arc<Change>>,
     /// History bound.
     pub history_cap: usize,
+    /// Snapshots behind the continue tokens of paginated lists.
+    pub(crate) pages: crate::paging::Snapshots,
 }
 
 pub(crate) fn now() -> String {
@@ -329,6 +333,7 @@ impl State {
             objects: HashMap::new(),
             history: VecDeque::new(),
             history_cap,
+            pages: Default::default(),
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
@@ -423,37 +428,34 @@ impl State {
         old: Option<&Value>,
     ) -> Result<Value, StoreError> {
         let name = meta(obj, "name").unwrap_or_default();
-        if !name.is_empty() {
-            let re = regex::Regex::new(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$").expect("regex");
-            if name.len() > 253 || !re.is_match(&name) {
-                return Err(StoreError::Invalid(
-                    format!(
-                        "{} {name:?} is invalid: metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'",
-                        Self::kind_group(t)
-                    ),
-                    vec![FieldError {
-                        reason: "FieldValueInvalid",
-                        field: "metadata.name".into(),
-                        message: "Invalid value".into(),
-                    }],
-                ));
-            }
-        }
-        let Some(schema) = t.schema(version) else {
-            return Ok(obj.clone());
+        // Upstream validation of names, metadata and per-type rules (validation.rs), then the
+        // CRD schema; their errors are reported together as the custom resource strategy does.
+        let obj = &crate::validation::normalize(t, obj.clone())?;
+        let mut errs = crate::validation::check(t, obj, old);
+        let out = match t.schema(version) {
+            None => obj.clone(),
+            Some(schema) => match schema::check_object(schema, obj, old) {
+                Ok(v) => v,
+                Err(e) => {
+                    errs.extend(e);
+                    obj.clone()
+                }
+            },
         };
-        schema::check_object(schema, obj, old).map_err(|errs| {
+        if !errs.is_empty() {
             let list: Vec<String> = errs.iter().map(FieldError::render).collect();
             let joined = if list.len() == 1 {
                 list[0].clone()
             } else {
                 format!("[{}]", list.join(", "))
             };
-            StoreError::Invalid(
+            return Err(StoreError::Invalid(
                 format!("{} {name:?} is invalid: {joined}", Self::kind_group(t)),
                 errs,
-            )
-        })
+            ));
+        }
+        crate::validation::storage_size(t, &out)?;
+        Ok(out)
     }
 
     /// The create rule of the NamespaceLifecycle admission plugin (Admit in
@@ -545,8 +547,7 @@ impl State {
                     }],
                 ));
             };
-            let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..5].to_string();
-            name = format!("{prefix}{suffix}");
+            name = crate::validation::generate_name(&prefix);
         }
         if let Some(body_ns) = meta(&obj, "namespace").filter(|n| !n.is_empty())
             && t.namespaced
