@@ -507,8 +507,7 @@ mod tests {
         assert_eq!(v61.first_activated(), Some(t(701)));
         assert_eq!(v61.transitions.last().unwrap().at, t(801));
         // The summary survives a round trip (it is what keeps numbers from being reused).
-        let back: StoredState =
-            serde_json::from_slice(&serde_json::to_vec(&st).unwrap()).unwrap();
+        let back: StoredState = serde_json::from_slice(&serde_json::to_vec(&st).unwrap()).unwrap();
         assert_eq!(back, st);
         // Everything destroyed and pruned down to the kept records: still "all destroyed".
         let mut gone = StoredState::default();

@@ -377,7 +377,10 @@ fn rotate_now_requests_stop_at_the_material_limit() {
     assert_eq!(plan.actions, vec![]);
     assert_eq!(st, before);
     let b = plan.blocked.expect("blocked");
-    assert_eq!((b.cause, b.with_material, b.limit), (Cause::RotateNow, limit, limit));
+    assert_eq!(
+        (b.cause, b.with_material, b.limit),
+        (Cause::RotateNow, limit, limit)
+    );
     // v1 left Active at t(1); it may go after grace (1d) and window (7d).
     let frees = t(1) + SignedDuration::from_hours(24 * 8);
     assert_eq!(b.frees_at, Some(frees));
@@ -415,7 +418,11 @@ fn two_thousand_rotations_keep_the_state_bounded() {
     }
     let size = serde_json::to_vec(&st).unwrap().len();
     // Versions waiting for their window: retain 3 + (1h grace + 7d) / 1h.
-    assert!(st.with_material() <= 3 + 7 * 24 + 2, "{}", st.with_material());
+    assert!(
+        st.with_material() <= 3 + 7 * 24 + 2,
+        "{}",
+        st.with_material()
+    );
     assert_eq!(st.version_count(), 2001);
     assert!(largest < 256 * 1024, "state.json reached {largest} bytes");
     println!(

@@ -96,10 +96,13 @@ async fn publish_long_name(
         }),
         ..Default::default()
     };
-    kube::Api::<K8sEvent>::namespaced(ctx.client.clone(), namespace.as_deref().unwrap_or("default"))
-        .create(&Default::default(), &event)
-        .await
-        .map(|_| ())
+    kube::Api::<K8sEvent>::namespaced(
+        ctx.client.clone(),
+        namespace.as_deref().unwrap_or("default"),
+    )
+    .create(&Default::default(), &event)
+    .await
+    .map(|_| ())
 }
 
 /// One audit record of a controller action on `key` (`namespace/name`).
