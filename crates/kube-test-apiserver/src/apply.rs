@@ -780,12 +780,12 @@ pub(crate) fn track_update(
     encode(new, entries);
 }
 
-/// The 409 of a refused apply (`NewConflictError`, conflict.go): one cause per field, the
-/// message listing them by manager.
+/// The 409 of a refused apply (`NewConflictError`, conflict.go): one cause per field (the Go
+/// `StatusCause.Type` is serialized as `reason`), the message listing them by manager.
 fn conflict_response(conflicts: &[(String, String)]) -> Response {
     let causes: Vec<Value> = conflicts
         .iter()
-        .map(|(m, p)| json!({"type": "FieldManagerConflict", "message": format!("conflict with {m}"), "field": p}))
+        .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m}"), "field": p}))
         .collect();
     let message = if let [(m, p)] = conflicts {
         format!("Apply failed with 1 conflict: conflict with {m}: {p}")
