@@ -451,7 +451,8 @@ fn kubectl(s: &TestApiServer, args: &[&str]) -> (bool, String) {
     )
 }
 
-#[tokio::test]
+// kubectl blocks a thread while the server answers it: two workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_server_side_apply_conflicts_and_force() {
     let s = TestApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -468,17 +469,17 @@ async fn kubectl_server_side_apply_conflicts_and_force() {
     let two = file("two.yaml", "2");
     let (ok, out) = kubectl(
         &s,
-        &["apply", "--server-side", "--field-manager=x", "-f", &one],
+        &["apply", "--server-side", "--field-manager=alice", "-f", &one],
     );
     assert!(ok, "{out}");
     assert_eq!(out.trim(), "configmap/sc serverside-applied");
     let (ok, out) = kubectl(
         &s,
-        &["apply", "--server-side", "--field-manager=y", "-f", &two],
+        &["apply", "--server-side", "--field-manager=bob", "-f", &two],
     );
     assert!(!ok, "{out}");
     assert!(
-        out.contains(r#"Apply failed with 1 conflict: conflict with "x": .data.k"#),
+        out.contains(r#"Apply failed with 1 conflict: conflict with "alice": .data.k"#),
         "{out}"
     );
     let (ok, out) = kubectl(
@@ -486,7 +487,7 @@ async fn kubectl_server_side_apply_conflicts_and_force() {
         &[
             "apply",
             "--server-side",
-            "--field-manager=y",
+            "--field-manager=bob",
             "--force-conflicts",
             "-f",
             &two,
@@ -499,10 +500,10 @@ async fn kubectl_server_side_apply_conflicts_and_force() {
     );
     assert!(ok, "{out}");
     assert!(out.contains("k: \"2\""), "{out}");
-    assert!(out.contains("manager: y"), "{out}");
+    assert!(out.contains("manager: bob"), "{out}");
     assert!(out.contains("operation: Apply"), "{out}");
     assert!(out.contains("f:k: {}"), "{out}");
-    assert!(!out.contains("manager: x"), "x lost its only field: {out}");
+    assert!(!out.contains("manager: alice"), "alice lost its only field: {out}");
     let (ok, out) = kubectl(&s, &["get", "cm", "sc", "-o", "yaml"]);
     assert!(ok && !out.contains("managedFields"), "{out}");
 }
