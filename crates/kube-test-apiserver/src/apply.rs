@@ -843,6 +843,27 @@ pub(crate) fn apply_patch(
             return status(400, "BadRequest", format!("error decoding YAML: {e}"), None);
         }
     };
+    if cfg
+        .get("metadata")
+        .is_some_and(|m| !m.is_object() && !m.is_null())
+    {
+        return status(
+            400,
+            "BadRequest",
+            "error decoding YAML: metadata must be an object".into(),
+            None,
+        );
+    }
+    if let Some(n) = cfg.pointer("/metadata/name").and_then(Value::as_str)
+        && n != name
+    {
+        return status(
+            400,
+            "BadRequest",
+            format!("the name of the object ({n}) does not match the name on the URL ({name})"),
+            None,
+        );
+    }
     let gv = rt.api_version(version);
     let pv = cfg.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     if pv != gv {
@@ -887,8 +908,16 @@ pub(crate) fn apply_patch(
         .position(|e| e.same_id(&manager, "Apply", &gv, sr));
     let last = pos.map(|i| entries[i].set.clone()).unwrap_or_default();
     let mut merged = merge(&live, &cfg, s);
-    if cur.is_none() {
-        merged["metadata"]["name"] = name.into();
+    if cur.is_none()
+        && let Some(o) = merged.as_object_mut()
+    {
+        let m = o.entry("metadata").or_insert_with(|| json!({}));
+        if !m.is_object() {
+            *m = json!({});
+        }
+        if let Some(m) = m.as_object_mut() {
+            m.entry("name").or_insert_with(|| name.into());
+        }
     }
     if !last.is_empty() {
         let owned = entries

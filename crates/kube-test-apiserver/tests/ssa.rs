@@ -323,6 +323,33 @@ async fn patch_options_are_validated_and_update_managers_come_from_the_user_agen
             "Incorrect version specified in apply patch. Specified patch version: v2, expected: v1"
         )
     );
+    // Malformed configurations are 400s, never a crash.
+    for (body, msg) in [
+        (
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": "x"}),
+            "error decoding YAML: metadata must be an object",
+        ),
+        (
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "y"}}),
+            "the name of the object (y) does not match the name on the URL (x)",
+        ),
+        (
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"managedFields": []}}),
+            "metadata.managedFields must be nil",
+        ),
+    ] {
+        let e = api_err(
+            c.request::<Value>(raw(
+                "PATCH",
+                "/api/v1/namespaces/default/configmaps/x?fieldManager=a",
+                "application/apply-patch+yaml",
+                body,
+            ))
+            .await
+            .unwrap_err(),
+        );
+        assert_eq!((e.code, e.message.as_str()), (400, msg));
+    }
     // A create without fieldManager is managed by the User-Agent's prefix.
     let created: ConfigMap = c
         .request(raw(
@@ -469,7 +496,13 @@ async fn kubectl_server_side_apply_conflicts_and_force() {
     let two = file("two.yaml", "2");
     let (ok, out) = kubectl(
         &s,
-        &["apply", "--server-side", "--field-manager=alice", "-f", &one],
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=alice",
+            "-f",
+            &one,
+        ],
     );
     assert!(ok, "{out}");
     assert_eq!(out.trim(), "configmap/sc serverside-applied");
@@ -503,7 +536,10 @@ async fn kubectl_server_side_apply_conflicts_and_force() {
     assert!(out.contains("manager: bob"), "{out}");
     assert!(out.contains("operation: Apply"), "{out}");
     assert!(out.contains("f:k: {}"), "{out}");
-    assert!(!out.contains("manager: alice"), "alice lost its only field: {out}");
+    assert!(
+        !out.contains("manager: alice"),
+        "alice lost its only field: {out}"
+    );
     let (ok, out) = kubectl(&s, &["get", "cm", "sc", "-o", "yaml"]);
     assert!(ok && !out.contains("managedFields"), "{out}");
 }
