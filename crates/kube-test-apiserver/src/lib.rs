@@ -10,6 +10,7 @@
 //! crate's README.md (kept true by review: a divergence found is a line added there).
 
 mod admin;
+mod apply;
 mod auth;
 mod faults;
 mod http;

@@ -10,6 +10,7 @@ pub(crate) fn patch(
     ns: &str,
     name: &str,
     status_only: bool,
+    q: &HashMap<String, String>,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
@@ -18,33 +19,18 @@ pub(crate) fn patch(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let sub = if status_only { Sub::Status } else { Sub::Main };
+    // Server-side apply and managed fields live in apply.rs.
+    if ct.starts_with("application/apply-patch") {
+        return crate::apply::apply_patch(inner, rt, version, ns, name, sub, q, body);
+    }
+    if let Err(r) = crate::apply::validate_patch_options(q, false) {
+        return r;
+    }
+    let manager = crate::apply::manager_of(q, headers);
     let mut st = inner.state.lock().expect("lock");
     let cur = st.get(rt, ns, name).cloned();
     let result = (|| -> Result<(Value, Vec<Arc<Change>>, bool), StoreError> {
-        if ct.starts_with("application/apply-patch") {
-            let applied: Value = serde_yaml_ng::from_slice(body)
-                .map_err(|e| StoreError::BadRequest(format!("invalid apply body: {e}")))?;
-            return match cur {
-                None if !status_only => {
-                    let (o, c) = st.create(rt, version, ns, applied)?;
-                    Ok((o, c, true))
-                }
-                None => Err(StoreError::NotFound(format!(
-                    "{} {name:?} not found",
-                    qualified(rt)
-                ))),
-                Some(cur) => {
-                    let mut merged = cur.clone();
-                    let mut p = applied;
-                    if let Some(m) = p.get_mut("metadata").and_then(Value::as_object_mut) {
-                        m.remove("resourceVersion");
-                    }
-                    json_patch::merge(&mut merged, &p);
-                    let (o, c) = st.update(rt, version, ns, name, merged, status_only)?;
-                    Ok((o, c, false))
-                }
-            };
-        }
         let cur = cur
             .ok_or_else(|| StoreError::NotFound(format!("{} {name:?} not found", qualified(rt))))?;
         let mut next = cur.clone();
@@ -94,6 +80,7 @@ pub(crate) fn patch(
         } else if let Some(m) = next.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
         }
+        crate::apply::track_update(rt, version, sub, &manager, Some(&cur), &mut next);
         let (o, c) = st.update(rt, version, ns, name, next, status_only)?;
         Ok((o, c, false))
     })();

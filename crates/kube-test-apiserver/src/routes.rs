@@ -458,10 +458,12 @@ pub(crate) async fn resource(
             }
         }
         "create" => {
-            let b = match parse_body(headers, body) {
+            let mut b = match parse_body(headers, body) {
                 Ok(b) => b,
                 Err(r) => return r,
             };
+            let manager = crate::apply::manager_of(q, headers);
+            crate::apply::track_update(&rt, &t.version, sub, &manager, None, &mut b);
             let r = inner
                 .state
                 .lock()
@@ -470,15 +472,16 @@ pub(crate) async fn resource(
             answer(inner, r, StatusCode::CREATED, &rt, &name)
         }
         "update" => {
-            let b = match parse_body(headers, body) {
+            let mut b = match parse_body(headers, body) {
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let r = inner
-                .state
-                .lock()
-                .expect("lock")
-                .update_sub(&rt, &t.version, &ns, &name, b, sub);
+            let manager = crate::apply::manager_of(q, headers);
+            let mut st = inner.state.lock().expect("lock");
+            let live = st.get(&rt, &ns, &name).cloned();
+            crate::apply::track_update(&rt, &t.version, sub, &manager, live.as_ref(), &mut b);
+            let r = st.update_sub(&rt, &t.version, &ns, &name, b, sub);
+            drop(st);
             answer(inner, r, StatusCode::OK, &rt, &name)
         }
         "patch" => patch(
@@ -488,6 +491,7 @@ pub(crate) async fn resource(
             &ns,
             &name,
             status_only,
+            q,
             headers,
             body,
         ),

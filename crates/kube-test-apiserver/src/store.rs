@@ -582,7 +582,6 @@ impl State {
             if let Some(mm) = m.as_object_mut() {
                 mm.remove("deletionTimestamp");
                 mm.remove("resourceVersion");
-                mm.remove("managedFields");
             }
         }
         let mut obj = self.validate(t, version, &obj, None)?;
@@ -665,6 +664,15 @@ impl State {
             if n["status"].is_null() {
                 n.as_object_mut().expect("object").remove("status");
             }
+            // The status strategies keep the managedFields the field manager computed.
+            match obj.pointer("/metadata/managedFields") {
+                Some(mf) => n["metadata"]["managedFields"] = mf.clone(),
+                None => {
+                    if let Some(m) = n["metadata"].as_object_mut() {
+                        m.remove("managedFields");
+                    }
+                }
+            }
             n
         } else {
             let o = obj
@@ -728,7 +736,6 @@ impl State {
             let mut v = v.clone();
             if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.remove("resourceVersion");
-                m.remove("managedFields");
             }
             v
         };
