@@ -34,7 +34,7 @@ async fn run(n: usize) -> (f64, f64) {
     .unwrap();
     let client = server.client().await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [ManagedKey::crd(), RotationPolicy::crd()] {
+    for crd in keyward::crd::definitions() {
         crds.create(&PostParams::default(), &crd).await.unwrap();
     }
     let policy: RotationPolicy = serde_json::from_value(serde_json::json!({"apiVersion": "keyward.io/v1alpha1", "kind": "RotationPolicy", "metadata": {"name": "p", "namespace": "default"}, "spec": {"rotationPeriod": "90d"}})).unwrap();

@@ -52,3 +52,28 @@ fn examples_parse_as_the_crd_types() {
     assert_eq!(mk.spec.policy_ref.unwrap().name, rp.metadata.name.unwrap());
     assert_eq!(mk.spec.access.service_accounts.len(), 1);
 }
+
+/// kubectl applies the committed CRDs to an apiserver without a warning: a real one warns
+/// about every `format` it does not recognise (schemars' `uint32`, for one), on every apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_the_crds_without_warnings() {
+    let server = kube_test_apiserver::TestApiServer::start().await.unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let kubeconfig = server.kubeconfig_path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["apply", "--server-side", "-f"])
+            .arg(dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl apply failed: {stderr}");
+    assert!(!stderr.contains("Warning"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("serverside-applied").count(), 2, "{stdout}");
+}

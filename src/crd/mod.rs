@@ -9,6 +9,7 @@ mod rotation_policy;
 pub use managed_key::*;
 pub use rotation_policy::*;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 /// API group.
@@ -39,9 +40,42 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+/// Every CRD keyward installs, with integer formats the apiserver knows.
+///
+/// schemars writes `format: uint32`/`uint64` for unsigned fields; kube-apiserver recognises
+/// only `int32`/`int64` for integers (apiextensions-apiserver `GetUnrecognizedFormats`) and
+/// warns on every apply of a CRD carrying others. The ranges stay enforced by `minimum`/
+/// `maximum`, which schemars writes beside them.
+pub fn definitions() -> Vec<CustomResourceDefinition> {
+    [ManagedKey::crd(), RotationPolicy::crd()]
+        .into_iter()
+        .map(|crd| {
+            let mut v = serde_json::to_value(&crd).expect("CRD serializes");
+            kube_integer_formats(&mut v);
+            serde_json::from_value(v).expect("CRD deserializes")
+        })
+        .collect()
+}
+
+fn kube_integer_formats(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.get("type").and_then(|t| t.as_str()) == Some("integer")
+                && let Some(f) = m.get_mut("format")
+                && f.as_str().is_some_and(|f| f != "int32" && f != "int64")
+            {
+                *f = "int64".into();
+            }
+            m.values_mut().for_each(kube_integer_formats);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(kube_integer_formats),
+        _ => {}
+    }
+}
+
 /// Every CRD keyward installs, as YAML documents in a stable order.
 pub fn crds_yaml() -> Vec<(String, String)> {
-    [ManagedKey::crd(), RotationPolicy::crd()]
+    definitions()
         .into_iter()
         .map(|crd| {
             let name = crd.spec.names.plural.clone();
