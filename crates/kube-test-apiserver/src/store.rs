@@ -423,7 +423,23 @@ impl State {
         old: Option<&Value>,
     ) -> Result<Value, StoreError> {
         let name = meta(obj, "name").unwrap_or_default();
-        if !name.is_empty() {
+        // RBAC objects are named by path segment (ValidateRBACName in
+        // pkg/apis/rbac/validation/validation.go): `system:discovery` is valid.
+        let rbac_name = t.group == crate::rbac::RBAC_GROUP;
+        if rbac_name && !crate::rbac::path_segment_name(&name) && !name.is_empty() {
+            return Err(StoreError::Invalid(
+                format!(
+                    "{} {name:?} is invalid: metadata.name: Invalid value: {name:?}: may not contain '/' or '%' or be '.' or '..'",
+                    Self::kind_group(t)
+                ),
+                vec![FieldError {
+                    reason: "FieldValueInvalid",
+                    field: "metadata.name".into(),
+                    message: "Invalid value".into(),
+                }],
+            ));
+        }
+        if !name.is_empty() && !rbac_name {
             let re = regex::Regex::new(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$").expect("regex");
             if name.len() > 253 || !re.is_match(&name) {
                 return Err(StoreError::Invalid(
