@@ -35,6 +35,24 @@ pub(crate) fn strings_at(v: &Value, pointer: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The user behind the request's bearer token: the admin, or a registered, unexpired
+/// service-account token. None is a 401.
+pub(crate) fn authenticate(inner: &Inner, headers: &HeaderMap) -> Option<UserInfo> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)?;
+    if token == inner.admin_token {
+        return Some(UserInfo::admin());
+    }
+    let tokens = inner.tokens.lock().ok()?;
+    let id = tokens.get(token)?;
+    id.expires_at
+        .is_none_or(|e| e > jiff::Timestamp::now())
+        .then(|| UserInfo::service_account(&id.namespace, &id.service_account))
+}
+
 pub(crate) fn token_review(inner: &Inner, mut review: Value) -> Value {
     let token = review
         .pointer("/spec/token")

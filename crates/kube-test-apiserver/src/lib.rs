@@ -18,6 +18,7 @@ mod lifecycle;
 mod paging;
 mod patch;
 mod protobuf;
+mod rbac;
 mod routes;
 mod schema;
 mod server;
@@ -30,6 +31,7 @@ mod watch;
 
 pub use auth::TokenIdentity;
 pub use faults::{Fault, FaultKind};
+pub use rbac::Access;
 pub use server::{ServerOptions, TestApiServer};
 pub use store::{Change, StoreError};
 
@@ -41,6 +43,7 @@ pub(crate) mod prelude {
     pub(crate) use crate::http::*;
     pub(crate) use crate::patch::*;
     pub(crate) use crate::protobuf;
+    pub(crate) use crate::rbac::{self, UserInfo};
     pub(crate) use crate::routes::*;
     pub(crate) use crate::server::*;
     pub(crate) use crate::store::{self, Change, DeleteOptions, State, StoreError, Sub};

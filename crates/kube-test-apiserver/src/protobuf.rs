@@ -1,6 +1,8 @@
 //! Just enough of the Kubernetes protobuf wire format to read what `kubectl create` sends for
 //! the simple built-ins tests create (Namespace, ServiceAccount, ConfigMap,
-//! TokenRequest). Anything else is answered with 415 so the client can send JSON.
+//! TokenRequest, the rbac.authorization.k8s.io/v1 kinds and the authorization.k8s.io/v1
+//! access reviews `kubectl auth can-i` sends). Anything else is answered with 415 so the
+//! client can send JSON.
 
 use serde_json::{Map, Value, json};
 
@@ -102,6 +104,139 @@ fn object_meta(b: &[u8]) -> Option<Value> {
     Some(Value::Object(m))
 }
 
+/// The strings of repeated field `n`.
+fn strings(fs: &[(u64, Field<'_>)], n: u64) -> Vec<String> {
+    fs.iter()
+        .filter(|(k, _)| *k == n)
+        .filter_map(|(_, f)| string(f))
+        .collect()
+}
+
+/// The first string of field `n`, if set.
+fn opt_string(fs: &[(u64, Field<'_>)], n: u64) -> Option<String> {
+    fs.iter()
+        .find(|(k, _)| *k == n)
+        .and_then(|(_, f)| string(f))
+}
+
+/// The decoded fields of every embedded message in repeated field `n`.
+fn messages<'a>(fs: &[(u64, Field<'a>)], n: u64) -> Vec<Vec<(u64, Field<'a>)>> {
+    fs.iter()
+        .filter(|(k, _)| *k == n)
+        .filter_map(|(_, f)| match f {
+            Field::Bytes(b) => fields(b),
+            Field::Varint(_) => None,
+        })
+        .collect()
+}
+
+/// Put the strings of `fields` (number, JSON key) into `v`, skipping unset ones.
+fn put_strings(v: &mut Value, fs: &[(u64, Field<'_>)], keys: &[(u64, &str)]) {
+    for (n, key) in keys {
+        if let Some(s) = opt_string(fs, *n) {
+            v[*key] = s.into();
+        }
+    }
+}
+
+// rbac.authorization.k8s.io/v1 (staging/src/k8s.io/api/rbac/v1/generated.proto).
+
+/// PolicyRule: verbs 1, apiGroups 2, resources 3, resourceNames 4, nonResourceURLs 5.
+fn policy_rule(fs: &[(u64, Field<'_>)]) -> Value {
+    let mut r = json!({"verbs": strings(fs, 1)});
+    for (n, key) in [
+        (2, "apiGroups"),
+        (3, "resources"),
+        (4, "resourceNames"),
+        (5, "nonResourceURLs"),
+    ] {
+        let v = strings(fs, n);
+        if !v.is_empty() {
+            r[key] = v.into();
+        }
+    }
+    r
+}
+
+/// LabelSelector (apimachinery meta/v1): matchLabels 1 (map), matchExpressions 2
+/// (LabelSelectorRequirement: key 1, operator 2, values 3).
+fn label_selector(fs: &[(u64, Field<'_>)]) -> Value {
+    let mut s = json!({});
+    if let Some(m) = string_map(fs, 1) {
+        s["matchLabels"] = m;
+    }
+    let exprs: Vec<Value> = messages(fs, 2)
+        .iter()
+        .map(|e| json!({"key": opt_string(e, 1), "operator": opt_string(e, 2), "values": strings(e, 3)}))
+        .collect();
+    if !exprs.is_empty() {
+        s["matchExpressions"] = exprs.into();
+    }
+    s
+}
+
+/// Subjects 2 (Subject: kind 1, apiGroup 2, name 3, namespace 4) and roleRef 3 (RoleRef:
+/// apiGroup 1, kind 2, name 3) of RoleBinding and ClusterRoleBinding.
+fn binding(v: &mut Value, obj: &[(u64, Field<'_>)]) {
+    let subjects: Vec<Value> = messages(obj, 2)
+        .iter()
+        .map(|s| {
+            let mut o = json!({});
+            put_strings(
+                &mut o,
+                s,
+                &[(1, "kind"), (2, "apiGroup"), (3, "name"), (4, "namespace")],
+            );
+            o
+        })
+        .collect();
+    if !subjects.is_empty() {
+        v["subjects"] = subjects.into();
+    }
+    if let Some(r) = messages(obj, 3).first() {
+        let mut o = json!({});
+        put_strings(&mut o, r, &[(1, "apiGroup"), (2, "kind"), (3, "name")]);
+        v["roleRef"] = o;
+    }
+}
+
+// authorization.k8s.io/v1 (staging/src/k8s.io/api/authorization/v1/generated.proto).
+
+/// SubjectAccessReviewSpec: resourceAttributes 1 (namespace 1, verb 2, group 3, version 4,
+/// resource 5, subresource 6, name 7), nonResourceAttributes 2 (path 1, verb 2), user 3,
+/// groups 4, uid 6. Also SelfSubjectAccessReviewSpec, which has fields 1 and 2 only.
+fn access_review_spec(fs: &[(u64, Field<'_>)]) -> Value {
+    let mut spec = json!({});
+    if let Some(ra) = messages(fs, 1).first() {
+        let mut o = json!({});
+        put_strings(
+            &mut o,
+            ra,
+            &[
+                (1, "namespace"),
+                (2, "verb"),
+                (3, "group"),
+                (4, "version"),
+                (5, "resource"),
+                (6, "subresource"),
+                (7, "name"),
+            ],
+        );
+        spec["resourceAttributes"] = o;
+    }
+    if let Some(nra) = messages(fs, 2).first() {
+        let mut o = json!({});
+        put_strings(&mut o, nra, &[(1, "path"), (2, "verb")]);
+        spec["nonResourceAttributes"] = o;
+    }
+    put_strings(&mut spec, fs, &[(3, "user"), (6, "uid")]);
+    let groups = strings(fs, 4);
+    if !groups.is_empty() {
+        spec["groups"] = groups.into();
+    }
+    spec
+}
+
 /// Decode a protobuf request body to JSON, for the kinds listed in the module docs.
 pub fn decode(body: &[u8]) -> Option<Value> {
     let unknown = fields(body.strip_prefix(MAGIC)?)?;
@@ -156,6 +291,24 @@ pub fn decode(body: &[u8]) -> Option<Value> {
                     json!({"kind": g(1), "apiVersion": g(2), "name": g(3), "uid": g(4)});
             }
             v["spec"] = s;
+        }
+        "Role" | "ClusterRole" => {
+            v["rules"] = messages(&obj, 2)
+                .iter()
+                .map(|r| policy_rule(r))
+                .collect::<Vec<_>>()
+                .into();
+            if let Some(agg) = messages(&obj, 3).first() {
+                let sels: Vec<Value> = messages(agg, 1).iter().map(|s| label_selector(s)).collect();
+                v["aggregationRule"] = json!({"clusterRoleSelectors": sels});
+            }
+        }
+        "RoleBinding" | "ClusterRoleBinding" => binding(&mut v, &obj),
+        "SubjectAccessReview" | "SelfSubjectAccessReview" | "LocalSubjectAccessReview" => {
+            v["spec"] = messages(&obj, 2)
+                .first()
+                .map(|s| access_review_spec(s))
+                .unwrap_or_else(|| json!({}));
         }
         _ => return None,
     }

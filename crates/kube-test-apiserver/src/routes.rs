@@ -73,23 +73,15 @@ pub(crate) async fn handle(
     if segs.first() == Some(&"_test") {
         return admin(&inner, &method, &segs[1..], &body);
     }
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let authed = match token {
-        Some(t) if t == inner.admin_token => true,
-        Some(t) => inner
-            .tokens
-            .lock()
-            .expect("lock")
-            .get(t)
-            .is_some_and(|id| id.expires_at.is_none_or(|e| e > jiff::Timestamp::now())),
-        None => false,
-    };
-    if !authed {
+    let Some(user) = authenticate(&inner, &headers) else {
         return status(401, "Unauthorized", "Unauthorized".into(), None);
+    };
+    let user = match rbac::impersonate(&inner, user, &headers) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if let Err(r) = rbac::authorize_request(&inner, &user, &method, uri.path(), &q) {
+        return r;
     }
     match segs.as_slice() {
         ["version"] => {
@@ -216,6 +208,10 @@ pub(crate) async fn handle(
             ),
             None,
         );
+    }
+    if verb == "create" && rbac::is_access_review(&target.group, &target.plural) {
+        let ns = target.namespace.as_deref();
+        return rbac::access_review(&inner, &user, &target.plural, ns, &headers, &body);
     }
     let crd_before = crd_state(&inner, verb, &target);
     let r = resource(&inner, &method, verb, target.clone(), &q, &headers, &body).await;
@@ -356,15 +352,6 @@ pub(crate) async fn resource(
     if rt.plural == "tokenreviews" && verb == "create" {
         return match parse_body(headers, body) {
             Ok(b) => ok_json(StatusCode::CREATED, &token_review(inner, b)),
-            Err(r) => r,
-        };
-    }
-    if rt.plural == "subjectaccessreviews" && verb == "create" {
-        return match parse_body(headers, body) {
-            Ok(mut b) => {
-                b["status"] = json!({"allowed": true, "reason": "test API server allows every authenticated request"});
-                ok_json(StatusCode::CREATED, &b)
-            }
             Err(r) => r,
         };
     }

@@ -25,6 +25,8 @@ pub(crate) struct Inner {
     /// Resource requests served, by (verb, resource[/subresource]), for tests that count the
     /// API calls a component makes.
     pub(crate) requests: Mutex<std::collections::BTreeMap<(String, String), u64>>,
+    /// RBAC enforcement switch and the allowed/denied records (rbac.rs).
+    pub(crate) rbac: rbac::Rbac,
 }
 
 /// The running server. Dropping it shuts it down.
@@ -51,17 +53,22 @@ impl TestApiServer {
         let inner = Arc::new(Inner {
             ca_pem: tls.ca_pem.clone(),
             ca_der: tls.ca_der.clone(),
-            state: Mutex::new(State::new(if opts.history == 0 {
-                100_000
-            } else {
-                opts.history
-            })),
+            state: Mutex::new({
+                let mut st = State::new(if opts.history == 0 {
+                    100_000
+                } else {
+                    opts.history
+                });
+                rbac::bootstrap(&mut st);
+                st
+            }),
             changes,
             admin_token: format!("admin-{}", uuid::Uuid::new_v4().simple()),
             tokens: Mutex::new(HashMap::new()),
             faults: Mutex::new(Vec::new()),
             close_watches: tokio::sync::watch::channel(0).0,
             requests: Mutex::default(),
+            rbac: rbac::Rbac::default(),
         });
         let (dir, kubeconfig) = match opts.kubeconfig {
             Some(p) => (None, p),
@@ -152,6 +159,57 @@ impl TestApiServer {
             .lock()
             .expect("lock")
             .insert(token.into(), identity);
+    }
+
+    /// A kube-rs client authenticated as service account `namespace/name`: registers a fresh
+    /// token for it (no expiry, the API server's audience). Its requests are authorized by
+    /// RBAC against the Roles and bindings in the store.
+    pub async fn service_account_client(&self, namespace: &str, name: &str) -> kube::Client {
+        let token = format!("sa-{}", uuid::Uuid::new_v4().simple());
+        self.add_token(
+            &token,
+            TokenIdentity {
+                namespace: namespace.into(),
+                service_account: name.into(),
+                pod_name: None,
+                pod_uid: None,
+                audiences: Vec::new(),
+                expires_at: None,
+            },
+        );
+        let mut cfg = kube::Config::new(self.url().parse().expect("url"));
+        cfg.root_cert = Some(vec![self.inner.ca_der.clone()]);
+        cfg.auth_info.token = Some(token.into());
+        cfg.default_namespace = namespace.into();
+        kube::Client::try_from(cfg).expect("client")
+    }
+
+    /// Whether RBAC denials of service-account requests are enforced (default: on). Off,
+    /// every authenticated request is served but denials are still recorded in
+    /// [`TestApiServer::rbac_denials`], to learn what a component would need.
+    pub fn set_rbac_enforced(&self, enforced: bool) {
+        self.inner.rbac.set_enforced(enforced);
+    }
+
+    /// What RBAC allowed so far, by user name (`system:serviceaccount:<ns>:<name>`). Only
+    /// users RBAC decides for are recorded (the admin, in `system:masters`, is not);
+    /// access reviews are not recorded.
+    pub fn rbac_usage(
+        &self,
+    ) -> std::collections::BTreeMap<String, std::collections::BTreeSet<crate::Access>> {
+        self.inner.rbac.usage()
+    }
+
+    /// What RBAC denied so far (or would have, with enforcement off), by user name.
+    pub fn rbac_denials(
+        &self,
+    ) -> std::collections::BTreeMap<String, std::collections::BTreeSet<crate::Access>> {
+        self.inner.rbac.denials()
+    }
+
+    /// Forget the records of [`TestApiServer::rbac_usage`] and [`TestApiServer::rbac_denials`].
+    pub fn clear_rbac_records(&self) {
+        self.inner.rbac.clear();
     }
 
     /// Inject a fault.

@@ -262,5 +262,18 @@ pub fn builtins() -> Vec<ResType> {
     );
     sar.create_only = true;
     v.push(sar);
+    // Answered by the RBAC authorizer (rbac.rs).
+    for (plural, kind, namespaced) in [
+        ("selfsubjectaccessreviews", "SelfSubjectAccessReview", false),
+        (
+            "localsubjectaccessreviews",
+            "LocalSubjectAccessReview",
+            true,
+        ),
+    ] {
+        let mut r = ResType::builtin("authorization.k8s.io", "v1", plural, kind, namespaced, &[]);
+        r.create_only = true;
+        v.push(r);
+    }
     v
 }
