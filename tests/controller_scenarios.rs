@@ -48,7 +48,10 @@ impl Write for Capture {
 
 struct World {
     server: TestApiServer,
+    /// Admin: what the test itself does.
     client: kube::Client,
+    /// The controller's ServiceAccount under the chart's RBAC: what the controller uses.
+    controller: kube::Client,
     clock: Arc<ManualClock>,
     keyring: Keyring,
     trigger: Vec<tokio::sync::mpsc::UnboundedSender<()>>,
@@ -61,12 +64,14 @@ const T0: i64 = 1_800_000_000;
 async fn world() -> World {
     logs();
     let (server, client) = fixture::cluster().await;
+    let controller = fixture::rbac::controller_client(&server).await;
     let keyring = Keyring::new(Arc::new(
         LocalKek::in_memory("scenario", SecretBytes::random(32), Algorithm::Aes256Kwp).unwrap(),
     ));
     World {
         server,
         client,
+        controller,
         clock: Arc::new(ManualClock::new(Timestamp::from_second(T0).unwrap())),
         keyring,
         trigger: vec![],
@@ -81,13 +86,14 @@ impl World {
     fn ctx(&self, instance: &str) -> (Arc<Context>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let mut ctx = Context::new(
-            self.client.clone(),
+            self.controller.clone(),
             self.keyring.clone(),
             metrics.clone(),
             self.clock.clone(),
             Some(instance.into()),
         );
         ctx.max_requeue = Duration::from_secs(2);
+        ctx.sweep_interval = Duration::from_secs(1);
         ctx.storage = self.storage.clone();
         (Arc::new(ctx), metrics)
     }
@@ -268,7 +274,7 @@ async fn two_replicas_only_the_leader_acts() {
     let (b, mb) = w.ctx("replica-b");
     let lease = |id: &str| LeaseConfig {
         name: "keyward-controller".into(),
-        namespace: "default".into(),
+        namespace: "keyward-system".into(),
         identity: id.into(),
         seconds: 5,
     };
@@ -358,8 +364,8 @@ async fn kek_rotation_rewraps_every_version_in_the_background() {
     let mut w = world().await;
     // The local backend on a Secret in the API server, as in production.
     let kek = LocalKek::from_secret(
-        w.client.clone(),
-        "default",
+        w.controller.clone(),
+        "keyward-system",
         "keyward-root-key",
         Algorithm::Aes256Kwp,
     )
@@ -544,7 +550,7 @@ async fn edited_or_rolled_back_storage_is_refused_and_reported() {
     );
     w.advance(SignedDuration::from_hours(24 * 31));
     w.wait("k", "v2", |k| current(k) == 2).await;
-    let source = ApiKeySource::new(w.client.clone(), w.storage.clone());
+    let source = ApiKeySource::new(w.controller.clone(), w.storage.clone());
     assert!(source.get("default", "k").await.unwrap().is_some());
     let latest = secrets.get(&name).await.unwrap();
 
@@ -659,4 +665,126 @@ async fn a_253_character_name_gets_versions() {
         .await;
     w.wait(&name, "first version", |k| current(k) == 1).await;
     assert_eq!(w.versions_in_secret(&name).await, vec![1]);
+}
+
+/// The chart's RBAC grants the controller exactly what it uses: every (verb, resource) of the
+/// rendered ClusterRole and Role is exercised here by the controller, its key service and its
+/// local KEK backend running as the chart's ServiceAccount under enforced RBAC, none is
+/// refused, and nothing is used that the chart does not grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_rbac_grants_the_controller_exactly_what_it_uses() {
+    use keyward::keyservice::{ApiKeySource, KeySource, KubeTokenReviewer, TokenReviewer};
+    let mut w = world().await;
+    // The local KEK backend on its Secret in the release namespace (create, get; update on
+    // a KEK rotation).
+    let kek = LocalKek::from_secret(
+        w.controller.clone(),
+        "keyward-system",
+        "keyward-root-key",
+        Algorithm::Aes256Kwp,
+    )
+    .await
+    .unwrap();
+    w.keyring = Keyring::new(Arc::new(kek));
+    // One replica, leader-elected through the chart's Lease.
+    let (ctx, _) = w.ctx("replica-a");
+    tokio::spawn(run_leader_elected(
+        ctx,
+        LeaseConfig {
+            name: "keyward-controller".into(),
+            namespace: "keyward-system".into(),
+            identity: "replica-a".into(),
+            seconds: 5,
+        },
+        std::future::pending(),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    w.apply(POLICY).await;
+    w.apply(KEY).await;
+    w.wait("k", "v1", |k| current(k) == 1).await;
+    // Two rotations: the second rotation Event is a series update (patch).
+    for (i, r) in ["r1", "r2"].into_iter().enumerate() {
+        Api::<ManagedKey>::namespaced(w.client.clone(), "default")
+            .patch(
+                "k",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"keyward.io/rotate-now": r}}})),
+            )
+            .await
+            .unwrap();
+        w.wait("k", "rotated", |k| current(k) == i as u32 + 2).await;
+    }
+    // The key service: reads a key and its storage, reviews a pod's token.
+    let source = ApiKeySource::new(w.controller.clone(), w.storage.clone());
+    assert!(source.get("default", "k").await.unwrap().is_some());
+    w.server.add_token(
+        "pod-token",
+        kube_test_apiserver::TokenIdentity {
+            namespace: "default".into(),
+            service_account: "app".into(),
+            pod_name: None,
+            pod_uid: None,
+            audiences: vec!["keyward".into()],
+            expires_at: None,
+        },
+    );
+    let id = KubeTokenReviewer::new(w.controller.clone())
+        .review("pod-token", Some("keyward"))
+        .await
+        .unwrap();
+    assert_eq!(id.service_account, "app");
+    // A KEK rotation (update of the root-key Secret).
+    w.keyring.primary().rotate().await.unwrap();
+    // A scheduled deletion runs out: the controller deletes the object, its clean-up the
+    // storage.
+    w.apply(
+        "apiVersion: keyward.io/v1alpha1\nkind: ManagedKey\nmetadata: {name: gone, namespace: default}\nspec: {policyRef: {name: monthly}, deletion: {scheduled: true}}\n",
+    )
+    .await;
+    w.wait("gone", "pending deletion", |k| {
+        k.status
+            .as_ref()
+            .is_some_and(|s| s.pending_deletion.is_some() && s.storage_generation.is_some())
+    })
+    .await;
+    let gone_uid = Api::<ManagedKey>::namespaced(w.client.clone(), "default")
+        .get("gone")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    w.clock.advance(SignedDuration::from_hours(24 * 8));
+    let secrets = Api::<Secret>::namespaced(w.client.clone(), "keyward-system");
+    let storage = keyward::storage::secret_name(&gone_uid);
+    for i in 0.. {
+        let obj = Api::<ManagedKey>::namespaced(w.client.clone(), "default")
+            .get_opt("gone")
+            .await
+            .unwrap();
+        if obj.is_none() && secrets.get_opt(&storage).await.unwrap().is_none() {
+            break;
+        }
+        assert!(i < 300, "scheduled deletion did not finish: {obj:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let user = format!(
+        "system:serviceaccount:keyward-system:{}",
+        fixture::rbac::CONTROLLER_SA
+    );
+    let denied = w.server.rbac_denials().remove(&user).unwrap_or_default();
+    assert!(denied.is_empty(), "the chart's RBAC refused: {denied:?}");
+    let used: std::collections::BTreeSet<(String, String, String)> = w
+        .server
+        .rbac_usage()
+        .remove(&user)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (a.verb, a.group, a.resource))
+        .collect();
+    let granted = fixture::rbac::granted_to_controller();
+    let unused: Vec<_> = granted.difference(&used).collect();
+    assert!(unused.is_empty(), "granted but never used: {unused:?}");
+    let ungranted: Vec<_> = used.difference(&granted).collect();
+    assert!(ungranted.is_empty(), "used without a grant: {ungranted:?}");
 }

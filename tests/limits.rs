@@ -170,7 +170,7 @@ async fn a_key_with_a_253_character_name_is_stored_served_and_reported() {
 const ROTATIONS: u32 = 300;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_thousand_rotations_keep_rotating_and_storage_small() {
+async fn hundreds_of_rotations_keep_rotating_and_storage_small() {
     let (stack, clock) = stack().await;
     let keys: Api<ManagedKey> = Api::namespaced(stack.client.clone(), "default");
     apply(
