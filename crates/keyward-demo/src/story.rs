@@ -176,11 +176,42 @@ impl World {
         }
     }
 
+    /// A kubeconfig for the controller's ServiceAccount (a TokenRequest token, as the pod's
+    /// projected token), so the controller runs with exactly the chart's RBAC.
+    fn controller_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("controller.kubeconfig");
+        if path.exists() {
+            return Ok(path);
+        }
+        let token = self.kubectl(&[
+            "create",
+            "token",
+            "keyward-controller",
+            "-n",
+            "keyward-system",
+            "--duration",
+            "24h",
+        ])?;
+        let ca = self.dir.path().join("apiserver-ca.pem");
+        std::fs::write(&ca, self.server.ca_pem())?;
+        let config = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "controller",
+            "clusters": [{"name": "test", "cluster": {
+                "server": self.server.url(), "certificate-authority": ca}}],
+            "users": [{"name": "keyward-controller", "user": {"token": token.trim()}}],
+            "contexts": [{"name": "controller", "context": {
+                "cluster": "test", "user": "keyward-controller", "namespace": "keyward-system"}}],
+        });
+        std::fs::write(&path, serde_json::to_vec(&config)?)?;
+        Ok(path)
+    }
+
     fn start_controller(&mut self) -> anyhow::Result<()> {
+        let kubeconfig = self.controller_kubeconfig()?;
         let mut cmd = Command::new(&self.opts.bin);
         cmd.arg("controller")
             .args(&self.controller_args)
-            .env("KUBECONFIG", self.server.kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info");
         self.procs.push(Proc::spawn("controller", cmd)?);
         Ok(())
@@ -327,13 +358,13 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     w.say("install keyward's CRDs and a namespace for the controller");
     w.show(&["apply", "-f", &repo.join("crds").to_string_lossy()])?;
     w.show(&["create", "namespace", "keyward-system"])?;
-    w.show(&[
-        "create",
-        "serviceaccount",
-        "keyward-csi-provider",
-        "-n",
-        "keyward-system",
-    ])?;
+    w.say("install the chart's ServiceAccounts and RBAC (what `helm install` creates)");
+    let rbac = w.python(&["tests/py/render_rbac.py", "keyward-system"])?;
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List",
+        "items": serde_json::from_str::<Value>(&rbac)?});
+    let rbac_file = w.dir.path().join("rbac.json");
+    std::fs::write(&rbac_file, serde_json::to_vec(&list)?)?;
+    w.show(&["apply", "-f", &rbac_file.to_string_lossy()])?;
     w.show(&["create", "serviceaccount", "payments", "-n", "default"])?;
     w.show(&["create", "serviceaccount", "intruder", "-n", "default"])?;
 
@@ -365,7 +396,9 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
             .to_string_lossy()
             .into_owned(),
     ];
-    w.say("start the real controller (embeds the key service, TLS on loopback)");
+    w.say(
+        "start the real controller as its ServiceAccount (embeds the key service, TLS on loopback)",
+    );
     w.start_controller()?;
 
     let provider_token = w.kubectl(&[
