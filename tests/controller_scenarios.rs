@@ -788,3 +788,117 @@ async fn chart_rbac_grants_the_controller_exactly_what_it_uses() {
     let ungranted: Vec<_> = used.difference(&granted).collect();
     assert!(ungranted.is_empty(), "used without a grant: {ungranted:?}");
 }
+
+/// A tenant with the built-in `edit` role in a key's namespace (keyward's kinds reach it by
+/// the chart's aggregated ClusterRole) manages the key but can neither read nor change its
+/// storage, the root key or its status: every attempt is the real 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_edit_cannot_read_or_change_key_storage() {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let mut w = world().await;
+    w.start();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "tenant-edit", "namespace": "default"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": "default"}]
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(w.client.clone(), "default")
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let tenant = w.server.service_account_client("default", "tenant").await;
+    // The tenant declares the policy and the key and asks for a rotation: that is its job.
+    let pp = PatchParams::apply("tenant");
+    let policy: serde_json::Value = serde_yaml_ng::from_str(POLICY).unwrap();
+    Api::<RotationPolicy>::namespaced(tenant.clone(), "default")
+        .patch("monthly", &pp, &Patch::Apply(policy))
+        .await
+        .unwrap();
+    let key: serde_json::Value = serde_yaml_ng::from_str(KEY).unwrap();
+    let keys = Api::<ManagedKey>::namespaced(tenant.clone(), "default");
+    keys.patch("k", &pp, &Patch::Apply(key)).await.unwrap();
+    w.wait("k", "v1", |k| current(k) == 1).await;
+    keys.patch(
+        "k",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"keyward.io/rotate-now": "t1"}}})),
+    )
+    .await
+    .unwrap();
+    let k = w.wait("k", "v2", |k| current(k) == 2).await;
+    let storage = keyward::storage::secret_name(&k.uid().unwrap());
+
+    let forbidden = |r: Result<_, kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(s)) if s.code == 403 => s.message,
+        Err(e) => panic!("{what}: expected 403, got {e}"),
+        Ok(_) => panic!("{what}: allowed"),
+    };
+    let user = "User \"system:serviceaccount:default:tenant\"";
+    let secrets = Api::<Secret>::namespaced(tenant.clone(), "keyward-system");
+    let m = forbidden(secrets.get(&storage).await.map(|_| ()), "get storage");
+    assert_eq!(
+        m,
+        format!(
+            "secrets \"{storage}\" is forbidden: {user} cannot get resource \"secrets\" in API group \"\" in the namespace \"keyward-system\""
+        )
+    );
+    forbidden(
+        secrets.list(&Default::default()).await.map(|_| ()),
+        "list storage",
+    );
+    forbidden(
+        secrets.get("keyward-state-mac-key").await.map(|_| ()),
+        "get the state MAC key",
+    );
+    let copy = Api::<Secret>::namespaced(w.client.clone(), "keyward-system")
+        .get(&storage)
+        .await
+        .unwrap();
+    forbidden(
+        secrets
+            .replace(&storage, &PostParams::default(), &copy)
+            .await
+            .map(|_| ()),
+        "replace storage",
+    );
+    forbidden(
+        secrets
+            .delete(&storage, &Default::default())
+            .await
+            .map(|_| ()),
+        "delete storage",
+    );
+    forbidden(
+        Api::<Secret>::all(tenant.clone())
+            .list(&Default::default())
+            .await
+            .map(|_| ()),
+        "list Secrets cluster-wide",
+    );
+    // Status (where the controller records the storage generation) is the controller's.
+    forbidden(
+        keys.patch_status(
+            "k",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"storageGeneration": 0}})),
+        )
+        .await
+        .map(|_| ()),
+        "patch status",
+    );
+    // Its own namespace's Secrets (edit allows them) hold nothing of keyward's.
+    let own = Api::<Secret>::namespaced(tenant, "default")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(
+        own.items
+            .iter()
+            .all(|s| s.type_.as_deref() != Some(keyward::storage::SECRET_TYPE)),
+        "no key storage in the tenant's namespace"
+    );
+    // And the key still serves version 2, untouched.
+    assert_eq!(current(&w.wait("k", "still v2", |_| true).await), 2);
+    assert_eq!(w.versions_in_secret("k").await, vec![1, 2]);
+}

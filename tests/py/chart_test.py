@@ -421,8 +421,23 @@ check(not any(tenant.values()) and not any(can(dds, ctl, v, "", "secrets", None)
 own = {v: can(dds, ctl, v, "", "secrets", NS) for v in verbs}
 check(own == {"get": True, "list": True, "watch": True, "create": True, "update": True, "patch": False, "delete": True, "deletecollection": False},
       f"controller: Secrets in its own namespace get/list/watch/create/update/delete, never patch/deletecollection ({own})")
-cr = one(dds, "ClusterRole")
-check(not [rule for rule in cr["rules"] if "secrets" in rule["resources"]], "controller: no ClusterRole rule on Secrets")
+check(not [rule for _, cr in dds if cr["kind"] == "ClusterRole" for rule in cr["rules"] if "secrets" in rule["resources"]],
+      "no ClusterRole rule on Secrets")
+# Namespace users: the built-in edit/admin/view roles gain keyward's kinds by aggregation,
+# never their status and nothing else.
+agg = {d["metadata"]["name"]: d for _, d in dds if d["kind"] == "ClusterRole" and any(
+    k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in d["metadata"].get("labels", {}))}
+edit, view = agg.get(f"{REL}-edit"), agg.get(f"{REL}-view")
+check(edit is not None and view is not None and len(agg) == 2, f"aggregated roles for edit/admin and view ({sorted(agg)})")
+if edit and view:
+    lab = lambda d: {k for k, v in d["metadata"]["labels"].items() if k.startswith("rbac.authorization.k8s.io/") and v == "true"}
+    check(lab(edit) == {"rbac.authorization.k8s.io/aggregate-to-edit", "rbac.authorization.k8s.io/aggregate-to-admin"}
+          and lab(view) == {"rbac.authorization.k8s.io/aggregate-to-view"}, "aggregation labels: edit+admin, view")
+    res = {r for d in (edit, view) for rule in d["rules"] for r in rule["resources"]}
+    check(res == {"managedkeys", "rotationpolicies"} and all(rule["apiGroups"] == ["keyward.io"] for d in (edit, view) for rule in d["rules"]),
+          f"aggregated roles cover keyward's kinds only, never status ({res})")
+    check({v for rule in view["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}, "view: read only")
+    check(not [b for _, b in dds if b["kind"].endswith("Binding") and b["roleRef"]["name"] in agg], "aggregated roles are bound to nobody by the chart")
 check(can(dds, ctl, "patch", "coordination.k8s.io", "leases", NS, "keyward-controller") and not can(dds, ctl, "patch", "coordination.k8s.io", "leases", "default", "keyward-controller")
       and not can(dds, ctl, "patch", "coordination.k8s.io", "leases", NS, "other"), "controller: only its own Lease, only in its namespace")
 check(can(dds, ctl, "create", "authentication.k8s.io", "tokenreviews") and can(dds, ctl, "create", "events.k8s.io", "events", "default")
