@@ -1,5 +1,5 @@
 //! Just enough of the Kubernetes protobuf wire format to read what `kubectl create` sends for
-//! the simple built-ins tests create (Namespace, ServiceAccount, ConfigMap,
+//! the simple built-ins tests create (Namespace, ServiceAccount, ConfigMap, Secret,
 //! TokenRequest, the rbac.authorization.k8s.io/v1 kinds and the authorization.k8s.io/v1
 //! access reviews `kubectl auth can-i` sends). Anything else is answered with 415 so the
 //! client can send JSON.
@@ -80,6 +80,42 @@ fn string_map(fs: &[(u64, Field<'_>)], n: u64) -> Option<Value> {
         }
     }
     (!m.is_empty()).then_some(Value::Object(m))
+}
+
+/// A `map<string, bytes>` field as JSON: values base64, as the JSON form of `[]byte`.
+fn bytes_map(fs: &[(u64, Field<'_>)], n: u64) -> Option<Value> {
+    use base64::Engine;
+    let mut m = Map::new();
+    for (_, f) in fs.iter().filter(|(k, _)| *k == n) {
+        if let Field::Bytes(b) = f {
+            let entry = fields(b)?;
+            let key = entry
+                .iter()
+                .find(|(k, _)| *k == 1)
+                .and_then(|(_, f)| string(f))?;
+            let value = entry
+                .iter()
+                .find_map(|(k, f)| match (k, f) {
+                    (2, Field::Bytes(v)) => Some(*v),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            m.insert(
+                key,
+                base64::engine::general_purpose::STANDARD
+                    .encode(value)
+                    .into(),
+            );
+        }
+    }
+    (!m.is_empty()).then_some(Value::Object(m))
+}
+
+fn varint_field(fs: &[(u64, Field<'_>)], n: u64) -> Option<u64> {
+    fs.iter().find_map(|(k, f)| match f {
+        Field::Varint(v) if *k == n => Some(*v),
+        _ => None,
+    })
 }
 
 fn object_meta(b: &[u8]) -> Option<Value> {
@@ -263,9 +299,36 @@ pub fn decode(body: &[u8]) -> Option<Value> {
     let mut v = json!({"apiVersion": api_version, "kind": kind, "metadata": meta.unwrap_or_else(|| json!({}))});
     match kind.as_str() {
         "Namespace" | "ServiceAccount" => {}
+        // core/v1 generated.proto: ConfigMap data 2, binaryData 3, immutable 4.
         "ConfigMap" => {
             if let Some(d) = string_map(&obj, 2) {
                 v["data"] = d;
+            }
+            if let Some(d) = bytes_map(&obj, 3) {
+                v["binaryData"] = d;
+            }
+            if let Some(i) = varint_field(&obj, 4) {
+                v["immutable"] = (i != 0).into();
+            }
+        }
+        // Secret: data 2 (bytes), type 3, stringData 4, immutable 5.
+        "Secret" => {
+            if let Some(d) = bytes_map(&obj, 2) {
+                v["data"] = d;
+            }
+            if let Some(t) = obj
+                .iter()
+                .find(|(k, _)| *k == 3)
+                .and_then(|(_, f)| string(f))
+                .filter(|t| !t.is_empty())
+            {
+                v["type"] = t.into();
+            }
+            if let Some(d) = string_map(&obj, 4) {
+                v["stringData"] = d;
+            }
+            if let Some(i) = varint_field(&obj, 5) {
+                v["immutable"] = (i != 0).into();
             }
         }
         "TokenRequest" => {

@@ -830,3 +830,56 @@ async fn namespace_finalizers_change_only_through_finalize() {
         .unwrap();
     assert!(nss.get_opt("stuck").await.unwrap().is_none());
 }
+
+/// `kubectl create secret` and `create configmap --from-file` send protobuf bodies (bytes
+/// maps): decoded to the same objects as their JSON forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_creates_secrets_and_binary_configmaps_over_protobuf() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let s = TestApiServer::start().await.unwrap();
+    let c = s.client().await;
+    let (ok, out) = kubectl(
+        &s,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "--from-literal=user=admin",
+            "--from-literal=pass=s3cr3t",
+            "--type=example.com/basic",
+        ],
+    );
+    assert!(ok, "{out}");
+    let sec = Api::<Secret>::namespaced(c.clone(), "default")
+        .get("creds")
+        .await
+        .unwrap();
+    assert_eq!(sec.type_.as_deref(), Some("example.com/basic"));
+    let data = sec.data.unwrap();
+    assert_eq!(data["user"].0, b"admin");
+    assert_eq!(data["pass"].0, b"s3cr3t");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("blob");
+    std::fs::write(&bin, [0u8, 159, 146, 150, 255]).unwrap();
+    let (ok, out) = kubectl(
+        &s,
+        &[
+            "create",
+            "configmap",
+            "mixed",
+            "--from-literal=a=b",
+            &format!("--from-file=blob={}", bin.display()),
+        ],
+    );
+    assert!(ok, "{out}");
+    let cm = Api::<ConfigMap>::namespaced(c, "default")
+        .get("mixed")
+        .await
+        .unwrap();
+    assert_eq!(cm.data.unwrap()["a"], "b");
+    assert_eq!(
+        cm.binary_data.unwrap()["blob"].0,
+        vec![0u8, 159, 146, 150, 255]
+    );
+}
