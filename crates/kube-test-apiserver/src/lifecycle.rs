@@ -1,8 +1,9 @@
 //! The controllers a real cluster runs beside the apiserver whose work tests observe through
 //! the API: the garbage collector (owner references, `orphan` and `foregroundDeletion`) and the
-//! namespace controller (emptying a Terminating namespace). Here they run synchronously inside
-//! the store, after every update and delete, until neither has anything left to do; in a real
-//! cluster they are eventually consistent.
+//! namespace controller (emptying a Terminating namespace). By default they run synchronously
+//! inside the store, after every update and delete, until neither has anything left to do; with
+//! `ServerOptions::controllers_delay` they run that long after the write instead, as the
+//! eventually consistent controllers of a real cluster do.
 
 use crate::store::{
     Change, DeleteOptions, Propagation, State, TypeKey, finalizers, is_deleting, meta,
@@ -48,6 +49,16 @@ fn owner_refs(o: &Value) -> Vec<Value> {
 }
 
 impl State {
+    /// After a write: run the controllers now, or (with a delay configured) mark their work
+    /// as due for [`run_delayed`].
+    pub(crate) fn settle_or_schedule(&mut self) -> Vec<Arc<Change>> {
+        if self.controllers_delay.is_some() {
+            self.settle_due.get_or_insert_with(std::time::Instant::now);
+            return Vec::new();
+        }
+        self.settle()
+    }
+
     /// Run the emulated controllers until they are idle; returns their changes.
     pub(crate) fn settle(&mut self) -> Vec<Arc<Change>> {
         let mut all = Vec::new();
@@ -310,5 +321,36 @@ impl State {
             }
         }
         out
+    }
+}
+
+/// The delayed controllers' loop (only with [`crate::ServerOptions::controllers_delay`]): work
+/// marked due by a write runs `delay` later, so tests see what a real cluster shows between a
+/// write and the garbage collector's or namespace controller's reaction (dependents still
+/// present, a namespace still holding content). Ends when the server is dropped.
+pub(crate) async fn run_delayed(
+    inner: std::sync::Weak<crate::server::Inner>,
+    delay: std::time::Duration,
+) {
+    let tick = (delay / 4).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_millis(250),
+    );
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let changes = {
+            let mut st = inner.state.lock().expect("lock");
+            match st.settle_due {
+                Some(since) if since.elapsed() >= delay => {
+                    st.settle_due = None;
+                    st.settle()
+                }
+                _ => continue,
+            }
+        };
+        crate::routes::publish(&inner, changes);
     }
 }

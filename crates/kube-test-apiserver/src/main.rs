@@ -15,6 +15,10 @@ struct Args {
     /// Write the kubeconfig here.
     #[arg(long, default_value = "test-apiserver-kubeconfig")]
     kubeconfig: PathBuf,
+    /// Run the garbage collector and namespace controller this many milliseconds after the
+    /// write that gives them work (default: inside that write).
+    #[arg(long)]
+    controllers_delay_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -24,6 +28,9 @@ async fn main() -> anyhow::Result<()> {
         port: Some(args.port),
         kubeconfig: Some(args.kubeconfig.clone()),
         history: 0,
+        controllers_delay: args
+            .controllers_delay_ms
+            .map(std::time::Duration::from_millis),
     })
     .await?;
     println!(

@@ -11,6 +11,9 @@ pub struct ServerOptions {
     pub kubeconfig: Option<PathBuf>,
     /// Watch history length in changes (0 = default 100,000).
     pub history: usize,
+    /// Run the garbage collector and namespace controller this long after the write that gave
+    /// them work (None: synchronously, inside that write), to reproduce their asynchrony.
+    pub controllers_delay: Option<Duration>,
 }
 
 pub(crate) struct Inner {
@@ -60,6 +63,7 @@ impl TestApiServer {
                     opts.history
                 });
                 rbac::bootstrap(&mut st);
+                st.controllers_delay = opts.controllers_delay;
                 st
             }),
             changes,
@@ -70,6 +74,9 @@ impl TestApiServer {
             requests: Mutex::default(),
             rbac: rbac::Rbac::default(),
         });
+        if let Some(delay) = opts.controllers_delay {
+            tokio::spawn(crate::lifecycle::run_delayed(Arc::downgrade(&inner), delay));
+        }
         let (dir, kubeconfig) = match opts.kubeconfig {
             Some(p) => (None, p),
             None => {

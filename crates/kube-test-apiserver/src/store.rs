@@ -182,6 +182,12 @@ pub struct State {
     pub history_cap: usize,
     /// Snapshots behind the continue tokens of paginated lists.
     pub(crate) pages: crate::paging::Snapshots,
+    /// When set, the emulated controllers (garbage collector, namespace controller) run this
+    /// long after the write that gave them work instead of inside it
+    /// ([`crate::ServerOptions::controllers_delay`]).
+    pub(crate) controllers_delay: Option<std::time::Duration>,
+    /// Since when the delayed controllers have had work waiting.
+    pub(crate) settle_due: Option<std::time::Instant>,
 }
 
 pub(crate) fn now() -> String {
@@ -334,6 +340,8 @@ impl State {
             history: VecDeque::new(),
             history_cap,
             pages: Default::default(),
+            controllers_delay: None,
+            settle_due: None,
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
@@ -744,7 +752,7 @@ impl State {
             return Ok((cur, vec![]));
         }
         let (out, mut changes) = self.put_or_remove(t, ns, name, next)?;
-        changes.extend(self.settle());
+        changes.extend(self.settle_or_schedule());
         Ok((out, changes))
     }
 
@@ -799,7 +807,7 @@ impl State {
         opts: &DeleteOptions,
     ) -> Result<(Value, Vec<Arc<Change>>), StoreError> {
         let (out, mut changes) = self.delete_one(t, ns, name, opts)?;
-        changes.extend(self.settle());
+        changes.extend(self.settle_or_schedule());
         Ok((out, changes))
     }
 

@@ -883,3 +883,81 @@ async fn kubectl_creates_secrets_and_binary_configmaps_over_protobuf() {
         vec![0u8, 159, 146, 150, 255]
     );
 }
+
+/// With `controllers_delay`, the garbage collector and namespace controller act after the
+/// write, as in a real cluster: a background-deleted owner's dependent and a Terminating
+/// namespace's content are still there when the DELETE has been answered, and go once the
+/// delay has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_controllers_reproduce_eventual_consistency() {
+    let s = TestApiServer::start_with(kube_test_apiserver::ServerOptions {
+        controllers_delay: Some(std::time::Duration::from_millis(600)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = s.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let owner = cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "owner"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let dep: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {
+        "name": "dep",
+        "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+                             "uid": owner.uid().unwrap()}]}}))
+    .unwrap();
+    cms.create(&PostParams::default(), &dep).await.unwrap();
+    cms.delete("owner", &DeleteParams::background())
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(
+        cms.get_opt("dep").await.unwrap().is_some(),
+        "collected at once"
+    );
+    while cms.get_opt("dep").await.unwrap().is_some() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never collected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    // A namespace: Terminating with its content until the namespace controller runs.
+    let nss: Api<Namespace> = Api::all(c.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": "team"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let team: Api<ConfigMap> = Api::namespaced(c.clone(), "team");
+    team.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": "cfg"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    nss.delete("team", &DeleteParams::default()).await.unwrap();
+    let ns = nss.get("team").await.unwrap();
+    assert_eq!(
+        ns.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    assert!(team.get_opt("cfg").await.unwrap().is_some());
+    let t0 = std::time::Instant::now();
+    while nss.get_opt("team").await.unwrap().is_some() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "namespace never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(team.get_opt("cfg").await.unwrap().is_none());
+}
