@@ -1,5 +1,8 @@
 //! The test API server against real clients: kube-rs (client and runtime) and kubectl.
 
+mod common;
+use common::kubectl;
+
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -11,7 +14,6 @@ use kube_test_apiserver::{Fault, TestApiServer, TokenIdentity};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::process::Command;
 use std::time::Duration;
 
 /// A sample CRD.
@@ -59,23 +61,6 @@ fn widget(name: &str, size: i32) -> Widget {
     let mut w = Widget::new(name, WidgetSpec { size, color: None });
     w.meta_mut().namespace = Some("default".into());
     w
-}
-
-fn kubectl(s: &TestApiServer, args: &[&str]) -> (bool, String) {
-    let o = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig_path())
-        .args(args)
-        .output()
-        .expect("kubectl installed");
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
 }
 
 #[tokio::test]

@@ -1,5 +1,8 @@
 //! RBAC enforcement for service-account callers, with kube-rs and kubectl.
 
+mod common;
+use common::kubectl;
+
 use futures::StreamExt;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
@@ -8,7 +11,6 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchParams};
 use kube_test_apiserver::{Access, TestApiServer, TokenIdentity};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use std::process::Command;
 
 const SA_USER: &str = "system:serviceaccount:app:sa";
 
@@ -95,23 +97,6 @@ fn access(verb: &str, group: &str, resource: &str, ns: &str) -> Access {
         resource: resource.into(),
         namespace: ns.into(),
     }
-}
-
-fn kubectl(s: &TestApiServer, args: &[&str]) -> (bool, String) {
-    let o = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig_path())
-        .args(args)
-        .output()
-        .expect("kubectl installed");
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
 }
 
 #[tokio::test]

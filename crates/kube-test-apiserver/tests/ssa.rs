@@ -1,6 +1,9 @@
 //! Server-side apply and managed fields against real clients: kube-rs, kubectl and
 //! kube-lease-manager (which relies on apply conflicts to elect one holder).
 
+mod common;
+use common::kubectl;
+
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -10,7 +13,6 @@ use kube_test_apiserver::TestApiServer;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A CRD with a status subresource.
@@ -459,23 +461,6 @@ async fn status_subresource_has_its_own_managers() {
             .unwrap_err(),
     );
     assert_eq!(e.code, 404);
-}
-
-fn kubectl(s: &TestApiServer, args: &[&str]) -> (bool, String) {
-    let o = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig_path())
-        .args(args)
-        .output()
-        .expect("kubectl installed");
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
 }
 
 // kubectl blocks a thread while the server answers it: two workers.

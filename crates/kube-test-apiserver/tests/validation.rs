@@ -1,6 +1,9 @@
 //! The real apiserver's validations (src/validation.rs) against kube-rs, raw HTTP and kubectl:
 //! exact status codes, messages and causes.
 
+mod common;
+use common::kubectl_io as kubectl;
+
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event as EventV1;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -9,7 +12,6 @@ use kube::{Resource, ResourceExt};
 use kube_test_apiserver::TestApiServer;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::process::Command;
 
 /// One request with the admin client; the status, the headers and the JSON body.
 async fn raw(
@@ -39,35 +41,6 @@ async fn raw(
 async fn post(c: &kube::Client, path: &str, body: Value) -> (u16, Value) {
     let (code, _, v) = raw(c, "POST", path, &body, "application/json").await;
     (code, v)
-}
-
-fn kubectl(s: &TestApiServer, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    use std::io::Write;
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig_path())
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl installed");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    } else {
-        drop(child.stdin.take());
-    }
-    let o = child.wait_with_output().unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 fn causes(v: &Value) -> Vec<(String, String)> {
