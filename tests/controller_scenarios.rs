@@ -175,6 +175,20 @@ impl World {
         .unwrap()
     }
 
+    /// The local KEK backend on its Secret in the release namespace, as in production (the
+    /// controller's ServiceAccount creates it, reads it, updates it on a KEK rotation).
+    async fn use_root_key_secret(&mut self) {
+        let kek = LocalKek::from_secret(
+            self.controller.clone(),
+            "keyward-system",
+            "keyward-root-key",
+            Algorithm::Aes256Kwp,
+        )
+        .await
+        .unwrap();
+        self.keyring = Keyring::new(Arc::new(kek));
+    }
+
     async fn versions_in_secret(&self, name: &str) -> Vec<u32> {
         self.stored(name).await.envelopes.keys().copied().collect()
     }
@@ -362,16 +376,7 @@ async fn no_key_bytes_in_logs_events_or_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kek_rotation_rewraps_every_version_in_the_background() {
     let mut w = world().await;
-    // The local backend on a Secret in the API server, as in production.
-    let kek = LocalKek::from_secret(
-        w.controller.clone(),
-        "keyward-system",
-        "keyward-root-key",
-        Algorithm::Aes256Kwp,
-    )
-    .await
-    .unwrap();
-    w.keyring = Keyring::new(Arc::new(kek));
+    w.use_root_key_secret().await;
     let metrics = w.start();
     w.apply(POLICY).await;
     w.apply(KEY).await;
@@ -675,17 +680,7 @@ async fn a_253_character_name_gets_versions() {
 async fn chart_rbac_grants_the_controller_exactly_what_it_uses() {
     use keyward::keyservice::{ApiKeySource, KeySource, KubeTokenReviewer, TokenReviewer};
     let mut w = world().await;
-    // The local KEK backend on its Secret in the release namespace (create, get; update on
-    // a KEK rotation).
-    let kek = LocalKek::from_secret(
-        w.controller.clone(),
-        "keyward-system",
-        "keyward-root-key",
-        Algorithm::Aes256Kwp,
-    )
-    .await
-    .unwrap();
-    w.keyring = Keyring::new(Arc::new(kek));
+    w.use_root_key_secret().await;
     // One replica, leader-elected through the chart's Lease.
     let (ctx, _) = w.ctx("replica-a");
     tokio::spawn(run_leader_elected(
