@@ -190,6 +190,24 @@ pub struct State {
     pub(crate) settle_due: Option<std::time::Instant>,
 }
 
+/// A write body must be an object whose `metadata`, if present, is an object: the decoder
+/// upstream refuses anything else with 400 before any handler looks at it (and here an index
+/// into a non-object `metadata` would panic while the store lock is held).
+fn object_body(obj: &Value) -> Result<(), StoreError> {
+    match obj.as_object() {
+        None => Err(StoreError::BadRequest("body must be a JSON object".into())),
+        Some(o)
+            if o.get("metadata")
+                .is_some_and(|m| !m.is_object() && !m.is_null()) =>
+        {
+            Err(StoreError::BadRequest(
+                "metadata must be a JSON object".into(),
+            ))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 pub(crate) fn now() -> String {
     jiff::Timestamp::now()
         .round(jiff::Unit::Second)
@@ -510,9 +528,7 @@ impl State {
         ns: &str,
         mut obj: Value,
     ) -> Result<(Value, Vec<Arc<Change>>), StoreError> {
-        if !obj.is_object() {
-            return Err(StoreError::BadRequest("body must be a JSON object".into()));
-        }
+        object_body(&obj)?;
         let key = (t.group.clone(), t.plural.clone());
         if t.namespaced && t.plural != "namespaces" {
             let nst = self.find_type("", "namespaces").expect("builtin").clone();
@@ -647,6 +663,7 @@ impl State {
         sub: Sub,
     ) -> Result<(Value, Vec<Arc<Change>>), StoreError> {
         let status_only = sub == Sub::Status;
+        object_body(&obj)?;
         let cur = self.get(t, ns, name).cloned().ok_or_else(|| {
             StoreError::NotFound(format!("{} {name:?} not found", Self::qualified(t)))
         })?;

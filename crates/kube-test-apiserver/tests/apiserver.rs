@@ -946,3 +946,48 @@ async fn delayed_controllers_reproduce_eventual_consistency() {
     }
     assert!(team.get_opt("cfg").await.unwrap().is_none());
 }
+
+/// Bodies whose `metadata` is not an object are refused with 400 on create, update and
+/// status update, and the server keeps answering (no panic under the store lock).
+#[tokio::test]
+async fn malformed_metadata_is_a_bad_request_not_a_panic() {
+    let s = TestApiServer::start().await.unwrap();
+    let c = s.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": "cm"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    for (method, path) in [
+        ("POST", "/api/v1/namespaces/default/configmaps"),
+        ("PUT", "/api/v1/namespaces/default/configmaps/cm"),
+        ("PUT", "/api/v1/namespaces/default/configmaps/cm/status"),
+    ] {
+        for metadata in [
+            serde_json::json!("x"),
+            serde_json::json!([1]),
+            serde_json::json!(7),
+        ] {
+            let body =
+                serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata});
+            let req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body).unwrap())
+                .unwrap();
+            match c.request::<serde_json::Value>(req).await {
+                Err(kube::Error::Api(e)) => {
+                    assert!(e.code == 400 || e.code == 404, "{method} {path}: {e:?}")
+                }
+                other => panic!("{method} {path} {metadata}: {other:?}"),
+            }
+        }
+    }
+    assert!(
+        cms.get_opt("cm").await.unwrap().is_some(),
+        "server still answers"
+    );
+}
