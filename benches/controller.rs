@@ -8,8 +8,8 @@
 use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use keyward::crd::{ManagedKey, ManagedKeySpec, PolicyRef, RotationPolicy};
+use kube::Resource;
 use kube::api::{Api, ListParams, PostParams};
-use kube::{CustomResourceExt, Resource};
 use kube_test_apiserver::{ServerOptions, TestApiServer};
 use std::time::{Duration, Instant};
 

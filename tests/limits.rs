@@ -220,8 +220,6 @@ async fn hundreds_of_rotations_keep_rotating_and_storage_small() {
         "storage Secret reached {largest} bytes"
     );
     assert!(object < 512 * 1024, "ManagedKey reached {object} bytes");
-    let state_json = data.get("state.json").map_or(0, |b| b.0.len());
-    let listed = k.status.as_ref().map_or(0, |s| s.versions.len());
     println!(
         "{ROTATIONS} rotations in {:.1} s: storage Secret {} bytes (largest {largest}), {envelopes} \
          envelopes, ManagedKey object {object} bytes",
