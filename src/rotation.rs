@@ -62,7 +62,7 @@ pub const MAX_RETAIN_VERSIONS: u32 = 32;
 /// apiserver's 1 MiB limit, after which no save succeeds. At the limit the planner creates no
 /// new version until the oldest is destroyed ([`Plan::blocked`]); material is never destroyed
 /// early. The figures keep a key's storage under about 400 KiB (RSA-4096 envelopes are ~3 KiB,
-/// symmetric ones ~100 bytes; see `tests/controller_scenarios.rs` for the measured sizes).
+/// symmetric ones ~100 bytes; `tests/limits.rs` prints measured sizes).
 pub fn material_limit(algorithm: KeyAlgorithm) -> u32 {
     match algorithm {
         KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => 64,
