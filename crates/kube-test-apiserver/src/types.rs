@@ -107,15 +107,6 @@ impl ResType {
     pub fn from_crd(crd: &Value) -> Option<Self> {
         let spec = crd.get("spec")?;
         let names = spec.get("names")?;
-        let strs = |v: Option<&Value>| -> Vec<String> {
-            v.and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         let versions: Vec<&Value> = spec
             .get("versions")?
             .as_array()?
@@ -140,8 +131,8 @@ impl ResType {
                 .unwrap_or_else(|| kind.to_lowercase()),
             kind,
             namespaced: spec.get("scope").and_then(Value::as_str) != Some("Cluster"),
-            short_names: strs(names.get("shortNames")),
-            categories: strs(names.get("categories")),
+            short_names: crate::auth::strings_at(names, "/shortNames"),
+            categories: crate::auth::strings_at(names, "/categories"),
             status: ordered
                 .iter()
                 .any(|v| v.pointer("/subresources/status").is_some()),

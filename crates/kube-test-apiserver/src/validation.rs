@@ -5,6 +5,7 @@
 //! a capital letter) from passing tests and failing in a cluster. Each rule names the upstream
 //! file and function it follows; messages are upstream's so tests can compare them.
 
+use crate::auth::strings_at;
 use crate::schema::FieldError;
 use crate::store::StoreError;
 use crate::types::ResType;
@@ -353,16 +354,6 @@ fn str_map(v: Option<&Value>) -> Vec<(String, String)> {
     out
 }
 
-fn str_list(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Built-ins whose strategies use pkg/apis/core/validation.ValidateObjectMeta, which adds
 /// validateKubeFinalizerName.
 fn kube_finalizer_rules(t: &ResType) -> bool {
@@ -443,7 +434,7 @@ fn meta_common(t: &ResType, m: &Value, errs: &mut Vec<FieldError>) {
     }
     // ValidateFinalizers, plus validateKubeFinalizerName for core types
     // (pkg/apis/core/validation/validation.go).
-    let fins = str_list(m.get("finalizers"));
+    let fins = strings_at(m, "/finalizers");
     for (i, f) in fins.iter().enumerate() {
         for msg in qualified_name(f) {
             errs.push(invalid("metadata.finalizers", f, &msg));
@@ -499,8 +490,8 @@ fn meta_update(t: &ResType, obj: &Value, old: &Value, errs: &mut Vec<FieldError>
         .pointer("/metadata/deletionTimestamp")
         .is_some_and(|d| !d.is_null())
     {
-        let was = str_list(old.pointer("/metadata/finalizers"));
-        let mut extra: Vec<String> = str_list(m.get("finalizers"))
+        let was = strings_at(old, "/metadata/finalizers");
+        let mut extra: Vec<String> = strings_at(&m, "/finalizers")
             .into_iter()
             .filter(|f| !was.contains(f))
             .collect();
