@@ -119,21 +119,7 @@ impl World {
     }
 
     async fn apply(&self, yaml: &str) {
-        let v: serde_json::Value = serde_yaml_ng::from_str(yaml).unwrap();
-        let kind = v["kind"].as_str().unwrap().to_string();
-        let name = v["metadata"]["name"].as_str().unwrap().to_string();
-        let pp = PatchParams::apply("test").force();
-        if kind == "ManagedKey" {
-            Api::<ManagedKey>::namespaced(self.client.clone(), "default")
-                .patch(&name, &pp, &Patch::Apply(v))
-                .await
-                .unwrap();
-        } else {
-            Api::<RotationPolicy>::namespaced(self.client.clone(), "default")
-                .patch(&name, &pp, &Patch::Apply(v))
-                .await
-                .unwrap();
-        }
+        fixture::apply(&self.client, serde_yaml_ng::from_str(yaml).unwrap()).await;
     }
 
     async fn wait(&self, name: &str, what: &str, f: impl Fn(&ManagedKey) -> bool) -> ManagedKey {

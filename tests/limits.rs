@@ -14,7 +14,7 @@ use k8s_openapi::api::events::v1::Event;
 use keyward::controller::ManualClock;
 use keyward::crd::ManagedKey;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,22 +31,6 @@ async fn stack() -> (Stack, Arc<ManualClock>) {
         "00000000-0000-0000-0000-000000000001",
     );
     (stack, clock)
-}
-
-async fn apply(client: &kube::Client, v: serde_json::Value) {
-    let name = v["metadata"]["name"].as_str().unwrap().to_string();
-    let pp = PatchParams::apply("test").force();
-    if v["kind"] == "ManagedKey" {
-        Api::<ManagedKey>::namespaced(client.clone(), "default")
-            .patch(&name, &pp, &Patch::Apply(v))
-            .await
-            .unwrap();
-    } else {
-        Api::<keyward::crd::RotationPolicy>::namespaced(client.clone(), "default")
-            .patch(&name, &pp, &Patch::Apply(v))
-            .await
-            .unwrap();
-    }
 }
 
 fn key(name: &str, policy: Option<&str>) -> serde_json::Value {
@@ -99,7 +83,7 @@ async fn a_key_with_a_253_character_name_is_stored_served_and_reported() {
     // 253 characters: the longest object name (a DNS subdomain) Kubernetes accepts.
     let name = format!("{}.{}.z", "a".repeat(200), "b".repeat(50));
     assert_eq!(name.len(), 253);
-    apply(&stack.client, key(&name, None)).await;
+    fixture::apply(&stack.client, key(&name, None)).await;
     let k = wait(&keys, &name, 30, "version 1", |k| current(k) == 1).await;
     let uid = k.uid().unwrap();
 
@@ -125,7 +109,7 @@ async fn a_key_with_a_253_character_name_is_stored_served_and_reported() {
     );
 
     // Reported: a rotation Event about this key, named within the 253 allowed.
-    apply(&stack.client, {
+    fixture::apply(&stack.client, {
         let mut k = key(&name, None);
         k["metadata"]["annotations"] =
             serde_json::json!({keyward::crd::ROTATE_NOW_ANNOTATION: "r1"});
@@ -173,7 +157,7 @@ const ROTATIONS: u32 = 300;
 async fn hundreds_of_rotations_keep_rotating_and_storage_small() {
     let (stack, clock) = stack().await;
     let keys: Api<ManagedKey> = Api::namespaced(stack.client.clone(), "default");
-    apply(
+    fixture::apply(
         &stack.client,
         serde_json::json!({"apiVersion": "keyward.io/v1alpha1", "kind": "RotationPolicy",
             "metadata": {"name": "hourly"},
@@ -181,7 +165,7 @@ async fn hundreds_of_rotations_keep_rotating_and_storage_small() {
                      "deletionWindowDays": 7}}),
     )
     .await;
-    apply(&stack.client, key("busy", Some("hourly"))).await;
+    fixture::apply(&stack.client, key("busy", Some("hourly"))).await;
     let k = wait(&keys, "busy", 30, "version 1", |k| current(k) == 1).await;
     let uid = k.uid().unwrap();
     let secrets = Api::<Secret>::namespaced(stack.client.clone(), CONTROLLER_NS);
