@@ -1,5 +1,5 @@
 # keyward developer targets. `make test` is the whole suite on a fresh machine.
-.PHONY: test setup unit demo image kind-load e2e crds chart-test
+.PHONY: test setup unit demo image kind-load e2e crds chart-test fuzz
 
 IMAGE ?= keyward:dev
 KIND_CLUSTER ?= keyward
@@ -38,3 +38,8 @@ e2e:
 # Only the chart checks (render, strict lint, validate, schema, RBAC), without cargo.
 chart-test: setup
 	.venv/bin/python tests/py/chart_test.py
+
+# The fuzzing harnesses of tests/fuzz with many more cases than `make test` runs (FUZZ_CASES).
+FUZZ_CASES ?= 200000
+fuzz:
+	KEYWARD_FUZZ_CASES=$(FUZZ_CASES) cargo test --release --test fuzz -- --nocapture
