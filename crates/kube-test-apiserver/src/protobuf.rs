@@ -1,7 +1,7 @@
 //! Just enough of the Kubernetes protobuf wire format to read what `kubectl create` sends for
 //! the simple built-ins tests create (Namespace, ServiceAccount, ConfigMap, Secret,
 //! TokenRequest, the rbac.authorization.k8s.io/v1 kinds and the authorization.k8s.io/v1
-//! access reviews `kubectl auth can-i` sends). Anything else is answered with 415 so the
+//! access and rules reviews `kubectl auth can-i [--list]` sends). Anything else is answered with 415 so the
 //! client can send JSON.
 
 use serde_json::{Map, Value, json};
@@ -372,6 +372,14 @@ pub fn decode(body: &[u8]) -> Option<Value> {
                 .first()
                 .map(|s| access_review_spec(s))
                 .unwrap_or_else(|| json!({}));
+        }
+        // SelfSubjectRulesReview: spec 2 (SelfSubjectRulesReviewSpec: namespace 1).
+        "SelfSubjectRulesReview" => {
+            let mut spec = json!({});
+            if let Some(s) = messages(&obj, 2).first() {
+                put_strings(&mut spec, s, &[(1, "namespace")]);
+            }
+            v["spec"] = spec;
         }
         _ => return None,
     }

@@ -1341,3 +1341,418 @@ mod tests {
         assert!(!bad.allows(&a));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Privilege-escalation prevention on RBAC writes
+// ---------------------------------------------------------------------------------------
+
+tokio::task_local! {
+    /// The caller of the request being served, set by the router for RBAC-enforced callers
+    /// outside `system:masters` only (upstream's `EscalationAllowed` lets those through), so
+    /// the store's write path can run the escalation checks the RBAC REST storages run.
+    pub(crate) static REQUESTER: UserInfo;
+}
+
+/// The user whose writes must pass the escalation checks, if enforcement applies to them.
+pub(crate) fn escalation_subject(inner: &Inner, user: &UserInfo) -> Option<UserInfo> {
+    (!user.privileged() && inner.rbac.enforced.load(Ordering::SeqCst)).then(|| user.clone())
+}
+
+/// `RulesFor` (pkg/registry/rbac/validation/rule.go, `DefaultRuleResolver.VisitRulesFor`): every
+/// rule that applies to `user` through ClusterRoleBindings and, for a namespace, the
+/// RoleBindings there, with the errors of role references that do not resolve.
+fn rules_for(st: &State, user: &UserInfo, ns: &str) -> (Vec<Rule>, Vec<String>) {
+    let p = Policy { st };
+    let (mut rules, mut errors) = (Vec::new(), Vec::new());
+    let mut visit = |b: &Value, bns: &str| {
+        let applies = b
+            .get("subjects")
+            .and_then(Value::as_array)
+            .is_some_and(|ss| ss.iter().any(|s| applies_to(user, s, bns)));
+        if !applies {
+            return;
+        }
+        match p.role_ref_rules(b.get("roleRef").unwrap_or(&Value::Null), bns) {
+            Ok(rs) => rules.extend(rs),
+            Err(e) => errors.push(e),
+        }
+    };
+    for b in p.list("clusterrolebindings", None) {
+        visit(&b, "");
+    }
+    if !ns.is_empty() {
+        for b in p.list("rolebindings", Some(ns)) {
+            visit(&b, ns);
+        }
+    }
+    (rules, errors)
+}
+
+/// `BreakdownRule` (staging/src/k8s.io/component-helpers/auth/rbac/validation/
+/// policy_comparator.go): one rule per (group, resource, verb[, resourceName]) and per
+/// (nonResourceURL, verb).
+fn breakdown(rule: &Rule) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for g in &rule.api_groups {
+        for r in &rule.resources {
+            for v in &rule.verbs {
+                let one = |names: Vec<String>| Rule {
+                    verbs: vec![v.clone()],
+                    api_groups: vec![g.clone()],
+                    resources: vec![r.clone()],
+                    resource_names: names,
+                    non_resource_urls: Vec::new(),
+                };
+                if rule.resource_names.is_empty() {
+                    out.push(one(Vec::new()));
+                } else {
+                    out.extend(rule.resource_names.iter().map(|n| one(vec![n.clone()])));
+                }
+            }
+        }
+    }
+    for u in &rule.non_resource_urls {
+        for v in &rule.verbs {
+            out.push(Rule {
+                verbs: vec![v.clone()],
+                non_resource_urls: vec![u.clone()],
+                ..Rule::default()
+            });
+        }
+    }
+    out
+}
+
+/// `ruleCovers` (policy_comparator.go): whether one owner rule covers an atomic rule.
+fn rule_covers(owner: &Rule, sub: &Rule) -> bool {
+    let has = |set: &[String], e: &str| set.iter().any(|s| s == e);
+    let has_all = |set: &[String], want: &[String]| want.iter().all(|w| has(set, w));
+    let verbs = has(&owner.verbs, "*") || has_all(&owner.verbs, &sub.verbs);
+    let groups = has(&owner.api_groups, "*") || has_all(&owner.api_groups, &sub.api_groups);
+    // resourceCoversAll: `*`, exact, or `*/<subresource>` for a subresource.
+    let resources = has(&owner.resources, "*")
+        || sub.resources.iter().all(|r| {
+            has(&owner.resources, r)
+                || r.split_once('/')
+                    .is_some_and(|(_, s)| has(&owner.resources, &format!("*/{s}")))
+        });
+    // nonResourceURLsCoversAll with nonResourceURLCovers (exact, or a `*`-suffixed prefix).
+    let urls = sub.non_resource_urls.iter().all(|u| {
+        owner.non_resource_urls.iter().any(|o| {
+            o == u
+                || o.strip_suffix('*')
+                    .is_some_and(|_| u.starts_with(o.trim_end_matches('*')))
+        })
+    });
+    let names = if sub.resource_names.is_empty() {
+        owner.resource_names.is_empty()
+    } else {
+        owner.resource_names.is_empty() || has_all(&owner.resource_names, &sub.resource_names)
+    };
+    verbs && groups && resources && names && urls
+}
+
+/// `Covers` (policy_comparator.go): the atomic rules of `servant` no owner rule covers.
+fn uncovered(owner: &[Rule], servant: &[Rule]) -> Vec<Rule> {
+    servant
+        .iter()
+        .flat_map(breakdown)
+        .filter(|s| !owner.iter().any(|o| rule_covers(o, s)))
+        .collect()
+}
+
+/// Go's `%q` of a `[]string`: `["a" "b"]`.
+fn go_quoted_list(v: &[String]) -> String {
+    let items: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", items.join(" "))
+}
+
+/// `CompactString` (pkg/apis/rbac/v1/evaluation_helpers.go).
+fn compact_string(r: &Rule) -> String {
+    let mut parts = Vec::new();
+    for (label, v) in [
+        ("APIGroups", &r.api_groups),
+        ("Resources", &r.resources),
+        ("NonResourceURLs", &r.non_resource_urls),
+        ("ResourceNames", &r.resource_names),
+        ("Verbs", &r.verbs),
+    ] {
+        if !v.is_empty() {
+            parts.push(format!("{label}:{}", go_quoted_list(v)));
+        }
+    }
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// `CompactRules` (pkg/registry/rbac/validation/policy_compact.go): atomic rules that differ
+/// only by verb on one group and resource are shown as one.
+fn compact(rules: Vec<Rule>) -> Vec<Rule> {
+    let mut simple: Vec<Rule> = Vec::new();
+    let mut out = Vec::new();
+    for r in rules {
+        let is_simple = r.resource_names.is_empty()
+            && r.non_resource_urls.is_empty()
+            && r.api_groups.len() == 1
+            && r.resources.len() == 1;
+        if !is_simple {
+            out.push(r);
+            continue;
+        }
+        match simple
+            .iter_mut()
+            .find(|s| s.api_groups == r.api_groups && s.resources == r.resources)
+        {
+            Some(s) => s.verbs.extend(r.verbs),
+            None => simple.push(r),
+        }
+    }
+    out.extend(simple);
+    out
+}
+
+/// `ConfirmNoEscalation` (pkg/registry/rbac/validation/rule.go): `rules` must be covered by
+/// what `user` already holds in `ns`; the error text is upstream's.
+fn confirm_no_escalation(
+    st: &State,
+    user: &UserInfo,
+    ns: &str,
+    rules: &[Rule],
+) -> Result<(), String> {
+    let (owner, errors) = rules_for(st, user, ns);
+    let missing = uncovered(&owner, rules);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // sets.NewString(...).List(): unique and sorted.
+    let shown: BTreeSet<String> = compact(missing).iter().map(compact_string).collect();
+    let mut msg = format!(
+        "user {:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
+        user.name,
+        go_quoted_list(&user.groups),
+        shown.into_iter().collect::<Vec<_>>().join("\n")
+    );
+    if !errors.is_empty() {
+        // `%v` of a []error.
+        msg = format!("{msg}; resolution errors: [{}]", errors.join(" "));
+    }
+    Err(msg)
+}
+
+/// `IsOnlyMutatingGCFields` (pkg/registry/rbac/helpers.go): an update that changes nothing but
+/// ownerReferences and finalizers is never an escalation.
+fn only_gc_fields_change(new: &Value, old: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            for k in [
+                "ownerReferences",
+                "finalizers",
+                "resourceVersion",
+                "managedFields",
+                "generation",
+                "creationTimestamp",
+                "uid",
+            ] {
+                m.remove(k);
+            }
+        }
+        if let Some(m) = v.as_object_mut() {
+            m.remove("apiVersion");
+            m.remove("kind");
+        }
+        v
+    };
+    strip(new) == strip(old)
+}
+
+/// The escalation checks of the RBAC REST storages, run on every create and update of a Role,
+/// ClusterRole, RoleBinding or ClusterRoleBinding by a [`REQUESTER`]:
+/// - roles (pkg/registry/rbac/role/policybased/storage.go) and cluster roles
+///   (pkg/registry/rbac/clusterrole/policybased/storage.go): allowed with verb `escalate` on
+///   the role (`RoleEscalationAuthorized`, pkg/registry/rbac/escalation_check.go), else every
+///   rule must be held already; an `aggregationRule` (new or old) needs full authority;
+/// - bindings (rolebinding/ and clusterrolebinding/policybased/storage.go): allowed with verb
+///   `bind` on the referenced role (`BindingAuthorized`), else the role must exist (404) and
+///   its rules be held already.
+///
+/// Denials are 403 `NewForbidden(groupResource, name, err)`.
+pub(crate) fn escalation_check(
+    st: &State,
+    plural: &str,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Result<(), StoreError> {
+    if !matches!(
+        plural,
+        "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings"
+    ) {
+        return Ok(());
+    }
+    let Ok(user) = REQUESTER.try_with(Clone::clone) else {
+        return Ok(());
+    };
+    if old.is_some_and(|o| only_gc_fields_change(obj, o)) {
+        return Ok(());
+    }
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let ns = if plural.starts_with("cluster") {
+        String::new()
+    } else {
+        obj.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let forbidden = |err: String| StoreError::Forbidden {
+        message: format!("{plural}.{RBAC_GROUP} {name:?} is forbidden: {err}"),
+        name: name.clone(),
+        causes: Vec::new(),
+    };
+    let allowed = |verb: &str, resource: &str, rname: &str| {
+        authorize(
+            st,
+            &user,
+            &Attributes {
+                verb: verb.into(),
+                resource_request: true,
+                group: RBAC_GROUP.into(),
+                resource: resource.into(),
+                namespace: ns.clone(),
+                name: rname.into(),
+                ..Attributes::default()
+            },
+        )
+        .allowed
+    };
+    match plural {
+        "roles" | "clusterroles" => {
+            if allowed("escalate", plural, &name) {
+                return Ok(());
+            }
+            confirm_no_escalation(st, &user, &ns, &rules_of(obj)).map_err(forbidden)?;
+            let aggregates = |v: &Value| {
+                v.pointer("/aggregationRule/clusterRoleSelectors")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty())
+            };
+            if plural == "clusterroles" && (aggregates(obj) || old.is_some_and(aggregates)) {
+                let full = [
+                    Rule {
+                        verbs: vec!["*".into()],
+                        api_groups: vec!["*".into()],
+                        resources: vec!["*".into()],
+                        ..Rule::default()
+                    },
+                    Rule {
+                        verbs: vec!["*".into()],
+                        non_resource_urls: vec!["*".into()],
+                        ..Rule::default()
+                    },
+                ];
+                confirm_no_escalation(st, &user, &ns, &full).map_err(|_| {
+                    forbidden(
+                        "must have cluster-admin privileges to use the aggregationRule".into(),
+                    )
+                })?;
+            }
+            Ok(())
+        }
+        _ => {
+            let role_ref = obj.get("roleRef").cloned().unwrap_or(Value::Null);
+            let rs = |k: &str| {
+                role_ref
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let (kind, rname) = (rs("kind"), rs("name"));
+            let resource = match kind.as_str() {
+                "Role" => "roles",
+                "ClusterRole" => "clusterroles",
+                _ => "",
+            };
+            if !resource.is_empty() && allowed("bind", resource, &rname) {
+                return Ok(());
+            }
+            let p = Policy { st };
+            // The REST getters' NotFound (plural resource), not the listers' wording.
+            let rules = p.role_ref_rules(&role_ref, &ns).map_err(|e| {
+                if resource.is_empty() {
+                    StoreError::Internal(e)
+                } else {
+                    StoreError::NotFound(format!("{resource}.{RBAC_GROUP} {rname:?} not found"))
+                }
+            })?;
+            confirm_no_escalation(st, &user, &ns, &rules).map_err(forbidden)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SelfSubjectRulesReview (`kubectl auth can-i --list`)
+// ---------------------------------------------------------------------------------------
+
+/// Create of a SelfSubjectRulesReview (pkg/registry/authorization/selfsubjectrulesreview/
+/// rest.go): 400 without `spec.namespace`; the status lists the caller's rules from the rule
+/// resolvers of a Node,RBAC cluster: the Node authorizer contributes nothing for these users,
+/// RBAC (`RBACAuthorizer.RulesFor`, plugin/pkg/auth/authorizer/rbac/rbac.go) one resource rule
+/// per policy rule with resources and one non-resource rule per rule with URLs, in binding
+/// order; unresolved role references become `evaluationError`. `system:masters` gets what the
+/// bootstrap `cluster-admin` binding gives it, as upstream (the privileged-group authorizer
+/// resolves no rules).
+pub(crate) fn rules_review(
+    inner: &Inner,
+    caller: &UserInfo,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let mut review = match parse_body(headers, body) {
+        Ok(b) if b.is_object() => b,
+        Ok(_) => return status(400, "BadRequest", "body must be a JSON object".into(), None),
+        Err(r) => return r,
+    };
+    let ns = review
+        .pointer("/spec/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if ns.is_empty() {
+        return status(400, "BadRequest", "no namespace on request".into(), None);
+    }
+    let (rules, errors) = match inner.state.lock() {
+        Ok(st) => rules_for(&st, caller, &ns),
+        Err(_) => return status(500, "InternalError", "store lock poisoned".into(), None),
+    };
+    let mut resource_rules = Vec::new();
+    let mut non_resource_rules = Vec::new();
+    for r in &rules {
+        if !r.resources.is_empty() {
+            let mut o =
+                json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources});
+            if !r.resource_names.is_empty() {
+                o["resourceNames"] = r.resource_names.clone().into();
+            }
+            resource_rules.push(o);
+        }
+        if !r.non_resource_urls.is_empty() {
+            non_resource_rules
+                .push(json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}));
+        }
+    }
+    let mut st = json!({"resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": false});
+    match errors.len() {
+        0 => {}
+        1 => st["evaluationError"] = errors[0].clone().into(),
+        _ => st["evaluationError"] = format!("[{}]", errors.join(", ")).into(),
+    }
+    review["status"] = st;
+    if review.get("metadata").is_none() {
+        review["metadata"] = json!({});
+    }
+    ok_json(StatusCode::CREATED, &review)
+}

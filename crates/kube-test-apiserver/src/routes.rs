@@ -213,8 +213,18 @@ pub(crate) async fn handle(
         let ns = target.namespace.as_deref();
         return rbac::access_review(&inner, &user, &target.plural, ns, &headers, &body);
     }
+    if verb == "create"
+        && target.group == "authorization.k8s.io"
+        && target.plural == "selfsubjectrulesreviews"
+    {
+        return rbac::rules_review(&inner, &user, &headers, &body);
+    }
     let crd_before = crd_state(&inner, verb, &target);
-    let r = resource(&inner, &method, verb, target.clone(), &q, &headers, &body).await;
+    let fut = resource(&inner, &method, verb, target.clone(), &q, &headers, &body);
+    let r = match rbac::escalation_subject(&inner, &user) {
+        Some(u) => rbac::REQUESTER.scope(u, fut).await,
+        None => fut.await,
+    };
     with_crd_warnings(&inner, &target, crd_before, r)
 }
 

@@ -454,6 +454,10 @@ impl State {
         old: Option<&Value>,
     ) -> Result<Value, StoreError> {
         let name = meta(obj, "name").unwrap_or_default();
+        // The RBAC storages check escalation before the standard storage validates.
+        if t.group == crate::rbac::RBAC_GROUP {
+            crate::rbac::escalation_check(self, &t.plural, obj, old)?;
+        }
         // Upstream validation of names, metadata and per-type rules (validation.rs), then the
         // CRD schema; their errors are reported together as the custom resource strategy does.
         let obj = &crate::validation::normalize(t, obj.clone())?;

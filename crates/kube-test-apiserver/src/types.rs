@@ -256,6 +256,7 @@ pub fn builtins() -> Vec<ResType> {
     // Answered by the RBAC authorizer (rbac.rs).
     for (plural, kind, namespaced) in [
         ("selfsubjectaccessreviews", "SelfSubjectAccessReview", false),
+        ("selfsubjectrulesreviews", "SelfSubjectRulesReview", false),
         (
             "localsubjectaccessreviews",
             "LocalSubjectAccessReview",

@@ -648,3 +648,311 @@ async fn kubectl_creates_rbac_objects_and_can_i_impersonates() {
         )
     );
 }
+
+/// A RoleBinding of `role` (kind `kind`) to app/sa in `ns`, created by `c`.
+async fn try_bind(c: &kube::Client, ns: &str, kind: &str, role: &str) -> kube::Result<RoleBinding> {
+    Api::<RoleBinding>::namespaced(c.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &from(json!({
+                "metadata": {"name": format!("{}-by-sa", role.to_lowercase())},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "app"}],
+            })),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn rbac_writes_cannot_grant_more_than_the_writer_holds() {
+    let (s, c) = server().await;
+    // The built-in `admin` in `app`: it may write Roles and RoleBindings there.
+    bind(&c, "app", "ClusterRole", "admin").await;
+    let sa = s.service_account_client("app", "sa").await;
+    let groups =
+        r#"["system:serviceaccounts" "system:serviceaccounts:app" "system:authenticated"]"#;
+
+    // A Role within what admin holds is created; one beyond it is the upstream 403.
+    let roles = Api::<Role>::namespaced(sa.clone(), "app");
+    let held: Role = from(json!({"metadata": {"name": "held"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]}));
+    roles.create(&PostParams::default(), &held).await.unwrap();
+    let beyond: Role = from(json!({"metadata": {"name": "beyond"}, "rules": [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
+        {"apiGroups": ["keyward.io"], "resources": ["managedkeys/status"], "verbs": ["patch", "update"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"], "resourceNames": ["n1"]}]}));
+    let e = status(
+        roles
+            .create(&PostParams::default(), &beyond)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        e.message,
+        format!(
+            "roles.rbac.authorization.k8s.io \"beyond\" is forbidden: user \"{SA_USER}\" (groups={groups}) is attempting to grant RBAC permissions not currently held:\n{{APIGroups:[\"\"], Resources:[\"nodes\"], ResourceNames:[\"n1\"], Verbs:[\"get\"]}}\n{{APIGroups:[\"keyward.io\"], Resources:[\"managedkeys/status\"], Verbs:[\"patch\" \"update\"]}}"
+        )
+    );
+    let d = e.details.expect("details");
+    assert_eq!(
+        (d.name.as_str(), d.group.as_str(), d.kind.as_str()),
+        ("beyond", "rbac.authorization.k8s.io", "roles")
+    );
+    assert!(
+        roles.get_opt("beyond").await.unwrap().is_none(),
+        "nothing stored"
+    );
+    // Nor can an update widen an existing Role.
+    let mut widened = roles.get("held").await.unwrap();
+    widened.rules = beyond.rules.clone();
+    let e = status(
+        roles
+            .replace("held", &PostParams::default(), &widened)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 403, "{}", e.message);
+    // A Role beyond the writer, made by the admin: an update touching only finalizers and
+    // ownerReferences is not an escalation (IsOnlyMutatingGCFields); a label change is checked.
+    let mut wide = beyond.clone();
+    wide.metadata.name = Some("wide".into());
+    Api::<Role>::namespaced(c.clone(), "app")
+        .create(&PostParams::default(), &wide)
+        .await
+        .unwrap();
+    let p = json!({"metadata": {"finalizers": ["example.com/keep"]}});
+    roles
+        .patch("wide", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    let p = json!({"metadata": {"labels": {"team": "a"}}});
+    let e = status(
+        roles
+            .patch("wide", &PatchParams::default(), &Patch::Merge(&p))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 403, "{}", e.message);
+
+    // Bindings: `edit` is covered by admin, `cluster-admin` is not, a missing role is 404.
+    try_bind(&sa, "app", "ClusterRole", "edit").await.unwrap();
+    let e = status(
+        try_bind(&sa, "app", "ClusterRole", "cluster-admin")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 403);
+    assert!(
+        e.message.starts_with(&format!(
+            "rolebindings.rbac.authorization.k8s.io \"cluster-admin-by-sa\" is forbidden: user \"{SA_USER}\" (groups={groups}) is attempting to grant RBAC permissions not currently held:\n"
+        )),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message
+            .contains(r#"{APIGroups:["*"], Resources:["*"], Verbs:["*"]}"#),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message
+            .contains(r#"{NonResourceURLs:["*"], Verbs:["*"]}"#),
+        "{}",
+        e.message
+    );
+    let e = status(
+        try_bind(&sa, "app", "ClusterRole", "no-such-role")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 404);
+    assert_eq!(
+        e.message,
+        r#"clusterroles.rbac.authorization.k8s.io "no-such-role" not found"#
+    );
+    // A binding in another namespace is judged by what the writer holds there: nothing.
+    let e = status(
+        try_bind(&sa, "other", "ClusterRole", "view")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 403, "{}", e.message);
+
+    // `bind` on cluster-admin, granted by the admin, lets the same request through.
+    role(
+        &c,
+        "app",
+        "may-bind",
+        json!([{"apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["clusterroles"], "verbs": ["bind"], "resourceNames": ["cluster-admin"]}]),
+    )
+    .await;
+    bind(&c, "app", "Role", "may-bind").await;
+    try_bind(&sa, "app", "ClusterRole", "cluster-admin")
+        .await
+        .unwrap();
+    // ... and `escalate` on roles lets a Role beyond one's rules through.
+    let lead = Api::<ServiceAccount>::namespaced(c.clone(), "other");
+    lead.create(
+        &PostParams::default(),
+        &from(json!({"metadata": {"name": "lead"}})),
+    )
+    .await
+    .unwrap();
+    let lead_client = s.service_account_client("other", "lead").await;
+    Api::<RoleBinding>::namespaced(c.clone(), "other")
+        .create(&PostParams::default(), &from(json!({
+            "metadata": {"name": "lead-admin"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": "lead", "namespace": "other"}]})))
+        .await
+        .unwrap();
+    let other_roles = Api::<Role>::namespaced(lead_client.clone(), "other");
+    let mut beyond_other = beyond.clone();
+    beyond_other.metadata.namespace = None;
+    assert_eq!(
+        status(
+            other_roles
+                .create(&PostParams::default(), &beyond_other)
+                .await
+                .unwrap_err()
+        )
+        .code,
+        403
+    );
+    role(
+        &c,
+        "other",
+        "may-escalate",
+        json!([{"apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["roles"], "verbs": ["escalate"]}]),
+    )
+    .await;
+    Api::<RoleBinding>::namespaced(c.clone(), "other")
+        .create(&PostParams::default(), &from(json!({
+            "metadata": {"name": "lead-escalate"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "may-escalate"},
+            "subjects": [{"kind": "ServiceAccount", "name": "lead", "namespace": "other"}]})))
+        .await
+        .unwrap();
+    other_roles
+        .create(&PostParams::default(), &beyond_other)
+        .await
+        .unwrap();
+
+    // An aggregationRule needs full authority even when its rules are empty.
+    let cr_writer: ClusterRole = from(json!({"metadata": {"name": "cr-writer"}, "rules": [
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["create"]}]}));
+    Api::<ClusterRole>::all(c.clone())
+        .create(&PostParams::default(), &cr_writer)
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(c.clone())
+        .create(&PostParams::default(), &from(json!({
+            "metadata": {"name": "cr-writer"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cr-writer"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "app"}]})))
+        .await
+        .unwrap();
+    let crs = Api::<ClusterRole>::all(sa.clone());
+    let agg: ClusterRole = from(json!({"metadata": {"name": "gatherer"}, "rules": [],
+        "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"x": "y"}}]}}));
+    let e = status(crs.create(&PostParams::default(), &agg).await.unwrap_err());
+    assert_eq!(e.code, 403);
+    assert_eq!(
+        e.message,
+        r#"clusterroles.rbac.authorization.k8s.io "gatherer" is forbidden: must have cluster-admin privileges to use the aggregationRule"#
+    );
+    // The admin (system:masters) is never checked.
+    Api::<ClusterRole>::all(c.clone())
+        .create(&PostParams::default(), &agg)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_can_i_list_shows_the_callers_rules() {
+    let (s, c) = server().await;
+    role(&c, "app", "cm-reader", json!([
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"], "resourceNames": ["x"]},
+        {"apiGroups": ["keyward.io"], "resources": ["managedkeys"], "verbs": ["get"]}])).await;
+    bind(&c, "app", "Role", "cm-reader").await;
+    bind(&c, "app", "Role", "missing").await;
+    s.add_token(
+        "t",
+        TokenIdentity {
+            namespace: "app".into(),
+            service_account: "sa".into(),
+            pod_name: None,
+            pod_uid: None,
+            audiences: vec![],
+            expires_at: None,
+        },
+    );
+    let (ok, out) = kubectl(
+        &s,
+        &["--token", "t", "auth", "can-i", "--list", "-n", "app"],
+    );
+    assert!(ok, "{out}");
+    let line = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    };
+    assert_eq!(
+        line("configmaps "),
+        Some(vec!["configmaps", "[]", "[x]", "[get", "list]"]),
+        "{out}"
+    );
+    assert_eq!(
+        line("managedkeys.keyward.io"),
+        Some(vec!["managedkeys.keyward.io", "[]", "[]", "[get]"]),
+        "{out}"
+    );
+    // system:basic-user and discovery from the bootstrap policy.
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("selfsubjectrulesreviews.authorization.k8s.io")),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l.contains("[/version]")), "{out}");
+    // Secrets are not listed: nothing grants them.
+    assert!(!out.lines().any(|l| l.starts_with("secrets")), "{out}");
+    // In another namespace only the cluster-wide rules apply.
+    let (ok, out) = kubectl(
+        &s,
+        &["--token", "t", "auth", "can-i", "--list", "-n", "other"],
+    );
+    assert!(ok, "{out}");
+    assert!(!out.lines().any(|l| l.starts_with("configmaps")), "{out}");
+
+    // The raw review: the unresolvable binding is the evaluationError; no namespace is a 400.
+    let sa = s.service_account_client("app", "sa").await;
+    let req = |ns: Option<&str>| {
+        let body = match ns {
+            Some(n) => {
+                json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview", "spec": {"namespace": n}})
+            }
+            None => {
+                json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview", "spec": {}})
+            }
+        };
+        http::Request::post("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews")
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .unwrap()
+    };
+    let v: Value = sa.request(req(Some("app"))).await.unwrap();
+    assert_eq!(
+        v["status"]["evaluationError"],
+        json!(r#"role.rbac.authorization.k8s.io "missing" not found"#)
+    );
+    assert_eq!(v["status"]["incomplete"], json!(false));
+    let e = status(sa.request::<Value>(req(None)).await.unwrap_err());
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (400, "no namespace on request")
+    );
+}
