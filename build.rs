@@ -1,7 +1,11 @@
 //! Compiles the gRPC definitions with protox (pure Rust, no protoc).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/csi_provider.proto", "proto/keyservice.proto"];
+    let protos = [
+        "proto/csi_provider.proto",
+        "proto/keyservice.proto",
+        "proto/kms_v2.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
@@ -16,10 +20,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".keyward.keyservice.v1.KeyResult",
             ".keyward.keyservice.v1.ServedVersion",
             ".v1alpha1.MountRequest",
+            ".v2.DecryptResponse",
+            ".v2.EncryptRequest",
         ])
         // Zeroizing owners back these buffers: see docs/provider.md.
         .bytes(".v1alpha1.File.contents")
         .bytes(".keyward.keyservice.v1.ServedVersion.material")
+        .bytes(".v2.DecryptResponse.plaintext")
         .compile_fds(fds)?;
     Ok(())
 }

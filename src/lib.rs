@@ -12,6 +12,7 @@ pub mod duration;
 pub mod kek;
 pub mod keys;
 pub mod keyservice;
+pub mod kms;
 pub mod lifecycle;
 pub mod proto;
 pub mod provider;

@@ -127,3 +127,31 @@ mod tests {
         assert!(!format!("{m:?}").contains("TOKEN"));
     }
 }
+
+/// Kubernetes KMS v2 plugin API (`v2`), served by `keyward kms-plugin`.
+pub mod kms {
+    tonic::include_proto!("v2");
+
+    impl std::fmt::Debug for EncryptRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("EncryptRequest")
+                .field(
+                    "plaintext",
+                    &format_args!("[{} bytes redacted]", self.plaintext.len()),
+                )
+                .field("uid", &self.uid)
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for DecryptResponse {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("DecryptResponse")
+                .field(
+                    "plaintext",
+                    &format_args!("[{} bytes redacted]", self.plaintext.len()),
+                )
+                .finish()
+        }
+    }
+}

@@ -35,6 +35,9 @@ enum Cmd {
         #[arg(long, default_value = "crds")]
         out: std::path::PathBuf,
     },
+    /// Serve the Kubernetes KMS v2 plugin API on a unix socket, so kube-apiserver encrypts
+    /// Secrets at rest under a keyward KEK (a static pod beside the apiserver).
+    KmsPlugin(keyward::kms::KmsPluginArgs),
     /// Run the CSI provider for the Secrets Store CSI Driver (a DaemonSet on every node).
     Provider(keyward::provider::ProviderArgs),
     /// Check a running provider: call `Version` on its socket as the CSI driver does; exit 0
@@ -163,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Provider(args) => keyward::provider::run(args).await?,
+        Cmd::KmsPlugin(args) => keyward::kms::run(args).await?,
         Cmd::ProviderProbe {
             socket,
             timeout_seconds,
