@@ -98,8 +98,14 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.cmd {
         Cmd::Kek(KekCmd::Rotate { namespace, kek }) => {
-            let client = kube::Client::try_default().await?;
-            let ring = keyward::kek::config::build_keyring(&kek, Some(client), &namespace).await?;
+            // Only the in-cluster root key needs the API; a KMS plugin's KEK (HSM, AWS KMS)
+            // is rotated from a control-plane node before the apiserver is reachable.
+            let client = if keyward::kms::check_backend(&kek).is_err() {
+                Some(kube::Client::try_default().await?)
+            } else {
+                None
+            };
+            let ring = keyward::kek::config::build_keyring(&kek, client, &namespace).await?;
             let v = ring.primary().rotate().await?;
             println!(
                 "KEK {} rotated: version {v} is now current; controllers rewrap envelopes within their requeue interval",

@@ -665,6 +665,16 @@ impl KekBackend for AwsKmsKek {
         tracing::info!(kek = %self.arn, version = next, "AWS KMS KEK rotated (RotateKeyOnDemand)");
         Ok(next)
     }
+
+    /// Another process may have rotated: the version tag on the key is the shared record.
+    async fn refresh(&self) -> Result<(), KekError> {
+        let tagged = self.read_version_tag().await?;
+        let mut cur = self.version.lock().expect("lock");
+        if tagged > *cur {
+            *cur = tagged;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

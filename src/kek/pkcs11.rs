@@ -487,4 +487,18 @@ impl KekBackend for Pkcs11Kek {
         tracing::info!(kek = %self.id, version = next, "PKCS#11 KEK rotated");
         Ok(next)
     }
+
+    /// Another process (`keyward kek rotate`, another replica, the KMS plugin's neighbour)
+    /// may have generated a newer version in the token: wrap with the newest from now on.
+    async fn refresh(&self) -> Result<(), KekError> {
+        let inner = self.inner.clone();
+        let newest = blocking(move || Ok(inner.versions()?.last().copied())).await?;
+        if let Some(v) = newest {
+            let mut cur = self.current.lock().expect("lock");
+            if v > *cur {
+                *cur = v;
+            }
+        }
+        Ok(())
+    }
 }
