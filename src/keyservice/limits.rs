@@ -255,7 +255,8 @@ mod tests {
     #[test]
     fn every_field_is_bounded() {
         let big = "a".repeat(1 << 20);
-        let cases: Vec<(&str, Box<dyn Fn(&mut FetchRequest)>)> = vec![
+        type Edit<'a> = Box<dyn Fn(&mut FetchRequest) + 'a>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("pod_token", Box::new(|r| r.pod_token = big.clone())),
             (
                 "pod_namespace",
