@@ -686,3 +686,180 @@ async fn provider_probe_calls_version_over_the_socket() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("nobody.sock"), "{err}");
 }
+
+/// What reached the key service: TokenReviews and key reads.
+fn key_service_calls(e: &Env) -> (usize, usize) {
+    (
+        e.reviewer.calls.load(Ordering::SeqCst),
+        e.source.gets.load(Ordering::SeqCst),
+    )
+}
+
+/// Hostile SecretProviderClasses and volume attributes are refused by the provider itself,
+/// fast, naming the field, before the key service is called.
+#[tokio::test]
+async fn hostile_mounts_are_refused_by_the_provider_before_the_key_service_is_called() {
+    let e = env().await;
+    let before = key_service_calls(&e);
+    // Billion laughs: 700 bytes that expand to 10^9 nodes.
+    let mut laughs = String::from("- key: a\n  version: &l0 [\"lol\"]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*l{}", i - 1); 10].join(", ");
+        laughs.push_str(&format!("- key: a{i}\n  version: &l{i} [{refs}]\n"));
+    }
+    let t = std::time::Instant::now();
+    refused_mount(
+        &e,
+        &laughs,
+        Code::InvalidArgument,
+        "YAML anchors (&) and aliases (*) are not accepted",
+    )
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let many: String = (0..65).map(|i| format!("- key: k{i}\n")).collect();
+    refused_mount(
+        &e,
+        &many,
+        Code::InvalidArgument,
+        "65 objects, above the limit of 64",
+    )
+    .await;
+    let mut a = ok_attrs("- key: db");
+    a["csi.storage.k8s.io/pod.name"] = "web-0\n{\"forged\":true}".into();
+    refused(
+        e.mount(&a).await,
+        Code::InvalidArgument,
+        "attribute csi.storage.k8s.io/pod.name contains the control character U+000A",
+    );
+    let mut a = ok_attrs("- key: db");
+    a["csi.storage.k8s.io/pod.name"] = "x".repeat(1 << 20).into();
+    refused(
+        e.mount(&a).await,
+        Code::OutOfRange,
+        "decoded message length too large",
+    );
+    let mut a = ok_attrs("- key: db");
+    a["padding"] = "p".repeat(200 * 1024).into();
+    refused(
+        e.mount(&a).await,
+        Code::InvalidArgument,
+        "above the provider's limit of 131072",
+    );
+    assert_eq!(key_service_calls(&e), before, "the key service was called");
+    // The provider still serves.
+    assert!(e.mount(&ok_attrs("- key: db")).await.is_ok());
+}
+
+/// A caller that reaches the key service port directly: oversized requests are refused before
+/// decoding, and nothing of an unauthenticated or out-of-bounds request is written to the
+/// audit file.
+#[tokio::test]
+async fn the_key_service_writes_nothing_to_the_audit_file_for_hostile_requests() {
+    use keyward::keyservice::{CachingReviewer, KeyService, Settings, VersionIdKey};
+    use keyward::proto::keyservice::{FetchRequest, KeyRequest};
+    let e = env().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.log");
+    let audit = std::sync::Arc::new(keyward::audit::Audit::open(&audit_path, None, 0).unwrap());
+    let svc = KeyService::new(
+        CachingReviewer::new(SharedReviewer(e.reviewer.clone()), Duration::ZERO, 16),
+        std::sync::Arc::new(SharedSource(e.source.clone())),
+        e.keyring.clone(),
+        VersionIdKey::new(keyward::crypto::SecretBytes::from_slice(&[7; 32])),
+        Settings {
+            audience: "keyward".into(),
+            provider_sa: ("keyward-system".into(), "keyward-csi-provider".into()),
+            provider_audience: None,
+        },
+    )
+    .with_audit(audit);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(keyward::keyservice::serve_on(
+        listener,
+        std::sync::Arc::new(svc),
+        None,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let client = |token: &str| {
+        keyward::provider::KeyServiceClient::new(
+            &keyward::provider::ClientConfig {
+                url: format!("http://127.0.0.1:{port}"),
+                ca_pem: None,
+                server_name: None,
+                client_identity: None,
+                insecure: true,
+                timeout: Duration::from_secs(10),
+            },
+            keyward::provider::CallerToken::Static(token.into()),
+        )
+        .unwrap()
+    };
+    let req = |pod_name: String, keys: usize| FetchRequest {
+        pod_token: TOKEN.into(),
+        pod_namespace: NS.into(),
+        pod_name,
+        pod_uid: String::new(),
+        service_account: SA.into(),
+        keys: (0..keys)
+            .map(|i| KeyRequest {
+                key: if i == 0 { "db".into() } else { format!("k{i}") },
+                selector: None,
+            })
+            .collect(),
+        pod_token_expiration: String::new(),
+    };
+    let fetch = |token: &'static str, r: FetchRequest| {
+        let c = client(token);
+        async move { c.fetch(r).await.map_err(tonic::Status::from) }
+    };
+    let audit_len = || std::fs::read(&audit_path).map_or(0, |b| b.len());
+    // 1 MiB pod name: refused before it is decoded, whoever asks.
+    for token in ["nobody", PROVIDER_TOKEN] {
+        refused(
+            fetch(token, req("x".repeat(1 << 20), 1)).await,
+            Code::OutOfRange,
+            "the limit is: 65536 bytes",
+        );
+    }
+    // 60 KiB fits the request cap: an unauthenticated caller is refused and nothing recorded.
+    refused(
+        fetch("nobody", req("x".repeat(60 * 1024), 1)).await,
+        Code::Unauthenticated,
+        "provider's credentials",
+    );
+    // The provider itself, with a forged line in the pod name or too many keys.
+    refused(
+        fetch(PROVIDER_TOKEN, req("web-0\n{\"forged\":1}".into(), 1)).await,
+        Code::InvalidArgument,
+        "pod_name contains the control character U+000A",
+    );
+    refused(
+        fetch(PROVIDER_TOKEN, req("x".repeat(254), 1)).await,
+        Code::InvalidArgument,
+        "pod_name is 254 bytes, above the limit of 253",
+    );
+    refused(
+        fetch(PROVIDER_TOKEN, req("web-0".into(), 65)).await,
+        Code::InvalidArgument,
+        "asks for 65 keys, above the limit of 64",
+    );
+    assert_eq!(
+        audit_len(),
+        0,
+        "a refused hostile request reached the audit file"
+    );
+    assert_eq!(e.source.gets.load(Ordering::SeqCst), 0);
+    // A well-formed mount is served and recorded.
+    let r = fetch(PROVIDER_TOKEN, req("web-0".into(), 1)).await.unwrap();
+    assert_eq!(r.keys.len(), 1);
+    let log = std::fs::read_to_string(&audit_path).unwrap();
+    assert!(
+        log.contains("team-a/web-0") && log.lines().count() == 1,
+        "{log}"
+    );
+    let _ = stop.send(());
+}

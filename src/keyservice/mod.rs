@@ -4,6 +4,7 @@
 //! and only then unwraps. See docs/provider.md for the threat model.
 
 pub mod auth;
+pub mod limits;
 pub mod select;
 pub mod served;
 pub mod service;
@@ -216,6 +217,9 @@ pub async fn build(
     ))
 }
 
+/// Largest HTTP/2 header list the key service accepts (the caller's bearer token rides there).
+pub const MAX_HEADER_BYTES: u32 = 16 * 1024;
+
 /// Run the key service until `shutdown` completes. This is what the controller calls.
 pub async fn serve(
     args: KeyServiceArgs,
@@ -252,7 +256,12 @@ pub async fn serve_on<R: TokenReviewer>(
     if let Some(tls) = tls {
         b = b.tls_config(tls)?;
     }
-    b.add_service(KeyServiceServer::new(Grpc(svc)))
+    // Requests are capped before decoding (tonic's default is 4 MiB): a larger one is refused
+    // with OutOfRange and never allocated. Metadata (the bearer token) is capped by HTTP/2.
+    b.http2_max_header_list_size(MAX_HEADER_BYTES)
+        .add_service(
+            KeyServiceServer::new(Grpc(svc)).max_decoding_message_size(limits::MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
@@ -320,3 +329,6 @@ mod tests {
         assert!(i.tls().unwrap().is_none());
     }
 }
+
+#[cfg(test)]
+mod hostile_tests;

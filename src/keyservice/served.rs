@@ -22,6 +22,12 @@ pub struct ServeMetrics {
     pub first_serves: Counter,
     /// Versions served again to a pod that already had them (no audit record).
     pub repeat_serves: Counter,
+    /// Requests refused because the caller is not the authenticated provider (never written
+    /// to the audit file: an unauthenticated caller must not be able to fill it).
+    pub unauthenticated_refusals: Counter,
+    /// Requests from the provider refused because a field is out of bounds (see
+    /// `keyservice::limits`).
+    pub invalid_requests: Counter,
 }
 
 impl ServeMetrics {
@@ -36,6 +42,16 @@ impl ServeMetrics {
             "keyward_key_service_repeat_serves",
             "Key versions served again to a pod that already had them (re-mounts; not audited again)",
             self.repeat_serves.clone(),
+        );
+        registry.register(
+            "keyward_key_service_unauthenticated_refusals",
+            "Key-service requests refused before the caller was authenticated as the CSI provider (not audited)",
+            self.unauthenticated_refusals.clone(),
+        );
+        registry.register(
+            "keyward_key_service_invalid_requests",
+            "Key-service requests refused because a field is too long, holds a control character or asks for too many keys",
+            self.invalid_requests.clone(),
         );
     }
 }

@@ -2,6 +2,7 @@
 //! versions, unwrap. Every refusal is logged on the `keyward::audit` target.
 
 use super::auth::{AuthError, CachingReviewer, Identity, TokenReviewer};
+use super::limits::{self, RequestError};
 use super::select::{SelectError, Selector, select};
 use super::source::{KeyRecord, KeySource, SourceError};
 use super::version_id::VersionIdKey;
@@ -11,7 +12,7 @@ use crate::proto::keyservice::{
     FetchRequest, FetchResponse, KeyResult, ServedVersion, version_selector,
 };
 use crate::storage::{self, StorageError};
-use futures::future::join_all;
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -40,6 +41,10 @@ pub enum FetchError {
     /// The request is malformed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A string field is out of bounds or there are too many keys: refused before the pod is
+    /// authenticated and before anything of the request is recorded.
+    #[error(transparent)]
+    Request(#[from] RequestError),
     /// A requested key name is not one the pod may ask for.
     #[error(transparent)]
     KeyName(#[from] KeyNameError),
@@ -98,6 +103,7 @@ impl FetchError {
             Self::PodUnauthenticated(_) => "pod_unauthenticated",
             Self::IdentityMismatch(_) => "identity_mismatch",
             Self::InvalidArgument(_) | Self::KeyName(_) => "invalid_argument",
+            Self::Request(_) => "invalid_request",
             Self::KeyNotFound(_) => "key_not_found",
             Self::Denied { .. } => "access_denied",
             Self::NotServable { .. } => "not_servable",
@@ -118,7 +124,7 @@ impl From<FetchError> for tonic::Status {
             FetchError::CallerNotProvider(_)
             | FetchError::IdentityMismatch(_)
             | FetchError::Denied { .. } => tonic::Status::permission_denied(msg),
-            FetchError::InvalidArgument(_) | FetchError::KeyName(_) => {
+            FetchError::InvalidArgument(_) | FetchError::KeyName(_) | FetchError::Request(_) => {
                 tonic::Status::invalid_argument(msg)
             }
             FetchError::KeyNotFound(_) => tonic::Status::not_found(msg),
@@ -155,6 +161,10 @@ pub struct KeyService<R: TokenReviewer> {
     settings: Settings,
     audit: Arc<crate::audit::Audit>,
     served: Arc<super::ServedMemory>,
+    metrics: super::ServeMetrics,
+    /// ManagedKey lookups in flight across all requests (API-server load stays bounded however
+    /// many Mounts arrive at once).
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a `key` in a Mount request is not a ManagedKey name this pod may ask for; each message
@@ -317,6 +327,8 @@ impl<R: TokenReviewer> KeyService<R> {
                 super::served::DEFAULT_CAPACITY,
                 super::ServeMetrics::default(),
             )),
+            metrics: super::ServeMetrics::default(),
+            lookups: Arc::new(tokio::sync::Semaphore::new(limits::MAX_LOOKUPS_IN_FLIGHT)),
         }
     }
 
@@ -324,8 +336,9 @@ impl<R: TokenReviewer> KeyService<R> {
     pub fn with_serve_metrics(mut self, metrics: super::ServeMetrics) -> Self {
         self.served = Arc::new(super::ServedMemory::new(
             super::served::DEFAULT_CAPACITY,
-            metrics,
+            metrics.clone(),
         ));
+        self.metrics = metrics;
         self
     }
 
@@ -335,20 +348,50 @@ impl<R: TokenReviewer> KeyService<R> {
         self
     }
 
-    /// Authenticate the provider (`caller_token`) and the pod, then answer.
+    /// Authenticate the provider (`caller_token`), bound the request, authenticate the pod,
+    /// then answer. Nothing of the request reaches the audit file before the caller is the
+    /// provider and every field is within [`limits`]; refusals before that are counted and
+    /// logged with bounded, escaped fields only.
     pub async fn fetch(
         &self,
         caller_token: Option<&str>,
         req: &FetchRequest,
         pod_token_expiry: Option<SystemTime>,
     ) -> Result<FetchResponse, FetchError> {
+        if let Err(e) = self.authenticate_caller(caller_token).await {
+            self.metrics.unauthenticated_refusals.inc();
+            tracing::warn!(
+                target: AUDIT_TARGET,
+                time = %jiff::Timestamp::now(),
+                claimed_pod = %limits::preview(&req.pod_name, 64),
+                claimed_namespace = %limits::preview(&req.pod_namespace, 64),
+                outcome = "denied",
+                reason = e.reason(),
+                detail = %limits::preview(&e.to_string(), 512),
+                "key request refused: caller not authenticated (not recorded in the audit file)"
+            );
+            return Err(e);
+        }
+        if let Err(e) = limits::check_request(req) {
+            self.metrics.invalid_requests.inc();
+            tracing::warn!(
+                target: AUDIT_TARGET,
+                time = %jiff::Timestamp::now(),
+                field = e.field(),
+                outcome = "denied",
+                reason = "invalid_request",
+                detail = %e,
+                "key request refused: a field is out of bounds (not recorded in the audit file)"
+            );
+            return Err(e.into());
+        }
         let audit = AuditCtx {
             req,
             verified: None,
             sink: &self.audit,
             served: &self.served,
         };
-        let r = self.authenticate(caller_token, req, pod_token_expiry).await;
+        let r = self.authenticate_pod(req, pod_token_expiry).await;
         let pod = match r {
             Ok(id) => id,
             Err(e) => {
@@ -365,12 +408,8 @@ impl<R: TokenReviewer> KeyService<R> {
         self.answer(&pod, req, &audit).await
     }
 
-    async fn authenticate(
-        &self,
-        caller_token: Option<&str>,
-        req: &FetchRequest,
-        pod_token_expiry: Option<SystemTime>,
-    ) -> Result<Identity, FetchError> {
+    /// The caller must be the configured provider service account.
+    async fn authenticate_caller(&self, caller_token: Option<&str>) -> Result<(), FetchError> {
         let caller_token = caller_token.filter(|t| !t.is_empty()).ok_or_else(|| {
             FetchError::CallerUnauthenticated(
                 "no bearer token in the `authorization` metadata (check the provider's --token-file)"
@@ -393,6 +432,15 @@ impl<R: TokenReviewer> KeyService<R> {
         if &caller.namespace != pns || &caller.service_account != pname {
             return Err(FetchError::CallerNotProvider(caller.sa()));
         }
+        Ok(())
+    }
+
+    /// The pod token must be valid for our audience and match the pod the mount is for.
+    async fn authenticate_pod(
+        &self,
+        req: &FetchRequest,
+        pod_token_expiry: Option<SystemTime>,
+    ) -> Result<Identity, FetchError> {
         if req.pod_token.is_empty() {
             return Err(FetchError::PodUnauthenticated(format!(
                 "the mount request carries no token for audience {:?}; set `tokenRequests: [{{audience: {}}}]` on the CSIDriver secrets-store.csi.k8s.io",
@@ -435,6 +483,12 @@ impl<R: TokenReviewer> KeyService<R> {
         Ok(pod)
     }
 
+    /// One ManagedKey read, holding a permit of the service-wide lookup bound.
+    async fn lookup(&self, ns: &str, name: &str) -> Result<Option<KeyRecord>, SourceError> {
+        let _permit = self.lookups.acquire().await;
+        self.source.get(ns, name).await
+    }
+
     async fn answer(
         &self,
         pod: &Identity,
@@ -455,12 +509,19 @@ impl<R: TokenReviewer> KeyService<R> {
         for k in &req.keys {
             check_key_name(&k.key).map_err(|e| fail(&k.key, "*", e.into()))?;
         }
-        // Each ManagedKey is read once per request, all of them concurrently.
+        // Each ManagedKey is read once per request, at most MAX_CONCURRENT_LOOKUPS at a time
+        // and MAX_LOOKUPS_IN_FLIGHT across requests: a Mount never fans out to the API server
+        // without bound.
         let mut names: Vec<&str> = req.keys.iter().map(|k| k.key.as_str()).collect();
         names.sort_unstable();
         names.dedup();
         let ns = pod.namespace.as_str();
-        let loaded = join_all(names.iter().map(|n| self.source.get(ns, n))).await;
+        // Futures are lazy: `buffered` starts at most N of them at once.
+        let lookups: Vec<_> = names.iter().map(|n| self.lookup(ns, n)).collect();
+        let loaded: Vec<Result<Option<KeyRecord>, SourceError>> = futures::stream::iter(lookups)
+            .buffered(limits::MAX_CONCURRENT_LOOKUPS)
+            .collect()
+            .await;
         let mut records: HashMap<&str, KeyRecord> = HashMap::new();
         for (name, r) in names.iter().zip(loaded) {
             match r {
@@ -535,13 +596,15 @@ impl<R: TokenReviewer> KeyService<R> {
             })?;
             let mut versions = Vec::with_capacity(selection.versions.len());
             for v in &selection.versions {
-                let meta = rec
-                    .stored
-                    .state
-                    .versions
-                    .iter()
-                    .find(|x| x.version == *v)
-                    .expect("selected versions exist");
+                let Some(meta) = rec.stored.state.versions.iter().find(|x| x.version == *v) else {
+                    return Err(fail(
+                        name,
+                        &v.to_string(),
+                        FetchError::Internal(format!(
+                            "version {v} of {ns}/{name} was selected but is not stored"
+                        )),
+                    ));
+                };
                 let material = match unwrapped.get(&(name, *v)) {
                     Some(m) => m.clone(),
                     None => {

@@ -26,6 +26,11 @@ pub const PROVIDER_NAME: &str = "keyward";
 pub const API_VERSION: &str = "v1alpha1";
 /// Default socket path.
 pub const DEFAULT_SOCKET: &str = "/var/run/secrets-store-csi-providers/keyward.sock";
+/// Largest Mount request the provider decodes (tonic's default is 4 MiB): the attribute and
+/// secret caps of [`params`] plus room for the other fields. A larger request is refused with
+/// OutOfRange before it is allocated.
+pub const MAX_MOUNT_REQUEST_BYTES: usize =
+    params::MAX_ATTRIBUTES_BYTES + params::MAX_SECRETS_BYTES + 64 * 1024;
 
 /// Errors starting or running the provider.
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +265,10 @@ pub async fn serve(
     let listener = bind_socket(socket)?;
     tracing::info!(socket = %socket.display(), "CSI provider listening");
     let r = tonic::transport::Server::builder()
-        .add_service(CsiDriverProviderServer::new(provider))
+        .add_service(
+            CsiDriverProviderServer::new(provider)
+                .max_decoding_message_size(MAX_MOUNT_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,

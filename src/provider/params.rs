@@ -4,8 +4,9 @@
 
 use super::error::MountError;
 use crate::keyservice::Selector;
+use crate::keyservice::limits::{self, FieldProblem};
 use crate::keyservice::service::{KeyNameError, check_key_name};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::collections::{BTreeMap, HashSet};
 use std::time::SystemTime;
 
@@ -24,6 +25,18 @@ pub const OBJECTS: &str = "objects";
 
 /// Default file mode when the driver sends none (0644, the driver's own default).
 pub const DEFAULT_MODE: u32 = 0o644;
+
+/// Largest `attributes` JSON accepted: the SecretProviderClass parameters, the pod's volume
+/// attributes and the driver's pod info and tokens (a few KiB in practice).
+pub const MAX_ATTRIBUTES_BYTES: usize = 128 * 1024;
+/// Largest `secrets` JSON accepted (the nodePublishSecretRef data, or tokens on Kubernetes
+/// >= 1.35).
+pub const MAX_SECRETS_BYTES: usize = 64 * 1024;
+/// Largest `objects` parameter accepted (64 objects of every field at full length fit).
+pub const MAX_OBJECTS_BYTES: usize = 32 * 1024;
+/// Most objects one Mount may list: the key service's cap on keys per request
+/// ([`limits::MAX_KEYS_PER_MOUNT`]), so every accepted Mount fits one Fetch.
+pub const MAX_OBJECTS: usize = limits::MAX_KEYS_PER_MOUNT;
 
 /// A malformed Mount request: the user fixes the SecretProviderClass or the CSIDriver. Every
 /// message names the parameter or object and the fix.
@@ -64,6 +77,49 @@ pub enum ParamError {
     /// `objects` is empty.
     #[error("parameter `objects` lists no object; add at least one entry such as `- key: my-key`")]
     NoObjects,
+    /// A field of the request is larger than the provider accepts.
+    #[error("{what} is {len} bytes, above the provider's limit of {max}; {fix}")]
+    TooLarge {
+        /// Which field.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+        /// What the user changes.
+        fix: &'static str,
+    },
+    /// `objects` uses a YAML anchor or alias: an alias re-expands the node it names, so a few
+    /// KiB can become gigabytes (billion laughs). Refused before the YAML is parsed.
+    #[error(
+        "parameter `objects` contains {ch:?} at line {line}, column {column}: YAML anchors (&) and aliases (*) are not accepted (an alias can expand a small SecretProviderClass into gigabytes); write each object out in full and keep '&' and '*' out of comments"
+    )]
+    ObjectsAnchor {
+        /// `&` or `*`.
+        ch: char,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column (characters).
+        column: usize,
+    },
+    /// More objects than one Mount may carry.
+    #[error(
+        "parameter `objects` lists {count} objects, above the limit of {MAX_OBJECTS} per mount; split them over several SecretProviderClasses and volumes"
+    )]
+    TooManyObjects {
+        /// Objects listed.
+        count: usize,
+    },
+    /// A pod-info attribute is not a Kubernetes name (too long, control characters...).
+    #[error("attribute {attribute} {problem}; it must be the pod's Kubernetes {expected}")]
+    PodAttribute {
+        /// The attribute.
+        attribute: &'static str,
+        /// What is wrong (never the value itself).
+        problem: FieldProblem,
+        /// What a valid value is.
+        expected: &'static str,
+    },
     /// An entry without `key`.
     #[error("objects[{0}]: `key` (a ManagedKey name) is required")]
     MissingKey(usize),
@@ -269,13 +325,78 @@ pub struct MountParams {
 struct RawObject {
     key: Option<String>,
     #[serde(default)]
-    version: Option<serde_yaml_ng::Value>,
+    version: Option<Scalar>,
     #[serde(default)]
     format: Option<String>,
     #[serde(default)]
     file_name: Option<String>,
     #[serde(default)]
-    mode: Option<serde_yaml_ng::Value>,
+    mode: Option<Scalar>,
+}
+
+/// A YAML scalar, the only value an `objects` field takes. A list or map is refused at its
+/// first event, so no field can hold (or expand into) a structure.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar {
+    Null,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str(String),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Null => f.write_str("null"),
+            Self::Bool(b) => write!(f, "{b}"),
+            Self::Int(n) => write!(f, "{n}"),
+            Self::Float(x) => write!(f, "{x}"),
+            Self::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a number (not a list or a map)")
+            }
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(b))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(n.into()))
+            }
+            fn visit_i128<E>(self, n: i128) -> Result<Scalar, E> {
+                Ok(Scalar::Int(n))
+            }
+            fn visit_u128<E: serde::de::Error>(self, n: u128) -> Result<Scalar, E> {
+                i128::try_from(n)
+                    .map(Scalar::Int)
+                    .map_err(|_| E::custom("number out of range"))
+            }
+            fn visit_f64<E>(self, x: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Float(x))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(s.into()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Scalar, E> {
+                Ok(Scalar::Str(s))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -336,12 +457,11 @@ pub fn check_file_name(name: &str) -> Result<(), FileNameError> {
     Ok(())
 }
 
-fn parse_selector(v: &Option<serde_yaml_ng::Value>) -> Result<Selector, ObjectError> {
-    use serde_yaml_ng::Value;
+fn parse_selector(v: &Option<Scalar>) -> Result<Selector, ObjectError> {
     let bad = ObjectError::Version;
     match v {
-        None | Some(Value::Null) => Ok(Selector::Current),
-        Some(Value::String(s)) => match s.as_str() {
+        None | Some(Scalar::Null) => Ok(Selector::Current),
+        Some(Scalar::Str(s)) => match s.as_str() {
             "current" | "" => Ok(Selector::Current),
             "previous" => Ok(Selector::Previous),
             "all" => Ok(Selector::All),
@@ -352,23 +472,54 @@ fn parse_selector(v: &Option<serde_yaml_ng::Value>) -> Result<Selector, ObjectEr
                 .map(Selector::Number)
                 .ok_or_else(|| bad(format!("{n:?}"))),
         },
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
+        Some(Scalar::Int(n)) => u32::try_from(*n)
+            .ok()
             .filter(|n| *n > 0)
             .map(Selector::Number)
             .ok_or_else(|| bad(n.to_string())),
-        Some(other) => Err(bad(format!("{other:?}"))),
+        Some(other) => Err(bad(other.to_string())),
     }
 }
 
-/// Parse the `objects` YAML list.
+/// Refuse YAML anchors and aliases before parsing. Every node that is an anchor or alias
+/// starts with a literal `&` or `*`, and no valid `objects` value contains either character
+/// (key and file names, formats, versions and modes cannot), so a plain scan is exact: it
+/// never lets an alias through, and only refuses values that would be refused anyway (or a
+/// comment holding one of the two characters, which the message says).
+pub fn check_no_anchors(yaml: &str) -> Result<(), ParamError> {
+    for (i, line) in yaml.split('\n').enumerate() {
+        if let Some((at, ch)) = line.char_indices().find(|(_, c)| matches!(c, '&' | '*')) {
+            return Err(ParamError::ObjectsAnchor {
+                ch,
+                line: i + 1,
+                column: line[..at].chars().count() + 1,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Parse the `objects` YAML list. Bounded before parsing: at most [`MAX_OBJECTS_BYTES`], no
+/// anchors or aliases, scalar fields only; then at most [`MAX_OBJECTS`] entries. Memory and
+/// time are linear in the (capped) input.
 pub fn parse_objects(yaml: &str, default_mode: u32) -> Result<Vec<ObjectSpec>, ParamError> {
+    if yaml.len() > MAX_OBJECTS_BYTES {
+        return Err(ParamError::TooLarge {
+            what: "parameter `objects`",
+            len: yaml.len(),
+            max: MAX_OBJECTS_BYTES,
+            fix: "list fewer objects or split them over several SecretProviderClasses",
+        });
+    }
+    check_no_anchors(yaml)?;
     let raw: Vec<RawObject> = serde_yaml_ng::from_str::<Option<Vec<RawObject>>>(yaml)
         .map_err(ParamError::ObjectsYaml)?
         .unwrap_or_default();
     if raw.is_empty() {
         return Err(ParamError::NoObjects);
+    }
+    if raw.len() > MAX_OBJECTS {
+        return Err(ParamError::TooManyObjects { count: raw.len() });
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut names = HashSet::new();
@@ -403,9 +554,9 @@ fn object_spec(
     let file_name = r.file_name.unwrap_or_else(|| key.clone());
     check_file_name(&file_name)?;
     let mode = match &r.mode {
-        None | Some(serde_yaml_ng::Value::Null) => default_mode,
-        Some(serde_yaml_ng::Value::String(s)) => parse_mode(s)?,
-        Some(other) => return Err(ModeError::NotAString(format!("{other:?}")).into()),
+        None | Some(Scalar::Null) => default_mode,
+        Some(Scalar::Str(s)) => parse_mode(s)?,
+        Some(other) => return Err(ModeError::NotAString(other.to_string()).into()),
     };
     if !names.insert(file_name.clone()) {
         return Err(FileNameError::Duplicate(file_name).into());
@@ -445,6 +596,30 @@ pub fn parse_mount(
     audience: &str,
     now: SystemTime,
 ) -> Result<MountParams, MountError> {
+    for (what, text, max, fix) in [
+        (
+            "attributes (SecretProviderClass parameters and volume attributes)",
+            attributes,
+            MAX_ATTRIBUTES_BYTES,
+            "shorten the SecretProviderClass parameters or the volume's volumeAttributes",
+        ),
+        (
+            "secrets (the volume's nodePublishSecretRef data)",
+            secrets,
+            MAX_SECRETS_BYTES,
+            "point nodePublishSecretRef at a smaller Secret",
+        ),
+    ] {
+        if text.len() > max {
+            return Err(ParamError::TooLarge {
+                what,
+                len: text.len(),
+                max,
+                fix,
+            }
+            .into());
+        }
+    }
     let attrs: BTreeMap<String, String> =
         serde_json::from_str(attributes).map_err(ParamError::Attributes)?;
     // The driver sends `json.Marshal` of the CSI secrets map (v1.6.0 `nodeserver.go`
@@ -467,6 +642,20 @@ pub fn parse_mount(
     let pod_name = need(POD_NAME)?;
     let pod_uid = attrs.get(POD_UID).cloned().unwrap_or_default();
     let service_account = need(SA_NAME)?;
+    // The same bounds the key service enforces, refused here with the attribute's name.
+    let pod_attr = |attribute, expected| {
+        move |problem| ParamError::PodAttribute {
+            attribute,
+            problem,
+            expected,
+        }
+    };
+    limits::check_namespace(&namespace)
+        .map_err(pod_attr(POD_NAMESPACE, "namespace (a DNS label)"))?;
+    limits::check_name(&pod_name).map_err(pod_attr(POD_NAME, "name (a DNS subdomain)"))?;
+    limits::check_text(&pod_uid, limits::MAX_UID).map_err(pod_attr(POD_UID, "UID"))?;
+    limits::check_name(&service_account)
+        .map_err(pod_attr(SA_NAME, "service account name (a DNS subdomain)"))?;
     let default_mode = parse_permission(permission)?;
     let objects_yaml = attrs.get(OBJECTS).ok_or(ParamError::MissingObjects)?;
     let objects = parse_objects(objects_yaml, default_mode)?;
@@ -485,6 +674,10 @@ pub fn parse_mount(
         .ok_or_else(|| TokenError::Missing {
             audience: audience.into(),
         })?;
+    limits::check_text(&token.token, limits::MAX_TOKEN_BYTES)
+        .map_err(pod_attr(SA_TOKENS, "service-account token"))?;
+    limits::check_text(&token.expiration_raw, limits::MAX_TIMESTAMP)
+        .map_err(pod_attr(SA_TOKENS, "token expirationTimestamp (RFC 3339)"))?;
     if let Some(exp) = token.expires
         && exp <= now
     {
@@ -751,5 +944,145 @@ mod tests {
         let e = parse_mount(&a, "", "420", "keyward", SystemTime::now()).unwrap_err();
         assert!(e.to_string().contains("`objects` is missing"), "{e}");
         assert!(parse_mount("not json", "", "", "keyward", SystemTime::now()).is_err());
+    }
+
+    /// A billion-laughs document: ten aliases per level, nine levels (10^9 nodes expanded).
+    fn billion_laughs() -> String {
+        let mut y = String::from("- key: a\n  version: &l0 [\"lol\"]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*l{}", i - 1); 10].join(", ");
+            y.push_str(&format!("- key: a{i}\n  version: &l{i} [{refs}]\n"));
+        }
+        y
+    }
+
+    #[test]
+    fn a_billion_laughs_objects_parameter_is_refused_fast_naming_the_anchor() {
+        let y = billion_laughs();
+        assert!(y.len() < 1024, "{}", y.len());
+        let t = std::time::Instant::now();
+        let e = parse_objects(&y, 0o644).unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(
+            matches!(
+                e,
+                ParamError::ObjectsAnchor {
+                    ch: '&',
+                    line: 2,
+                    column: 12
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("anchors (&) and aliases (*)"), "{e}");
+        // Aliases alone, and merge keys, are refused the same way.
+        for (y, ch) in [
+            ("- key: *k", '*'),
+            ("- <<: *base\n  key: a", '*'),
+            ("- {key: \"a #\", version: *x}", '*'),
+            ("- key: a # ** note **", '*'),
+        ] {
+            let e = parse_objects(y, 0o644).unwrap_err();
+            assert!(
+                matches!(e, ParamError::ObjectsAnchor { ch: c, .. } if c == ch),
+                "{y:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn object_fields_are_scalars_only() {
+        for y in [
+            "- key: a\n  version: [1, 2]",
+            "- key: a\n  mode: {a: 1}",
+            "- key: [a]",
+        ] {
+            let e = parse_objects(y, 0o644).unwrap_err();
+            assert!(matches!(e, ParamError::ObjectsYaml(_)), "{y:?}: {e}");
+        }
+        let e = parse_objects("- key: a\n  version: 1.5", 0o644).unwrap_err();
+        assert!(e.to_string().contains("version 1.5 is not current"), "{e}");
+        let e = parse_objects("- key: a\n  version: true", 0o644).unwrap_err();
+        assert!(e.to_string().contains("version true is not current"), "{e}");
+        let e = parse_objects("- key: a\n  version: 99999999999999999999", 0o644).unwrap_err();
+        assert!(e.to_string().contains("is not current"), "{e}");
+        let e = parse_objects("- key: a\n  mode: 400", 0o644).unwrap_err();
+        assert!(e.to_string().contains("got 400"), "{e}");
+    }
+
+    #[test]
+    fn objects_count_and_size_are_capped() {
+        let list = |n: usize| (0..n).map(|i| format!("- key: k{i}\n")).collect::<String>();
+        assert_eq!(parse_objects(&list(MAX_OBJECTS), 0o644).unwrap().len(), 64);
+        let e = parse_objects(&list(MAX_OBJECTS + 1), 0o644).unwrap_err();
+        assert!(matches!(e, ParamError::TooManyObjects { count: 65 }), "{e}");
+        assert!(e.to_string().contains("limit of 64 per mount"), "{e}");
+        let big = format!("- key: a\n# {}\n", "x".repeat(MAX_OBJECTS_BYTES));
+        let e = parse_objects(&big, 0o644).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ParamError::TooLarge {
+                    what: "parameter `objects`",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let s = tonic::Status::from(MountError::from(e));
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn pod_info_and_request_sizes_are_bounded_naming_the_attribute() {
+        let now = SystemTime::now();
+        let with = |k: &str, v: &str| {
+            let mut a: serde_json::Value =
+                serde_json::from_str(&attrs("- key: db", Some(&tok(FUTURE)))).unwrap();
+            a[k] = v.into();
+            a.to_string()
+        };
+        for (k, v, needle) in [
+            (POD_NAME, "web-0\nforged", "control character U+000A"),
+            (POD_NAME, &"a".repeat(254), "above the limit of 253"),
+            (POD_NAMESPACE, &"a".repeat(64), "above the limit of 63"),
+            (POD_NAMESPACE, "Team_A", "is not a DNS label"),
+            (SA_NAME, "web\u{0}", "control character U+0000"),
+            (POD_UID, &"u".repeat(129), "above the limit of 128"),
+        ] {
+            let e = parse_mount(&with(k, v), "", "420", "keyward", now).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                matches!(e, MountError::Request(ParamError::PodAttribute { attribute, .. }) if attribute == k),
+                "{k}: {msg}"
+            );
+            assert!(msg.contains(needle) && msg.contains(k), "{msg}");
+            assert!(!msg.contains("forged") && !msg.contains('\n'), "{msg}");
+        }
+        let long_token =
+            serde_json::json!({"keyward": {"token": "t".repeat(20_000), "expirationTimestamp": FUTURE}})
+                .to_string();
+        let e = parse_mount(&with(SA_TOKENS, &long_token), "", "420", "keyward", now).unwrap_err();
+        assert!(e.to_string().contains("above the limit of 16384"), "{e}");
+
+        let huge = with("padding", &"p".repeat(MAX_ATTRIBUTES_BYTES));
+        let e = parse_mount(&huge, "", "420", "keyward", now).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MountError::Request(ParamError::TooLarge {
+                    max: MAX_ATTRIBUTES_BYTES,
+                    ..
+                })
+            ),
+            "{e}"
+        );
+        let secrets = serde_json::json!({"k": "s".repeat(MAX_SECRETS_BYTES)}).to_string();
+        let e = parse_mount(&with("x", "y"), &secrets, "420", "keyward", now).unwrap_err();
+        assert!(e.to_string().contains("nodePublishSecretRef"), "{e}");
     }
 }

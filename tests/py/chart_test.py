@@ -15,7 +15,7 @@
 - the kind e2e script prints SKIPPED and exits 0 without a Docker engine.
 
 With OUTDIR it writes there, for the Rust test: apply.yaml (the default rendering minus
-PodDisruptionBudget, which the test API server does not serve) and args.json (every rendered
+PodDisruptionBudget and NetworkPolicy, which the test API server does not serve) and args.json (every rendered
 command line, which the Rust test feeds to the real binary).
 """
 import base64
@@ -85,6 +85,12 @@ SETS = {
         "keyService": {"providerTokenAudience": "keyward-provider"},
         "imagePullSecrets": [{"name": "regcred"}],
     },
+    "netpol-scrapers": {"networkPolicy": {
+        "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        "keyServiceExtraFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "other-keyward"}},
+                                 "podSelector": {"matchLabels": {"app.kubernetes.io/component": "csi-provider"}}}],
+    }},
+    "netpol-off": {"networkPolicy": {"enabled": False}},
 }
 
 
@@ -117,6 +123,39 @@ def validate(d, where):
             check(False, f"{where}: {d.get('kind')} {d['metadata'].get('name')} invalid for Kubernetes {v}: {e.message} at {list(e.path)}")
             return False
     return True
+
+
+# ---------------------------------------------------------------- a small NetworkPolicy evaluator
+def _selects(sel, labels):
+    """matchLabels only (what the chart renders); an empty selector selects everything."""
+    return all(labels.get(k) == v for k, v in (sel or {}).get("matchLabels", {}).items()) and not (sel or {}).get("matchExpressions")
+
+
+def admits(ds, pod, to_labels, port_name, ports_by_name):
+    """Whether `pod` (dict: labels, namespace, namespace_labels) may open `port_name` on a pod
+    of the release namespace labelled `to_labels`, under the rendered NetworkPolicies (Ingress).
+    No policy selecting the target: everything is admitted (Kubernetes semantics)."""
+    pols = [d for _, d in ds if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == NS
+            and _selects(d["spec"]["podSelector"], to_labels) and "Ingress" in d["spec"].get("policyTypes", ["Ingress"])]
+    if not pols:
+        return True
+    number = ports_by_name[port_name]
+    for p in pols:
+        for rule in p["spec"].get("ingress", []):
+            ports = rule.get("ports")
+            if ports is not None and not any(q.get("port") in (port_name, number) for q in ports):
+                continue
+            peers = rule.get("from")
+            if peers is None:
+                return True
+            for peer in peers:
+                if "ipBlock" in peer:
+                    continue
+                ns_ok = _selects(peer["namespaceSelector"], pod["namespace_labels"]) if "namespaceSelector" in peer else pod["namespace"] == NS
+                pod_ok = _selects(peer["podSelector"], pod["labels"]) if "podSelector" in peer else True
+                if ns_ok and pod_ok:
+                    return True
+    return False
 
 
 # ---------------------------------------------------------------- a small RBAC evaluator
@@ -286,6 +325,44 @@ for name, extra in SETS.items():
         check(any(r.get("resourceNames") == [values["controller"]["leaseName"]] for r in lease_rules), f"{name}: Lease access limited to {values['controller']['leaseName']}")
     else:
         check(not lease_rules, f"{name}: no Lease access without leader election")
+    # NetworkPolicy: only this release's provider pods reach the key-service port.
+    nps = [d for _, d in ds if d["kind"] == "NetworkPolicy"]
+    np_on = values["networkPolicy"]["enabled"]
+    check(len(nps) == (1 if np_on else 0), f"{name}: {len(nps)} NetworkPolicy (networkPolicy.enabled={np_on})")
+    ctl_labels = dep["spec"]["template"]["metadata"]["labels"]
+    ports_by_name = {p["name"]: p["containerPort"] for p in c["ports"]}
+    in_ns = lambda labels: {"labels": labels, "namespace": NS, "namespace_labels": {"kubernetes.io/metadata.name": NS}}
+    elsewhere = lambda ns, labels: {"labels": labels, "namespace": ns, "namespace_labels": {"kubernetes.io/metadata.name": ns}}
+    provider_pod = in_ns(dset["spec"]["template"]["metadata"]["labels"])
+    strangers = {
+        "a pod of another namespace": elsewhere("default", {"app": "web"}),
+        "a pod labelled csi-provider in another namespace": elsewhere("default", dset["spec"]["template"]["metadata"]["labels"]),
+        "another pod of the release namespace": in_ns({"app": "debug"}),
+        "a controller pod": in_ns(ctl_labels),
+    }
+    admitted = {who: admits(ds, p, ctl_labels, "key-service", ports_by_name) for who, p in strangers.items()}
+    if np_on:
+        np = nps[0]
+        check(np["spec"]["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"] and np["spec"]["policyTypes"] == ["Ingress"],
+              f"{name}: the NetworkPolicy selects the controller pods, Ingress only (egress to the API server untouched)")
+        check(admits(ds, provider_pod, ctl_labels, "key-service", ports_by_name) and not any(admitted.values()),
+              f"{name}: key-service port admits the provider pods only ({admitted})")
+        check(not any("from" not in r and any(q.get("port") in ("key-service", values["keyService"]["port"]) for q in r.get("ports", []))
+                      for r in np["spec"]["ingress"]) and all(r.get("ports") for r in np["spec"]["ingress"]),
+              f"{name}: no rule opens the key-service port to everyone, every rule names its ports")
+        scraper = elsewhere("monitoring", {"app": "prometheus"})
+        metrics_open = admits(ds, elsewhere("default", {"app": "web"}), ctl_labels, "metrics", ports_by_name)
+        if values["networkPolicy"]["metricsFrom"]:
+            check(admits(ds, scraper, ctl_labels, "metrics", ports_by_name) and not metrics_open,
+                  f"{name}: metrics port admits metricsFrom only")
+        else:
+            check(metrics_open and admits(ds, scraper, ctl_labels, "metrics", ports_by_name), f"{name}: metrics/probe port open to all by default")
+        if values["networkPolicy"]["keyServiceExtraFrom"]:
+            check(admits(ds, elsewhere("other-keyward", {"app.kubernetes.io/component": "csi-provider"}), ctl_labels, "key-service", ports_by_name)
+                  and not admits(ds, elsewhere("other-keyward", {"app": "x"}), ctl_labels, "key-service", ports_by_name),
+                  f"{name}: keyServiceExtraFrom peers admitted to the key-service port, nobody else of their namespace")
+    else:
+        check(all(admitted.values()), f"{name}: without the NetworkPolicy everything is admitted (the evaluator is not vacuous)")
     pdbs = [d for _, d in ds if d["kind"] == "PodDisruptionBudget"]
     check(bool(pdbs) == (values["controller"]["replicas"] > 1), f"{name}: PodDisruptionBudget {'present' if pdbs else 'absent'}")
     check(rendered.get(f"{REL}/templates/NOTES.txt", "").count("kubectl get mk") == 1, f"{name}: NOTES.txt tells the next steps")
@@ -316,6 +393,9 @@ BAD = [
     ({"kek": {"wrapAlgorithm": "des"}}, "/kek/wrapAlgorithm"),
     ({"provider": {"resources": {"requests": {"cpu": "lots"}}}}, "/provider/resources/requests/cpu"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    ({"networkPolicy": {"enabled": "yes"}}, "/networkPolicy/enabled"),
+    ({"networkPolicy": {"metricsFrom": [{}]}}, "/networkPolicy/metricsFrom/0"),
+    ({"networkPolicy": {"keyServiceExtraFrom": [{"podSelectr": {}}]}}, "podSelectr"),
 ]
 for bad, key in BAD:
     values = merge(defaults, bad)
@@ -468,7 +548,7 @@ if len(sys.argv) > 1:
     os.makedirs(sys.argv[1], exist_ok=True)
     _, dds, _ = rendered_sets["default"]
     with open(os.path.join(sys.argv[1], "apply.yaml"), "w") as f:
-        yaml.safe_dump_all([d for _, d in dds if d["kind"] != "PodDisruptionBudget"], f)
+        yaml.safe_dump_all([d for _, d in dds if d["kind"] not in ("PodDisruptionBudget", "NetworkPolicy")], f)
     with open(os.path.join(sys.argv[1], "args.json"), "w") as f:
         json.dump(all_args, f)
 
