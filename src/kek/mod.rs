@@ -47,6 +47,36 @@ pub enum KekError {
         /// KEK version in the envelope.
         version: u32,
     },
+    /// A stored passphrase envelope names KDF costs above what this process is configured to
+    /// spend. Refused before any derivation, so an edited envelope cannot make the controller
+    /// allocate gigabytes or spin for minutes.
+    #[error(
+        "passphrase envelope refused before key derivation: {parameter} {value} is above the configured maximum {max} (if the envelope is genuine, raise {setting})"
+    )]
+    KdfCostRefused {
+        /// The cost parameter, e.g. `Argon2 memory (KiB)`.
+        parameter: &'static str,
+        /// What the envelope claims.
+        value: u32,
+        /// The configured ceiling.
+        max: u32,
+        /// Flag that sets the ceiling.
+        setting: &'static str,
+    },
+    /// A PKCS#11 object carries the KEK label but is not a KEK keyward generated (wrong type
+    /// or length, extractable, not sensitive, imported, or without keyward's marker). Using it
+    /// would put DEKs under a key whose value may exist outside the token.
+    #[error(
+        "PKCS#11 object {object} is not a keyward KEK: {attribute} {detail} (delete or relabel that object, or choose another --pkcs11-key-label)"
+    )]
+    ForeignKeyObject {
+        /// Token, label and CKA_ID (hex) of the object.
+        object: String,
+        /// The failing attribute, e.g. `CKA_EXTRACTABLE`.
+        attribute: &'static str,
+        /// What it is and what it must be.
+        detail: String,
+    },
     /// Wrapping or unwrapping failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
