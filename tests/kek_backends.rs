@@ -190,6 +190,68 @@ async fn passphrase_config_errors_name_the_flag() {
     assert!(e.contains("--argon2-memory-kib"), "{e}");
 }
 
+/// Resident set size of this process, KiB (Linux `/proc/self/status`).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// An edited envelope (the params block beside the wrapped key is reachable by whoever can
+/// write the storage Secret) claiming 4 GiB of Argon2id memory: refused with the parameter
+/// named, in well under a derivation's time, and without the process growing.
+#[tokio::test]
+async fn passphrase_envelope_claiming_4_gib_argon2_memory_is_refused_before_derivation() {
+    kek_env();
+    let b = PassphraseKek::new("pp", pass(), Kdf::ARGON2ID_FLOOR, Algorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    let ctx = KeyContext::new("ns", "k", 1);
+    let env = b.wrap(&ctx, &SecretBytes::random(32)).await.unwrap();
+    let four_gib = 4 * 1024 * 1024;
+    let mut evil = env.clone();
+    // params: format (1), KDF id (1 = Argon2id), memory KiB (u32 BE), passes, lanes, salt.
+    assert_eq!(&evil.params[..2], &[1, 1]);
+    evil.params[2..6].copy_from_slice(&u32::to_be_bytes(four_gib));
+    // The KEK version matches the claimed costs, so only the cost ceiling stands in the way.
+    evil.kek_version = Kdf::Argon2id {
+        memory_kib: four_gib,
+        time_cost: 1,
+        parallelism: 1,
+    }
+    .version_id();
+    // As stored: through the encoded form.
+    let evil = keyward::crypto::Envelope::decode(&evil.encode().unwrap()).unwrap();
+    let rss_before = rss_kib();
+    let t = Instant::now();
+    let e = b.unwrap(&evil, &ctx).await.unwrap_err();
+    let took = t.elapsed();
+    let grew_kib = rss_kib().saturating_sub(rss_before);
+    eprintln!("MEASURE 4 GiB Argon2 claim refused in {took:?}, RSS +{grew_kib} KiB");
+    assert!(
+        matches!(
+            e,
+            KekError::KdfCostRefused {
+                parameter: "Argon2id memory (KiB)",
+                value: 4_194_304,
+                max: ARGON2_MIN_MEMORY_KIB,
+                setting: "--argon2-max-memory-kib",
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("before key derivation"), "{e}");
+    // The floor derivation (19 MiB, one pass) takes ~50 ms here; 4 GiB would take seconds.
+    assert!(took < std::time::Duration::from_millis(20), "{took:?}");
+    // Other tests of this process may derive (<= 64 MiB each) meanwhile; 4 GiB would not fit.
+    assert!(grew_kib < 256 * 1024, "RSS grew by {grew_kib} KiB");
+    // The genuine envelope still unwraps: nothing was poisoned.
+    assert!(b.unwrap(&env, &ctx).await.is_ok());
+}
+
 /// Default production parameters (m = 64 MiB, t = 3, p = 1): one derivation at start-up,
 /// then unwraps hit the cache.
 #[tokio::test]
