@@ -361,6 +361,162 @@ async fn pkcs11_key_is_sensitive_and_not_extractable() {
     .unwrap();
 }
 
+/// Run `f` in a logged-in R/W session on [`TOKEN`] opened directly through cryptoki, as an
+/// operator (or an attacker with the PIN) would.
+async fn on_token<T: Send + 'static>(
+    f: impl FnOnce(&cryptoki::session::Session) -> T + Send + 'static,
+) -> T {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    let module = kek_env().module.clone();
+    tokio::task::spawn_blocking(move || {
+        let ctx = Pkcs11::new(&module).unwrap();
+        // Possibly already initialised by a backend in this process.
+        let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+        let slot = ctx
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| ctx.get_token_info(*s).unwrap().label() == TOKEN)
+            .unwrap();
+        let s = ctx.open_rw_session(slot).unwrap();
+        let _ = s.login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::from(PIN)),
+        );
+        f(&s)
+    })
+    .await
+    .unwrap()
+}
+
+/// Attributes of an AES-256 KEK as keyward generates it, for `label`, with `changes` applied
+/// (same attribute type replaced, others appended).
+fn kek_template(
+    label: &str,
+    changes: Vec<cryptoki::object::Attribute>,
+) -> Vec<cryptoki::object::Attribute> {
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(format!("keyward-kek:{label}").into_bytes()),
+    ];
+    for c in changes {
+        t.retain(|a| a.attribute_type() != c.attribute_type());
+        t.push(c);
+    }
+    t
+}
+
+/// Objects that carry a KEK label but are not AES-256 keys keyward generated inside the token
+/// as sensitive and non-extractable are refused, naming the object and the failing attribute,
+/// both at start-up and when planted next to a working KEK.
+#[tokio::test]
+async fn pkcs11_foreign_objects_with_the_kek_label_are_refused_by_name() {
+    let _turn = hsm_turn().await;
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::Attribute;
+    kek_env();
+    // (KEK label, how the object is made, the attribute that must be named)
+    let cases: Vec<(&str, Vec<Attribute>, bool, &str)> = vec![
+        // An extractable AES key (the finding): generated, but its value can leave the token.
+        (
+            "fx-extractable",
+            vec![Attribute::Extractable(true), Attribute::Sensitive(false)],
+            true,
+            "CKA_EXTRACTABLE",
+        ),
+        // Right attributes, but not marked by keyward.
+        ("fx-unmarked", vec![Attribute::Id(vec![])], true, "CKA_ID"),
+        // AES-128.
+        (
+            "fx-short",
+            vec![Attribute::ValueLen(16.into())],
+            true,
+            "CKA_VALUE_LEN",
+        ),
+        // Imported key material (C_CreateObject): sensitive and non-extractable now, but its
+        // value existed outside the token.
+        (
+            "fx-imported",
+            vec![Attribute::Value(vec![7; 32])],
+            false,
+            "CKA_LOCAL",
+        ),
+    ];
+    for (key_label, changes, generate, attribute) in cases {
+        let label = format!("{key_label}-v1");
+        let template = kek_template(&label, changes);
+        on_token(move |s| {
+            if generate {
+                s.generate_key(&Mechanism::AesKeyGen, &template).unwrap();
+            } else {
+                let t: Vec<_> = template
+                    .into_iter()
+                    .filter(|a| !matches!(a, Attribute::ValueLen(_)))
+                    .collect();
+                s.create_object(&t).unwrap();
+            }
+        })
+        .await;
+        let e = Pkcs11Kek::connect(pkcs11_cfg(key_label)).await.unwrap_err();
+        match &e {
+            KekError::ForeignKeyObject {
+                object,
+                attribute: a,
+                ..
+            } => {
+                assert!(object.contains(&format!("{TOKEN}/{label}")), "{e}");
+                assert_eq!(*a, attribute, "{e}");
+            }
+            other => panic!("{key_label}: expected ForeignKeyObject, got {other}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&label) && msg.contains(attribute) && msg.contains("--pkcs11-key-label"),
+            "{msg}"
+        );
+    }
+
+    // A working KEK, then an extractable impostor planted under the same label: wraps,
+    // unwraps and health refuse to use either rather than pick one, and say which object.
+    let b = Pkcs11Kek::connect(pkcs11_cfg("fx-planted")).await.unwrap();
+    let ctx = KeyContext::new("ns", "k", 1);
+    let env = b.wrap(&ctx, &SecretBytes::random(32)).await.unwrap();
+    let template = kek_template("fx-planted-v1", vec![Attribute::Extractable(true)]);
+    on_token(move |s| s.generate_key(&Mechanism::AesKeyGen, &template).map(|_| ()))
+        .await
+        .unwrap();
+    for e in [
+        b.unwrap(&env, &ctx).await.unwrap_err(),
+        b.wrap(&ctx, &SecretBytes::random(32)).await.unwrap_err(),
+        b.health().await.unwrap_err(),
+        Pkcs11Kek::connect(pkcs11_cfg("fx-planted"))
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                &e,
+                KekError::ForeignKeyObject {
+                    attribute: "CKA_EXTRACTABLE",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("fx-planted-v1"), "{e}");
+    }
+}
+
 #[tokio::test]
 async fn pkcs11_rotate_keeps_old_versions() {
     let _turn = hsm_turn().await;
