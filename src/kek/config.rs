@@ -7,7 +7,7 @@
 
 use super::awskms::{AwsCredentials, AwsKmsConfig, AwsKmsKek};
 use super::local::LocalKek;
-use super::passphrase::{Kdf, KdfLimits, PassphraseKek, read_passphrase_file};
+use super::passphrase::{Kdf, KdfLimits, PassphraseKek, read_secret_file};
 use super::pkcs11::{Pkcs11Config, Pkcs11Kek, TokenSelector};
 use super::{KekBackend, KekError, Keyring};
 use crate::crypto::{Algorithm, SecretBytes};
@@ -212,10 +212,7 @@ fn secret_from_file_or_env(
     setting: &'static str,
 ) -> Result<SecretBytes, KekError> {
     if let Some(p) = file {
-        return read_passphrase_file(p).map_err(|e| match e {
-            KekError::Misconfigured { detail, .. } => KekError::Misconfigured { setting, detail },
-            o => o,
-        });
+        return read_secret_file(p, setting);
     }
     match std::env::var_os(env) {
         Some(v) => Ok(SecretBytes::new(v.into_encoded_bytes())),
@@ -417,6 +414,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("pp");
         std::fs::write(&f, "a long enough passphrase\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let a = KekArgs {
             kek_backend: BackendKind::Passphrase,
             passphrase_file: Some(f),

@@ -7,6 +7,7 @@
 
 pub mod awskms;
 pub mod config;
+pub mod keyfile;
 pub mod local;
 pub mod passphrase;
 pub mod pkcs11;
@@ -77,6 +78,9 @@ pub enum KekError {
         /// What it is and what it must be.
         detail: String,
     },
+    /// A key file (root key, passphrase, PIN) is unreadable or has an unsafe mode.
+    #[error("KEK backend misconfigured: {0}")]
+    KeyFile(#[from] keyfile::KeyFileError),
     /// Wrapping or unwrapping failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),

@@ -476,12 +476,19 @@ pub struct PassphraseKek {
     derive_lock: tokio::sync::Mutex<()>,
 }
 
-/// Read a passphrase file, dropping one trailing newline (`\n` or `\r\n`).
+/// Read a passphrase file, dropping one trailing newline (`\n` or `\r\n`). The file must be
+/// a regular file readable by its owner (and group) only: see [`super::keyfile`].
 pub fn read_passphrase_file(path: &std::path::Path) -> Result<SecretBytes, KekError> {
-    let mut raw = Zeroizing::new(std::fs::read(path).map_err(|e| KekError::Misconfigured {
-        setting: "--passphrase-file (KEYWARD_PASSPHRASE_FILE)",
-        detail: format!("cannot read {}: {e}", path.display()),
-    })?);
+    read_secret_file(path, "--passphrase-file (KEYWARD_PASSPHRASE_FILE)")
+}
+
+/// Read a one-line secret (passphrase, PIN) from `path`, named `setting` in errors, dropping
+/// one trailing newline. Mode, type and size are checked first ([`super::keyfile`]).
+pub fn read_secret_file(
+    path: &std::path::Path,
+    setting: &'static str,
+) -> Result<SecretBytes, KekError> {
+    let mut raw = super::keyfile::read_key_file(path, setting)?;
     if raw.ends_with(b"\n") {
         raw.pop();
         if raw.ends_with(b"\r") {
@@ -918,6 +925,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pp");
         std::fs::write(&p, "a passphrase here\r\n").unwrap();
+        // Written with the umask's mode (typically 0644): refused, naming the flag.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_passphrase_file(&p).unwrap_err().to_string();
+        assert!(e.contains("--passphrase-file") && e.contains("0644"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(
             read_passphrase_file(&p).unwrap().expose(),
             b"a passphrase here"
