@@ -134,11 +134,20 @@ pub trait KekBackend: Send + Sync + 'static {
     }
 }
 
+/// How long [`Keyring::health_cached`] reuses a result: readiness probes (every few seconds,
+/// per replica, plus anyone who can reach the port) then cost at most one KMS request or HSM
+/// call per 10 s.
+pub const HEALTH_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The last health result and when it was taken (errors kept as text: `KekError` is not Clone).
+type HealthSlot = Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>>;
+
 /// The primary backend plus any others whose envelopes must still unwrap.
 #[derive(Clone)]
 pub struct Keyring {
     primary: Arc<dyn KekBackend>,
     others: Vec<Arc<dyn KekBackend>>,
+    health: HealthSlot,
 }
 
 impl Keyring {
@@ -147,6 +156,7 @@ impl Keyring {
         Self {
             primary,
             others: Vec::new(),
+            health: HealthSlot::default(),
         }
     }
 
@@ -214,5 +224,113 @@ impl Keyring {
             b.health().await?;
         }
         Ok(())
+    }
+
+    /// [`Keyring::health`], reused for [`HEALTH_TTL`] (success or failure), for `/readyz`.
+    /// Concurrent callers wait for one check instead of each calling the backends, so probes
+    /// cannot hammer AWS KMS or the HSM. Clones of a keyring share the cache.
+    pub async fn health_cached(&self) -> Result<(), String> {
+        let mut slot = self.health.lock().await;
+        if let Some((at, r)) = slot.as_ref()
+            && at.elapsed() < HEALTH_TTL
+        {
+            return r.clone();
+        }
+        let r = self.health().await.map_err(|e| e.to_string());
+        *slot = Some((tokio::time::Instant::now(), r.clone()));
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// A backend that counts health checks and fails them on demand.
+    #[derive(Default)]
+    struct Counting {
+        calls: AtomicUsize,
+        down: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl KekBackend for Counting {
+        fn kind(&self) -> &'static str {
+            "counting"
+        }
+        fn kek_id(&self) -> String {
+            "c".into()
+        }
+        fn kek_version(&self) -> u32 {
+            1
+        }
+        async fn wrap(&self, _: &KeyContext, _: &SecretBytes) -> Result<Envelope, KekError> {
+            Err(KekError::Misconfigured {
+                setting: "-",
+                detail: "test backend does not wrap".into(),
+            })
+        }
+        async fn unwrap(&self, e: &Envelope, _: &KeyContext) -> Result<SecretBytes, KekError> {
+            Err(KekError::unknown_kek(e))
+        }
+        async fn health(&self) -> Result<(), KekError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            if self.down.load(Ordering::SeqCst) {
+                Err(KekError::Unavailable {
+                    backend: "counting",
+                    setting: "--x",
+                    detail: "down".into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
+        async fn rotate(&self) -> Result<u32, KekError> {
+            Ok(1)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_checks_call_the_backend_at_most_once_per_ttl() {
+        let b = Arc::new(Counting::default());
+        let ring = Keyring::new(b.clone());
+        let clone = ring.clone();
+        // A burst of probes, concurrent and sequential, on the keyring and a clone of it.
+        let burst: Vec<_> = (0..50)
+            .map(|i| {
+                let r = if i % 2 == 0 { ring.clone() } else { clone.clone() };
+                tokio::spawn(async move { r.health_cached().await })
+            })
+            .collect();
+        for h in burst {
+            assert_eq!(h.await.unwrap(), Ok(()));
+        }
+        for _ in 0..50 {
+            assert_eq!(ring.health_cached().await, Ok(()));
+        }
+        assert_eq!(b.calls.load(Ordering::SeqCst), 1);
+
+        // The backend goes down: still the cached answer until the TTL passes, then one call
+        // whose failure is cached too.
+        b.down.store(true, Ordering::SeqCst);
+        tokio::time::advance(HEALTH_TTL - std::time::Duration::from_millis(1)).await;
+        assert_eq!(ring.health_cached().await, Ok(()));
+        assert_eq!(b.calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(std::time::Duration::from_millis(2)).await;
+        for _ in 0..20 {
+            let e = ring.health_cached().await.unwrap_err();
+            assert!(e.contains("down") && e.contains("--x"), "{e}");
+        }
+        assert_eq!(b.calls.load(Ordering::SeqCst), 2);
+        // Recovery is seen after the next TTL.
+        b.down.store(false, Ordering::SeqCst);
+        tokio::time::advance(HEALTH_TTL).await;
+        assert_eq!(ring.health_cached().await, Ok(()));
+        assert_eq!(b.calls.load(Ordering::SeqCst), 3);
+        // The uncached check still calls every time (start-up uses it).
+        ring.health().await.unwrap();
+        assert_eq!(b.calls.load(Ordering::SeqCst), 4);
     }
 }
