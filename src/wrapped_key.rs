@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 const ENTRY: &str = "wrapped";
+const KEY_LEN: usize = 32;
 
 /// Loading or creating a wrapped key failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +68,17 @@ pub async fn load_or_create(
                 name: name.into(),
                 detail: e.to_string(),
             })?;
-            return Ok(keyring.unwrap(&env, &ctx).await?);
+            let key = keyring.unwrap(&env, &ctx).await?;
+            // Every key this module creates is 32 bytes; anything else is not one of ours.
+            if key.len() != KEY_LEN {
+                return Err(WrappedKeyError::Corrupt {
+                    name: name.into(),
+                    detail: format!("holds a {}-byte key, expected {KEY_LEN}", key.len()),
+                });
+            }
+            return Ok(key);
         }
-        let key = SecretBytes::random(32);
+        let key = SecretBytes::random(KEY_LEN);
         let env = keyring.wrap(&ctx, &key).await?;
         let encoded = env.encode().map_err(KekError::from)?;
         let secret = Secret {
