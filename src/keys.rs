@@ -42,6 +42,9 @@ const ED25519_PKCS8_PREFIX: [u8; 16] = [
 const X25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00,
 ];
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 /// Generate material. RSA takes up to seconds: call from a blocking thread.
 pub fn generate(alg: KeyAlgorithm) -> SecretBytes {
@@ -200,8 +203,10 @@ pub fn jwk(
                 .map_err(|_| KeyError::Invalid("rsa"))?;
             let mut j = json!({"kty": "RSA", "n": b64u(&k.n().to_bytes_be()), "e": b64u(&k.e().to_bytes_be()), "alg": "RS256", "use": "sig"});
             if private {
-                let p = &k.primes()[0];
-                let q = &k.primes()[1];
+                // Two-prime keys only (what `generate` makes; JWK's p/q/dp/dq/qi assume it).
+                let [p, q] = k.primes() else {
+                    return Err(KeyError::Invalid("rsa"));
+                };
                 let one = rsa::BigUint::from(1u8);
                 let dp = k.d() % (p - &one);
                 let dq = k.d() % (q - &one);
@@ -295,7 +300,14 @@ pub fn public_jwk_from_spki(
             j
         }
         Ed25519 | X25519 => {
-            if spki.len() != 44 {
+            // The whole SPKI is fixed but for the key: a 44-byte blob of another algorithm
+            // (or garbage) must not come out as this algorithm's JWK.
+            let prefix = if alg == Ed25519 {
+                ED25519_SPKI_PREFIX
+            } else {
+                X25519_SPKI_PREFIX
+            };
+            if spki.len() != 44 || spki[..12] != prefix {
                 return Err(KeyError::Invalid(alg.as_str()));
             }
             let (crv, a, u) = if alg == Ed25519 {
@@ -375,6 +387,23 @@ mod tests {
         assert_eq!(kid("a", "b", 1), kid("a", "b", 1));
         assert_ne!(kid("a", "b", 1), kid("a", "b", 2));
         assert_ne!(kid("a", "b", 1), kid("a", "c", 1));
+    }
+
+    #[test]
+    fn public_jwk_from_spki_checks_the_whole_okp_prefix() {
+        let ed = public_spki_der(Ed25519, &generate(Ed25519)).unwrap().unwrap();
+        let x = public_spki_der(X25519, &generate(X25519)).unwrap().unwrap();
+        assert!(public_jwk_from_spki(Ed25519, &ed, "k").is_ok());
+        assert!(public_jwk_from_spki(X25519, &x, "k").is_ok());
+        // Same length, other algorithm: refused (it was accepted by length alone before).
+        assert!(matches!(
+            public_jwk_from_spki(Ed25519, &x, "k"),
+            Err(KeyError::Invalid("ed25519"))
+        ));
+        assert!(matches!(
+            public_jwk_from_spki(X25519, &[0u8; 44], "k"),
+            Err(KeyError::Invalid("x25519"))
+        ));
     }
 
     #[test]
