@@ -474,6 +474,7 @@ pub struct PassphraseKek {
     current: Mutex<Arc<Current>>,
     cache: Mutex<HashMap<Vec<u8>, SecretBytes>>,
     derive_lock: tokio::sync::Mutex<()>,
+    derivations: std::sync::atomic::AtomicU64,
 }
 
 /// Read a passphrase file, dropping one trailing newline (`\n` or `\r\n`). The file must be
@@ -545,7 +546,15 @@ impl PassphraseKek {
             current: Mutex::new(Arc::new(Current { block, key })),
             cache: Mutex::new(HashMap::new()),
             derive_lock: tokio::sync::Mutex::new(()),
+            derivations: std::sync::atomic::AtomicU64::new(1),
         })
+    }
+
+    /// How many key derivations this backend has run (start-up included). Each costs the
+    /// configured KDF work, so tests and operators can see that refused or cached unwraps
+    /// derived nothing.
+    pub fn derivations(&self) -> u64 {
+        self.derivations.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The KDF new wraps use.
@@ -570,6 +579,8 @@ impl PassphraseKek {
         if let Some(k) = self.cache.lock().expect("lock").get(&enc) {
             return Ok(k.clone());
         }
+        self.derivations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let key = derive_blocking(self.passphrase.clone(), block.clone()).await?;
         let mut cache = self.cache.lock().expect("lock");
         if cache.len() >= CACHE_MAX {
@@ -644,6 +655,8 @@ impl KekBackend for PassphraseKek {
             kdf: old.block.kdf.raised(),
             salt: SecretBytes::random(SALT_LEN).expose().to_vec(),
         };
+        self.derivations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let key = derive_blocking(self.passphrase.clone(), block.clone()).await?;
         let version = block.kdf.version_id();
         tracing::info!(
