@@ -396,7 +396,9 @@ mod tests {
 
     #[test]
     fn public_jwk_from_spki_checks_the_whole_okp_prefix() {
-        let ed = public_spki_der(Ed25519, &generate(Ed25519)).unwrap().unwrap();
+        let ed = public_spki_der(Ed25519, &generate(Ed25519))
+            .unwrap()
+            .unwrap();
         let x = public_spki_der(X25519, &generate(X25519)).unwrap().unwrap();
         assert!(public_jwk_from_spki(Ed25519, &ed, "k").is_ok());
         assert!(public_jwk_from_spki(X25519, &x, "k").is_ok());

@@ -125,8 +125,8 @@ mod tests {
     async fn stored_key_of_wrong_length_or_bytes_is_refused_naming_the_secret() {
         let server = kube_test_apiserver::TestApiServer::start().await.unwrap();
         let client = server.client().await;
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "ks"}}))
-            .unwrap();
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "ks"}})).unwrap();
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &ns)
             .await
@@ -137,7 +137,10 @@ mod tests {
 
         let a = load_or_create(&api, "ks", "k", TYPE, &ring).await.unwrap();
         assert_eq!(a.len(), KEY_LEN);
-        assert_eq!(load_or_create(&api, "ks", "k", TYPE, &ring).await.unwrap(), a);
+        assert_eq!(
+            load_or_create(&api, "ks", "k", TYPE, &ring).await.unwrap(),
+            a
+        );
 
         // A genuine envelope (right KEK, right context) around a 16-byte key: not ours.
         let env = ring
@@ -157,19 +160,31 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(e.contains("key Secret k") && e.contains("16-byte key"), "{e}");
+        assert!(
+            e.contains("key Secret k") && e.contains("16-byte key"),
+            "{e}"
+        );
 
         // A declared length above its bound, and a truncated envelope: named, nothing copied.
         for (bytes, says) in [
-            (b"KWRD\x01\x03\xff".to_vec(), "backend is 255 bytes, at most 32"),
-            (b"KWRD\x01\x03\x05loc".to_vec(), "backend needs 5 bytes, 3 left"),
+            (
+                b"KWRD\x01\x03\xff".to_vec(),
+                "backend is 255 bytes, at most 32",
+            ),
+            (
+                b"KWRD\x01\x03\x05loc".to_vec(),
+                "backend needs 5 bytes, 3 left",
+            ),
         ] {
             put(bytes).await;
             let e = load_or_create(&api, "ks", "k", TYPE, &ring)
                 .await
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains("key Secret k is unusable") && e.contains(says), "{e}");
+            assert!(
+                e.contains("key Secret k is unusable") && e.contains(says),
+                "{e}"
+            );
         }
     }
 }

@@ -582,7 +582,13 @@ mod tests {
         // Input longer than any envelope: refused before parsing.
         let e = Envelope::decode(&vec![0u8; MAX_ENVELOPE + 1]).unwrap_err();
         assert!(
-            matches!(e, CryptoError::Length { what: "envelope", .. }),
+            matches!(
+                e,
+                CryptoError::Length {
+                    what: "envelope",
+                    ..
+                }
+            ),
             "{e}"
         );
     }
@@ -626,7 +632,11 @@ mod tests {
                 matches!(bad.encode(), Err(CryptoError::Length { .. })),
                 "{bad:?}"
             );
-            assert!(bad.clone().seal_with_raw_kek(&SecretBytes::random(32), &SecretBytes::random(32)).is_err());
+            assert!(
+                bad.clone()
+                    .seal_with_raw_kek(&SecretBytes::random(32), &SecretBytes::random(32))
+                    .is_err()
+            );
         }
     }
 

@@ -726,7 +726,9 @@ mod tests {
             Duration::from_secs(10),
         )
         .unwrap();
-        let r = client.send("DescribeKey", Zeroizing::new(b"{}".to_vec())).await;
+        let r = client
+            .send("DescribeKey", Zeroizing::new(b"{}".to_vec()))
+            .await;
         match r {
             Err(Failure::Transport(m)) => assert!(m.contains("larger than 262144"), "{m}"),
             Err(f) => panic!("{f:?}"),

@@ -128,9 +128,7 @@ impl LocalKek {
     pub fn from_file(path: &std::path::Path, algorithm: Algorithm) -> Result<Self, KekError> {
         let raw = super::keyfile::read_key_file(path, "--local-kek-file")?;
         let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or("");
-        let hex_key = (text.len() == 64)
-            .then(|| hex::decode(text).ok())
-            .flatten();
+        let hex_key = (text.len() == 64).then(|| hex::decode(text).ok()).flatten();
         let key = if raw.len() == 32 {
             SecretBytes::from_slice(&raw)
         } else if let Some(k) = hex_key {

@@ -300,7 +300,11 @@ mod tests {
         // A burst of probes, concurrent and sequential, on the keyring and a clone of it.
         let burst: Vec<_> = (0..50)
             .map(|i| {
-                let r = if i % 2 == 0 { ring.clone() } else { clone.clone() };
+                let r = if i % 2 == 0 {
+                    ring.clone()
+                } else {
+                    clone.clone()
+                };
                 tokio::spawn(async move { r.health_cached().await })
             })
             .collect();

@@ -334,7 +334,10 @@ impl KdfLimits {
             }
         }
         if let Err(KekError::KdfCostRefused {
-            value, max, setting, ..
+            value,
+            max,
+            setting,
+            ..
         }) = self.check(kdf)
         {
             return bad(
@@ -723,7 +726,10 @@ mod tests {
             kdf: Kdf::default(),
             salt: vec![7; SALT_LEN],
         };
-        assert_eq!(ParamBlock::decode(&b.encode(), KdfLimits::at(Kdf::default())).unwrap(), b);
+        assert_eq!(
+            ParamBlock::decode(&b.encode(), KdfLimits::at(Kdf::default())).unwrap(),
+            b
+        );
         let huge = ParamBlock {
             kdf: Kdf::Argon2id {
                 memory_kib: u32::MAX,
@@ -789,9 +795,11 @@ mod tests {
                 salt: vec![1; SALT_LEN],
             };
             match ParamBlock::decode(&block.encode(), limits) {
-                Err(e @ KekError::KdfCostRefused {
-                    parameter, setting, ..
-                }) => {
+                Err(
+                    e @ KekError::KdfCostRefused {
+                        parameter, setting, ..
+                    },
+                ) => {
                     assert_eq!((parameter, setting), (param, flag));
                     let msg = e.to_string();
                     assert!(msg.contains(param) && msg.contains(flag), "{msg}");
@@ -828,7 +836,10 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(e.contains("--argon2-max-time-cost") && e.contains("below"), "{e}");
+        assert!(
+            e.contains("--argon2-max-time-cost") && e.contains("below"),
+            "{e}"
+        );
         let e = KdfLimits {
             argon2_memory_kib: u32::MAX,
             ..at
@@ -878,7 +889,12 @@ mod tests {
             let ctx = KeyContext::new("ns", "k", 1);
             let dek = SecretBytes::random(32);
             let env = k.wrap(&ctx, &dek).await.unwrap();
-            assert_eq!(ParamBlock::decode(&env.params, KdfLimits::at(kdf)).unwrap().kdf, kdf);
+            assert_eq!(
+                ParamBlock::decode(&env.params, KdfLimits::at(kdf))
+                    .unwrap()
+                    .kdf,
+                kdf
+            );
             assert_eq!(k.unwrap(&env, &ctx).await.unwrap(), dek);
             assert!(
                 k.unwrap(&env, &KeyContext::new("ns", "k", 2))

@@ -321,11 +321,7 @@ impl Inner {
 
     /// The KEK objects of version `v`; an object with that label that is not a keyward KEK
     /// makes the whole lookup fail, naming it.
-    fn handles(
-        &self,
-        s: &Session,
-        v: u32,
-    ) -> Result<Result<Vec<ObjectHandle>, KekError>, CkError> {
+    fn handles(&self, s: &Session, v: u32) -> Result<Result<Vec<ObjectHandle>, KekError>, CkError> {
         let label = self.label(v);
         let hs = s.find_objects(&[Attribute::Label(label.clone().into_bytes())])?;
         for h in &hs {

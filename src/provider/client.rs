@@ -213,7 +213,9 @@ mod debug_redaction_tests {
                 "SecretKeyBytesNeverPrinted".to_string(),
                 "PRIVATE KEY".to_string(),
                 // as derived Debug would print the bytes: a list of numbers
-                format!("{:?}", &key_pem[..12]).trim_matches(['[', ']']).to_string(),
+                format!("{:?}", &key_pem[..12])
+                    .trim_matches(['[', ']'])
+                    .to_string(),
                 hex::encode(&key_pem[..12]),
             ] {
                 assert!(!out.contains(&needle), "{needle:?} in {out}");

@@ -33,7 +33,11 @@ fn material(alg: KeyAlgorithm) -> SecretBytes {
 
 fn b64u(v: &Value, member: &str) -> Vec<u8> {
     URL_SAFE_NO_PAD
-        .decode(v[member].as_str().unwrap_or_else(|| panic!("no {member} in {v}")))
+        .decode(
+            v[member]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {member} in {v}")),
+        )
         .unwrap()
 }
 
@@ -120,7 +124,11 @@ fn check_forms(alg: KeyAlgorithm, m: &SecretBytes, kid: &str) -> Result<(), Test
             let big = |j: &Value, member: &str| BigUint::from_bytes_be(&b64u(j, member));
             let from_jwk = rsa::RsaPublicKey::new(big(&pub_jwk, "n"), big(&pub_jwk, "e")).unwrap();
             prop_assert_eq!(from_jwk, pk);
-            let (p, q, d) = (big(&priv_jwk, "p"), big(&priv_jwk, "q"), big(&priv_jwk, "d"));
+            let (p, q, d) = (
+                big(&priv_jwk, "p"),
+                big(&priv_jwk, "q"),
+                big(&priv_jwk, "d"),
+            );
             let one = BigUint::from(1u8);
             prop_assert_eq!(big(&priv_jwk, "dp"), &d % (&p - &one));
             prop_assert_eq!(big(&priv_jwk, "dq"), &d % (&q - &one));
