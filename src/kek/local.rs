@@ -220,7 +220,12 @@ impl KekBackend for LocalKek {
 
     async fn wrap(&self, ctx: &KeyContext, dek: &SecretBytes) -> Result<Envelope, KekError> {
         let v = self.kek_version();
-        let kek = self.key(v).expect("current version is loaded");
+        // The Secret is re-read by refresh(); if someone removed the current entry between
+        // the two reads, say so instead of panicking.
+        let kek = self.key(v).ok_or_else(|| KekError::Misconfigured {
+            setting: "--local-kek-secret",
+            detail: format!("the current KEK version {v} has no kek-v{v} entry"),
+        })?;
         Ok(
             Envelope::for_context(self.algorithm, KIND, &self.id, v, ctx)
                 .seal_with_raw_kek(&kek, dek)?,
