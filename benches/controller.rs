@@ -64,6 +64,12 @@ async fn run(n: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let kek = dir.path().join("kek");
     std::fs::write(&kek, hex::encode([7u8; 32])).unwrap();
+    // keyward refuses key files others can read.
+    std::fs::set_permissions(
+        &kek,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
     let started = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args([

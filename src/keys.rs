@@ -42,6 +42,9 @@ const ED25519_PKCS8_PREFIX: [u8; 16] = [
 const X25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00,
 ];
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 /// Generate material. RSA takes up to seconds: call from a blocking thread.
 pub fn generate(alg: KeyAlgorithm) -> SecretBytes {
@@ -104,7 +107,7 @@ pub fn public_spki_der(alg: KeyAlgorithm, m: &SecretBytes) -> Result<Option<Vec<
     let der = match alg {
         Aes256 | HmacSha256 | HmacSha384 | HmacSha512 => return Ok(None),
         Rsa2048 | Rsa3072 | Rsa4096 => rsa::RsaPrivateKey::from_pkcs8_der(m.expose())
-            .map_err(|_| KeyError::Invalid("rsa"))?
+            .map_err(|_| KeyError::Invalid(alg.as_str()))?
             .to_public_key()
             .to_public_key_der(),
         EcdsaP256 => p256::SecretKey::from_pkcs8_der(m.expose())
@@ -197,15 +200,17 @@ pub fn jwk(
         Rsa2048 | Rsa3072 | Rsa4096 => {
             use rsa::traits::{PrivateKeyParts, PublicKeyParts};
             let k = rsa::RsaPrivateKey::from_pkcs8_der(m.expose())
-                .map_err(|_| KeyError::Invalid("rsa"))?;
+                .map_err(|_| KeyError::Invalid(alg.as_str()))?;
             let mut j = json!({"kty": "RSA", "n": b64u(&k.n().to_bytes_be()), "e": b64u(&k.e().to_bytes_be()), "alg": "RS256", "use": "sig"});
             if private {
-                let p = &k.primes()[0];
-                let q = &k.primes()[1];
+                // Two-prime keys only (what `generate` makes; JWK's p/q/dp/dq/qi assume it).
+                let [p, q] = k.primes() else {
+                    return Err(KeyError::Invalid(alg.as_str()));
+                };
                 let one = rsa::BigUint::from(1u8);
                 let dp = k.d() % (p - &one);
                 let dq = k.d() % (q - &one);
-                let qi = k.crt_coefficient().ok_or(KeyError::Invalid("rsa"))?;
+                let qi = k.crt_coefficient().ok_or(KeyError::Invalid(alg.as_str()))?;
                 j["d"] = b64u(&k.d().to_bytes_be()).into();
                 j["p"] = b64u(&p.to_bytes_be()).into();
                 j["q"] = b64u(&q.to_bytes_be()).into();
@@ -275,7 +280,7 @@ pub fn public_jwk_from_spki(
         Rsa2048 | Rsa3072 | Rsa4096 => {
             use rsa::traits::PublicKeyParts;
             let k = rsa::RsaPublicKey::from_public_key_der(spki)
-                .map_err(|_| KeyError::Invalid("rsa"))?;
+                .map_err(|_| KeyError::Invalid(alg.as_str()))?;
             json!({"kty": "RSA", "n": b64u(&k.n().to_bytes_be()), "e": b64u(&k.e().to_bytes_be()), "alg": "RS256", "use": "sig"})
         }
         EcdsaP256 => {
@@ -295,7 +300,19 @@ pub fn public_jwk_from_spki(
             j
         }
         Ed25519 | X25519 => {
-            if spki.len() != 44 {
+            // The whole SPKI is fixed but for the key: a 44-byte blob of another algorithm
+            // (or garbage) must not come out as this algorithm's JWK.
+            let prefix = if alg == Ed25519 {
+                ED25519_SPKI_PREFIX
+            } else {
+                X25519_SPKI_PREFIX
+            };
+            if spki.len() != 44 || spki[..12] != prefix {
+                return Err(KeyError::Invalid(alg.as_str()));
+            }
+            // An Ed25519 public key must be a point on the curve (every 32-byte string is a
+            // valid X25519 public value, so X25519 needs no such check).
+            if alg == Ed25519 && ed25519_dalek::VerifyingKey::from_public_key_der(spki).is_err() {
                 return Err(KeyError::Invalid(alg.as_str()));
             }
             let (crv, a, u) = if alg == Ed25519 {
@@ -375,6 +392,62 @@ mod tests {
         assert_eq!(kid("a", "b", 1), kid("a", "b", 1));
         assert_ne!(kid("a", "b", 1), kid("a", "b", 2));
         assert_ne!(kid("a", "b", 1), kid("a", "c", 1));
+    }
+
+    #[test]
+    fn public_jwk_from_spki_checks_the_whole_okp_prefix() {
+        let ed = public_spki_der(Ed25519, &generate(Ed25519))
+            .unwrap()
+            .unwrap();
+        let x = public_spki_der(X25519, &generate(X25519)).unwrap().unwrap();
+        assert!(public_jwk_from_spki(Ed25519, &ed, "k").is_ok());
+        assert!(public_jwk_from_spki(X25519, &x, "k").is_ok());
+        // Same length, other algorithm: refused (it was accepted by length alone before).
+        assert!(matches!(
+            public_jwk_from_spki(Ed25519, &x, "k"),
+            Err(KeyError::Invalid("ed25519"))
+        ));
+        assert!(matches!(
+            public_jwk_from_spki(X25519, &[0u8; 44], "k"),
+            Err(KeyError::Invalid("x25519"))
+        ));
+    }
+
+    /// Found by tests/fuzz/keys.rs: an Ed25519 SPKI whose 32 key bytes are not a curve point
+    /// came out as a JWK that no verifier can load.
+    #[test]
+    fn ed25519_spki_with_an_invalid_point_is_refused() {
+        let bad_point = (0u8..=255)
+            .map(|i| [i; 32])
+            .find(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_err())
+            .expect("some 32-byte strings are not Ed25519 points");
+        let mut spki = ED25519_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(&bad_point);
+        assert!(matches!(
+            public_jwk_from_spki(Ed25519, &spki, "k"),
+            Err(KeyError::Invalid("ed25519"))
+        ));
+    }
+
+    /// Found by tests/fuzz/keys.rs: RSA refusals said `rsa` while every other algorithm's
+    /// name the exact algorithm (`rsa-2048`), as the CRD spells it.
+    #[test]
+    fn invalid_rsa_material_names_the_exact_algorithm() {
+        let junk = SecretBytes::from_slice(&[0, 0]);
+        for alg in [Rsa2048, Rsa3072, Rsa4096] {
+            assert!(matches!(
+                public_spki_der(alg, &junk),
+                Err(KeyError::Invalid(a)) if a == alg.as_str()
+            ));
+            assert!(matches!(
+                jwk(alg, &junk, "k", true),
+                Err(KeyError::Invalid(a)) if a == alg.as_str()
+            ));
+            assert!(matches!(
+                public_jwk_from_spki(alg, &[0, 0], "k"),
+                Err(KeyError::Invalid(a)) if a == alg.as_str()
+            ));
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 const ENTRY: &str = "wrapped";
+const KEY_LEN: usize = 32;
 
 /// Loading or creating a wrapped key failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +68,17 @@ pub async fn load_or_create(
                 name: name.into(),
                 detail: e.to_string(),
             })?;
-            return Ok(keyring.unwrap(&env, &ctx).await?);
+            let key = keyring.unwrap(&env, &ctx).await?;
+            // Every key this module creates is 32 bytes; anything else is not one of ours.
+            if key.len() != KEY_LEN {
+                return Err(WrappedKeyError::Corrupt {
+                    name: name.into(),
+                    detail: format!("holds a {}-byte key, expected {KEY_LEN}", key.len()),
+                });
+            }
+            return Ok(key);
         }
-        let key = SecretBytes::random(32);
+        let key = SecretBytes::random(KEY_LEN);
         let env = keyring.wrap(&ctx, &key).await?;
         let encoded = env.encode().map_err(KekError::from)?;
         let secret = Secret {
@@ -100,4 +109,82 @@ pub async fn load_or_create(
         name: name.into(),
         detail: "created concurrently but still not readable".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Algorithm;
+    use crate::kek::local::LocalKek;
+    use k8s_openapi::api::core::v1::Namespace;
+    use std::sync::Arc;
+
+    const TYPE: &str = "keyward.io/test-key";
+
+    #[tokio::test]
+    async fn stored_key_of_wrong_length_or_bytes_is_refused_naming_the_secret() {
+        let server = kube_test_apiserver::TestApiServer::start().await.unwrap();
+        let client = server.client().await;
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "ks"}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+        let api: Api<Secret> = Api::namespaced(client, "ks");
+        let kek = LocalKek::in_memory("file", SecretBytes::random(32), Algorithm::Aes256Kwp);
+        let ring = Keyring::new(Arc::new(kek.unwrap()));
+
+        let a = load_or_create(&api, "ks", "k", TYPE, &ring).await.unwrap();
+        assert_eq!(a.len(), KEY_LEN);
+        assert_eq!(
+            load_or_create(&api, "ks", "k", TYPE, &ring).await.unwrap(),
+            a
+        );
+
+        // A genuine envelope (right KEK, right context) around a 16-byte key: not ours.
+        let env = ring
+            .wrap(&KeyContext::new("ks", "k", 1), &SecretBytes::random(16))
+            .await
+            .unwrap();
+        let put = |bytes: Vec<u8>| {
+            let api = api.clone();
+            async move {
+                let mut s = api.get("k").await.unwrap();
+                s.data = Some([(ENTRY.to_string(), ByteString(bytes))].into());
+                api.replace("k", &PostParams::default(), &s).await.unwrap();
+            }
+        };
+        put(env.encode().unwrap()).await;
+        let e = load_or_create(&api, "ks", "k", TYPE, &ring)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key Secret k") && e.contains("16-byte key"),
+            "{e}"
+        );
+
+        // A declared length above its bound, and a truncated envelope: named, nothing copied.
+        for (bytes, says) in [
+            (
+                b"KWRD\x01\x03\xff".to_vec(),
+                "backend is 255 bytes, at most 32",
+            ),
+            (
+                b"KWRD\x01\x03\x05loc".to_vec(),
+                "backend needs 5 bytes, 3 left",
+            ),
+        ] {
+            put(bytes).await;
+            let e = load_or_create(&api, "ks", "k", TYPE, &ring)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("key Secret k is unusable") && e.contains(says),
+                "{e}"
+            );
+        }
+    }
 }

@@ -190,6 +190,70 @@ async fn passphrase_config_errors_name_the_flag() {
     assert!(e.contains("--argon2-memory-kib"), "{e}");
 }
 
+/// Resident set size of this process, KiB (Linux `/proc/self/status`).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// An edited envelope (the params block beside the wrapped key is reachable by whoever can
+/// write the storage Secret) claiming 4 GiB of Argon2id memory: refused with the parameter
+/// named, in well under a derivation's time, and without the process growing.
+#[tokio::test]
+async fn passphrase_envelope_claiming_4_gib_argon2_memory_is_refused_before_derivation() {
+    kek_env();
+    let b = PassphraseKek::new("pp", pass(), Kdf::ARGON2ID_FLOOR, Algorithm::Aes256Gcm)
+        .await
+        .unwrap();
+    let ctx = KeyContext::new("ns", "k", 1);
+    let env = b.wrap(&ctx, &SecretBytes::random(32)).await.unwrap();
+    let four_gib = 4 * 1024 * 1024;
+    let mut evil = env.clone();
+    // params: format (1), KDF id (1 = Argon2id), memory KiB (u32 BE), passes, lanes, salt.
+    assert_eq!(&evil.params[..2], &[1, 1]);
+    evil.params[2..6].copy_from_slice(&u32::to_be_bytes(four_gib));
+    // The KEK version matches the claimed costs, so only the cost ceiling stands in the way.
+    evil.kek_version = Kdf::Argon2id {
+        memory_kib: four_gib,
+        time_cost: 1,
+        parallelism: 1,
+    }
+    .version_id();
+    // As stored: through the encoded form.
+    let evil = keyward::crypto::Envelope::decode(&evil.encode().unwrap()).unwrap();
+    let rss_before = rss_kib();
+    let derivations = b.derivations();
+    let t = Instant::now();
+    let e = b.unwrap(&evil, &ctx).await.unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(b.derivations(), derivations, "a derivation ran");
+    let grew_kib = rss_kib().saturating_sub(rss_before);
+    eprintln!("MEASURE 4 GiB Argon2 claim refused in {took:?}, RSS +{grew_kib} KiB");
+    assert!(
+        matches!(
+            e,
+            KekError::KdfCostRefused {
+                parameter: "Argon2id memory (KiB)",
+                value: 4_194_304,
+                max: ARGON2_MIN_MEMORY_KIB,
+                setting: "--argon2-max-memory-kib",
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("before key derivation"), "{e}");
+    // No derivation ran (counted above); a 4 GiB one would take many seconds.
+    assert!(took < std::time::Duration::from_millis(500), "{took:?}");
+    // Other tests of this process may derive (<= 64 MiB each) meanwhile; 4 GiB would not fit.
+    assert!(grew_kib < 256 * 1024, "RSS grew by {grew_kib} KiB");
+    // The genuine envelope still unwraps: nothing was poisoned.
+    assert!(b.unwrap(&env, &ctx).await.is_ok());
+}
+
 /// Default production parameters (m = 64 MiB, t = 3, p = 1): one derivation at start-up,
 /// then unwraps hit the cache.
 #[tokio::test]
@@ -297,6 +361,162 @@ async fn pkcs11_key_is_sensitive_and_not_extractable() {
     })
     .await
     .unwrap();
+}
+
+/// Run `f` in a logged-in R/W session on [`TOKEN`] opened directly through cryptoki, as an
+/// operator (or an attacker with the PIN) would.
+async fn on_token<T: Send + 'static>(
+    f: impl FnOnce(&cryptoki::session::Session) -> T + Send + 'static,
+) -> T {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    let module = kek_env().module.clone();
+    tokio::task::spawn_blocking(move || {
+        let ctx = Pkcs11::new(&module).unwrap();
+        // Possibly already initialised by a backend in this process.
+        let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+        let slot = ctx
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| ctx.get_token_info(*s).unwrap().label() == TOKEN)
+            .unwrap();
+        let s = ctx.open_rw_session(slot).unwrap();
+        let _ = s.login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::from(PIN)),
+        );
+        f(&s)
+    })
+    .await
+    .unwrap()
+}
+
+/// Attributes of an AES-256 KEK as keyward generates it, for `label`, with `changes` applied
+/// (same attribute type replaced, others appended).
+fn kek_template(
+    label: &str,
+    changes: Vec<cryptoki::object::Attribute>,
+) -> Vec<cryptoki::object::Attribute> {
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    let mut t = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(format!("keyward-kek:{label}").into_bytes()),
+    ];
+    for c in changes {
+        t.retain(|a| a.attribute_type() != c.attribute_type());
+        t.push(c);
+    }
+    t
+}
+
+/// Objects that carry a KEK label but are not AES-256 keys keyward generated inside the token
+/// as sensitive and non-extractable are refused, naming the object and the failing attribute,
+/// both at start-up and when planted next to a working KEK.
+#[tokio::test]
+async fn pkcs11_foreign_objects_with_the_kek_label_are_refused_by_name() {
+    let _turn = hsm_turn().await;
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::Attribute;
+    kek_env();
+    // (KEK label, how the object is made, the attribute that must be named)
+    let cases: Vec<(&str, Vec<Attribute>, bool, &str)> = vec![
+        // An extractable AES key (the finding): generated, but its value can leave the token.
+        (
+            "fx-extractable",
+            vec![Attribute::Extractable(true), Attribute::Sensitive(false)],
+            true,
+            "CKA_EXTRACTABLE",
+        ),
+        // Right attributes, but not marked by keyward.
+        ("fx-unmarked", vec![Attribute::Id(vec![])], true, "CKA_ID"),
+        // AES-128.
+        (
+            "fx-short",
+            vec![Attribute::ValueLen(16.into())],
+            true,
+            "CKA_VALUE_LEN",
+        ),
+        // Imported key material (C_CreateObject): sensitive and non-extractable now, but its
+        // value existed outside the token.
+        (
+            "fx-imported",
+            vec![Attribute::Value(vec![7; 32])],
+            false,
+            "CKA_LOCAL",
+        ),
+    ];
+    for (key_label, changes, generate, attribute) in cases {
+        let label = format!("{key_label}-v1");
+        let template = kek_template(&label, changes);
+        on_token(move |s| {
+            if generate {
+                s.generate_key(&Mechanism::AesKeyGen, &template).unwrap();
+            } else {
+                let t: Vec<_> = template
+                    .into_iter()
+                    .filter(|a| !matches!(a, Attribute::ValueLen(_)))
+                    .collect();
+                s.create_object(&t).unwrap();
+            }
+        })
+        .await;
+        let e = Pkcs11Kek::connect(pkcs11_cfg(key_label)).await.unwrap_err();
+        match &e {
+            KekError::ForeignKeyObject {
+                object,
+                attribute: a,
+                ..
+            } => {
+                assert!(object.contains(&format!("{TOKEN}/{label}")), "{e}");
+                assert_eq!(*a, attribute, "{e}");
+            }
+            other => panic!("{key_label}: expected ForeignKeyObject, got {other}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&label) && msg.contains(attribute) && msg.contains("--pkcs11-key-label"),
+            "{msg}"
+        );
+    }
+
+    // A working KEK, then an extractable impostor planted under the same label: wraps,
+    // unwraps and health refuse to use either rather than pick one, and say which object.
+    let b = Pkcs11Kek::connect(pkcs11_cfg("fx-planted")).await.unwrap();
+    let ctx = KeyContext::new("ns", "k", 1);
+    let env = b.wrap(&ctx, &SecretBytes::random(32)).await.unwrap();
+    let template = kek_template("fx-planted-v1", vec![Attribute::Extractable(true)]);
+    on_token(move |s| s.generate_key(&Mechanism::AesKeyGen, &template).map(|_| ()))
+        .await
+        .unwrap();
+    for e in [
+        b.unwrap(&env, &ctx).await.unwrap_err(),
+        b.wrap(&ctx, &SecretBytes::random(32)).await.unwrap_err(),
+        b.health().await.unwrap_err(),
+        Pkcs11Kek::connect(pkcs11_cfg("fx-planted"))
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                &e,
+                KekError::ForeignKeyObject {
+                    attribute: "CKA_EXTRACTABLE",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("fx-planted-v1"), "{e}");
+    }
 }
 
 #[tokio::test]

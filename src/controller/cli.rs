@@ -82,9 +82,10 @@ async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
     if !h.ready.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting".into());
     }
-    match h.keyring.health().await {
+    // Cached for kek::HEALTH_TTL: probes must not turn into a KMS request or HSM call each.
+    match h.keyring.health_cached().await {
         Ok(()) => (StatusCode::OK, "ok".into()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 

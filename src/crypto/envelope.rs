@@ -24,6 +24,31 @@
 
 use super::{CryptoError, SecretBytes, gcm, hmac_sha256, kw};
 
+/// Longest backend kind (`passphrase` is the longest today).
+pub const MAX_BACKEND: usize = 32;
+/// Longest KEK id (a KMS key ARN, `<token>/<label>`, `ns/secret`); the length prefix is 1 byte.
+pub const MAX_KEK_ID: usize = 255;
+/// Longest key id: `namespace/name` is at most 63 + 1 + 253 bytes in Kubernetes.
+pub const MAX_KEY_ID: usize = 512;
+/// Longest backend parameter block (the passphrase backend's is about 31 bytes).
+pub const MAX_PARAMS: usize = 1024;
+/// Longest ciphertext: the largest wrapped plaintext plus room for a KMS ciphertext blob.
+pub const MAX_CIPHERTEXT: usize = kw::MAX_PLAINTEXT + 1024;
+/// Longest encoded envelope: every field at its maximum. Longer input is refused before it
+/// is parsed, and every field is copied only after its bytes are known to be present, so no
+/// length field can make the decoder allocate more than the input it was given.
+pub const MAX_ENVELOPE: usize = 4
+    + 1
+    + 1
+    + (1 + MAX_BACKEND)
+    + (1 + MAX_KEK_ID)
+    + 4
+    + (2 + MAX_KEY_ID)
+    + 4
+    + (1 + gcm::NONCE_LEN)
+    + (2 + MAX_PARAMS)
+    + (4 + MAX_CIPHERTEXT);
+
 const MAGIC: &[u8; 4] = b"KWRD";
 /// Current envelope format version.
 pub const FORMAT_VERSION: u8 = 1;
@@ -177,66 +202,96 @@ impl Envelope {
         a
     }
 
-    /// Serialize to bytes.
-    pub fn encode(&self) -> Result<Vec<u8>, CryptoError> {
-        let too_long = |what: &'static str, max: usize| CryptoError::Length {
-            what,
-            detail: format!("at most {max} bytes"),
+    /// Refuse field lengths outside the format's bounds (the same bounds [`Envelope::decode`]
+    /// applies), so nothing is written that could not be read back.
+    pub fn check_bounds(&self) -> Result<(), CryptoError> {
+        let too_long = |what: &'static str, len: usize, max: usize| {
+            Err(CryptoError::Length {
+                what,
+                detail: format!("at most {max} bytes, got {len}"),
+            })
         };
-        if self.backend.len() > 255 {
-            return Err(too_long("backend", 255));
+        for (what, len, max) in [
+            ("envelope backend", self.backend.len(), MAX_BACKEND),
+            ("envelope KEK id", self.kek_id.len(), MAX_KEK_ID),
+            ("envelope key id", self.key_id.len(), MAX_KEY_ID),
+            ("envelope params", self.params.len(), MAX_PARAMS),
+            ("envelope ciphertext", self.ciphertext.len(), MAX_CIPHERTEXT),
+        ] {
+            if len > max {
+                return too_long(what, len, max);
+            }
         }
-        if self.kek_id.len() > 255 {
-            return Err(too_long("KEK id", 255));
+        if !self.nonce.is_empty() && self.nonce.len() != gcm::NONCE_LEN {
+            return Err(CryptoError::Length {
+                what: "envelope nonce",
+                detail: format!(
+                    "must be empty or {} bytes, got {}",
+                    gcm::NONCE_LEN,
+                    self.nonce.len()
+                ),
+            });
         }
-        if self.key_id.len() > u16::MAX as usize {
-            return Err(too_long("key id", u16::MAX as usize));
-        }
-        if self.nonce.len() > 255 {
-            return Err(too_long("nonce", 255));
-        }
-        if self.params.len() > u16::MAX as usize {
-            return Err(too_long("params", u16::MAX as usize));
-        }
+        Ok(())
+    }
+
+    /// Serialize to bytes; refuses fields outside the format's bounds.
+    pub fn encode(&self) -> Result<Vec<u8>, CryptoError> {
+        self.check_bounds()?;
         let mut b = self.header_bytes();
         b.extend_from_slice(&(self.ciphertext.len() as u32).to_be_bytes());
         b.extend_from_slice(&self.ciphertext);
         Ok(b)
     }
 
-    /// Parse bytes; refuses unknown versions, truncation and trailing bytes.
+    /// Parse bytes; refuses input longer than [`MAX_ENVELOPE`], unknown versions, fields
+    /// outside their bounds, truncation and trailing bytes, naming the field. Never panics;
+    /// allocates at most the input's length.
     pub fn decode(bytes: &[u8]) -> Result<Self, CryptoError> {
+        if bytes.len() > MAX_ENVELOPE {
+            return Err(CryptoError::Length {
+                what: "envelope",
+                detail: format!("at most {MAX_ENVELOPE} bytes, got {}", bytes.len()),
+            });
+        }
         let mut r = Reader { b: bytes, pos: 0 };
-        if r.take(4)? != MAGIC {
+        if r.take(4, "magic")? != MAGIC {
             return Err(CryptoError::Malformed(
                 "not a keyward envelope (bad magic)".into(),
             ));
         }
-        let ver = r.u8()?;
+        let ver = r.u8("format version")?;
         if ver != FORMAT_VERSION {
             return Err(CryptoError::Malformed(format!(
                 "envelope format version {ver} is not supported (this build reads {FORMAT_VERSION})"
             )));
         }
-        let algorithm = Algorithm::from_u8(r.u8()?)?;
-        let n = r.u8()? as usize;
-        let backend = r.string(n)?;
-        let n = r.u8()? as usize;
-        let kek_id = r.string(n)?;
-        let kek_version = r.u32()?;
-        let n = r.u16()? as usize;
-        let key_id = r.string(n)?;
-        let key_version = r.u32()?;
-        let n = r.u8()? as usize;
-        let nonce = r.take(n)?.to_vec();
-        let n = r.u16()? as usize;
-        let params = r.take(n)?.to_vec();
-        let n = r.u32()? as usize;
-        let ciphertext = r.take(n)?.to_vec();
+        let algorithm = Algorithm::from_u8(r.u8("algorithm")?)?;
+        let n = r.u8("backend length")? as usize;
+        let backend = r.string(n, MAX_BACKEND, "backend")?;
+        let n = r.u8("KEK id length")? as usize;
+        let kek_id = r.string(n, MAX_KEK_ID, "KEK id")?;
+        let kek_version = r.u32("KEK version")?;
+        let n = r.u16("key id length")? as usize;
+        let key_id = r.string(n, MAX_KEY_ID, "key id")?;
+        let key_version = r.u32("key version")?;
+        let n = r.u8("nonce length")? as usize;
+        if n != 0 && n != gcm::NONCE_LEN {
+            return Err(CryptoError::Malformed(format!(
+                "nonce must be empty or {} bytes, got {n}",
+                gcm::NONCE_LEN
+            )));
+        }
+        let nonce = r.take(n, "nonce")?.to_vec();
+        let n = r.u16("params length")? as usize;
+        let params = r.bounded(n, MAX_PARAMS, "params")?.to_vec();
+        let n = r.u32("ciphertext length")? as usize;
+        let ciphertext = r.bounded(n, MAX_CIPHERTEXT, "ciphertext")?.to_vec();
         if r.pos != bytes.len() {
-            return Err(CryptoError::Malformed(
-                "trailing bytes after ciphertext".into(),
-            ));
+            return Err(CryptoError::Malformed(format!(
+                "{} trailing bytes after the ciphertext",
+                bytes.len() - r.pos
+            )));
         }
         Ok(Self {
             algorithm,
@@ -266,6 +321,8 @@ impl Envelope {
         kek: &SecretBytes,
         dek: &SecretBytes,
     ) -> Result<Self, CryptoError> {
+        // The header is the AAD: refuse one that could not be encoded before binding to it.
+        self.check_bounds()?;
         match self.algorithm {
             Algorithm::Aes256Gcm => {
                 self.nonce = gcm::random_nonce().to_vec();
@@ -293,6 +350,7 @@ impl Envelope {
         ctx: &KeyContext,
     ) -> Result<SecretBytes, CryptoError> {
         self.check_context(ctx)?;
+        self.check_bounds()?;
         match self.algorithm {
             Algorithm::Aes256Gcm => {
                 gcm::open(kek.expose(), &self.nonce, &self.aad(), &self.ciphertext)
@@ -331,32 +389,49 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CryptoError> {
+    /// The next `n` bytes of field `what`, borrowed: nothing is allocated here.
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], CryptoError> {
+        let left = self.b.len() - self.pos;
         let end = self
             .pos
             .checked_add(n)
             .filter(|e| *e <= self.b.len())
-            .ok_or_else(|| CryptoError::Malformed("truncated envelope".into()))?;
-        let s = &self.b[self.pos..end];
+            .ok_or_else(|| {
+                CryptoError::Malformed(format!(
+                    "truncated envelope: {what} needs {n} bytes, {left} left"
+                ))
+            })?;
+        let s = self.b.get(self.pos..end).unwrap_or_default();
         self.pos = end;
         Ok(s)
     }
-    fn u8(&mut self) -> Result<u8, CryptoError> {
-        Ok(self.take(1)?[0])
+    /// Like `take`, refusing a declared length above `max` first.
+    fn bounded(&mut self, n: usize, max: usize, what: &str) -> Result<&'a [u8], CryptoError> {
+        if n > max {
+            return Err(CryptoError::Malformed(format!(
+                "{what} is {n} bytes, at most {max} allowed"
+            )));
+        }
+        self.take(n, what)
     }
-    fn u16(&mut self) -> Result<u16, CryptoError> {
-        Ok(u16::from_be_bytes(
-            self.take(2)?.try_into().expect("2 bytes"),
-        ))
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], CryptoError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
     }
-    fn u32(&mut self) -> Result<u32, CryptoError> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+    fn u8(&mut self, what: &str) -> Result<u8, CryptoError> {
+        Ok(self.array::<1>(what)?[0])
     }
-    fn string(&mut self, n: usize) -> Result<String, CryptoError> {
-        String::from_utf8(self.take(n)?.to_vec())
-            .map_err(|_| CryptoError::Malformed("identifier is not UTF-8".into()))
+    fn u16(&mut self, what: &str) -> Result<u16, CryptoError> {
+        Ok(u16::from_be_bytes(self.array(what)?))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, CryptoError> {
+        Ok(u32::from_be_bytes(self.array(what)?))
+    }
+    fn string(&mut self, n: usize, max: usize, what: &str) -> Result<String, CryptoError> {
+        std::str::from_utf8(self.bounded(n, max, what)?)
+            .map(str::to_owned)
+            .map_err(|_| CryptoError::Malformed(format!("{what} is not UTF-8")))
     }
 }
 
@@ -459,6 +534,108 @@ mod tests {
             assert_eq!(
                 open(&bytes, &SecretBytes::random(32), &ctx),
                 Err(CryptoError::Integrity)
+            );
+        }
+    }
+
+    /// A header up to (excluding) the params length, for hand-made hostile envelopes.
+    fn header_until_params(nonce_len: u8) -> Vec<u8> {
+        let mut b = b"KWRD\x01\x03".to_vec();
+        b.push(5);
+        b.extend_from_slice(b"local");
+        b.push(4);
+        b.extend_from_slice(b"root");
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.extend_from_slice(&3u16.to_be_bytes());
+        b.extend_from_slice(b"a/b");
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.push(nonce_len);
+        b.extend(std::iter::repeat_n(0u8, nonce_len as usize));
+        b
+    }
+
+    #[test]
+    fn length_fields_are_bounded_before_anything_is_copied() {
+        // Ciphertext length u32::MAX with 10 bytes present: refused, naming the field.
+        let mut b = header_until_params(12);
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&u32::MAX.to_be_bytes());
+        b.extend_from_slice(&[0; 10]);
+        let e = Envelope::decode(&b).unwrap_err().to_string();
+        assert!(e.contains("ciphertext") && e.contains("at most"), "{e}");
+        // Params claiming 60,000 bytes.
+        let mut b = header_until_params(0);
+        b.extend_from_slice(&60_000u16.to_be_bytes());
+        let e = Envelope::decode(&b).unwrap_err().to_string();
+        assert!(e.contains("params is 60000 bytes"), "{e}");
+        // Nonce of a length no algorithm uses.
+        let e = Envelope::decode(&header_until_params(5))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nonce must be empty or 12"), "{e}");
+        // Truncation names the field and what is left.
+        let mut b = header_until_params(0);
+        b.extend_from_slice(&4u16.to_be_bytes());
+        b.push(1);
+        let e = Envelope::decode(&b).unwrap_err().to_string();
+        assert!(e.contains("params needs 4 bytes, 1 left"), "{e}");
+        // Input longer than any envelope: refused before parsing.
+        let e = Envelope::decode(&vec![0u8; MAX_ENVELOPE + 1]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CryptoError::Length {
+                    what: "envelope",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn encode_refuses_what_decode_would_refuse_and_maximal_fields_round_trip() {
+        let ctx = KeyContext::new("a", "b", 1);
+        let mut env = Envelope::for_context(Algorithm::Aes256Gcm, "local", "root", 1, &ctx);
+        env.backend = "x".repeat(MAX_BACKEND);
+        env.kek_id = "k".repeat(MAX_KEK_ID);
+        env.key_id = "i".repeat(MAX_KEY_ID);
+        env.nonce = vec![1; gcm::NONCE_LEN];
+        env.params = vec![2; MAX_PARAMS];
+        env.ciphertext = vec![3; MAX_CIPHERTEXT];
+        let bytes = env.encode().unwrap();
+        assert_eq!(bytes.len(), MAX_ENVELOPE);
+        assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+        for bad in [
+            Envelope {
+                backend: "x".repeat(MAX_BACKEND + 1),
+                ..env.clone()
+            },
+            Envelope {
+                key_id: "i".repeat(MAX_KEY_ID + 1),
+                ..env.clone()
+            },
+            Envelope {
+                params: vec![0; MAX_PARAMS + 1],
+                ..env.clone()
+            },
+            Envelope {
+                ciphertext: vec![0; MAX_CIPHERTEXT + 1],
+                ..env.clone()
+            },
+            Envelope {
+                nonce: vec![0; 8],
+                ..env.clone()
+            },
+        ] {
+            assert!(
+                matches!(bad.encode(), Err(CryptoError::Length { .. })),
+                "{bad:?}"
+            );
+            assert!(
+                bad.clone()
+                    .seal_with_raw_kek(&SecretBytes::random(32), &SecretBytes::random(32))
+                    .is_err()
             );
         }
     }

@@ -145,6 +145,24 @@ mod tests {
         assert_eq!(unwrap_pad(kek.expose(), &w).unwrap(), odd);
     }
 
+    /// The `aes` crate's `zeroize` feature (Cargo.toml) makes every AES key schedule wipe its
+    /// round keys on drop; without the feature these types do not implement `ZeroizeOnDrop`
+    /// and this test does not compile. `aes_kw::Kek` and `aes_gcm::Aes256Gcm` hold these types.
+    #[test]
+    fn aes_round_keys_are_zeroized_on_drop() {
+        fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() -> &'static str {
+            std::any::type_name::<T>()
+        }
+        let names = [
+            zeroized_on_drop::<aes::Aes128>(),
+            zeroized_on_drop::<aes::Aes192>(),
+            zeroized_on_drop::<aes::Aes256>(),
+            zeroized_on_drop::<aes::Aes256Enc>(),
+            zeroized_on_drop::<aes::Aes256Dec>(),
+        ];
+        assert!(names.iter().all(|n| n.starts_with("aes::")), "{names:?}");
+    }
+
     #[test]
     fn errors_name_the_input_and_carry_no_bytes() {
         let e = wrap(&[1u8; 31], &SecretBytes::random(32)).unwrap_err();

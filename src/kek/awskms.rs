@@ -191,6 +191,9 @@ enum Failure {
     },
 }
 
+/// Largest KMS answer read (Decrypt of the 4 KiB KMS maximum is about 6 KiB of JSON).
+const MAX_RESPONSE: usize = 256 * 1024;
+
 /// Minimal KMS JSON-protocol client.
 pub struct KmsClient {
     http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -332,11 +335,16 @@ impl KmsClient {
                 Failure::Transport(s)
             })?;
             let status = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
+            // KMS answers are a few KiB; a larger body (a wrong endpoint, or a hostile one
+            // without TLS) is cut off instead of buffered.
+            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)
                 .collect()
                 .await
-                .map_err(|e| Failure::Transport(e.to_string()))?
+                .map_err(|e| {
+                    Failure::Transport(format!(
+                        "answer unreadable or larger than {MAX_RESPONSE} bytes: {e}"
+                    ))
+                })?
                 .to_bytes();
             Ok::<_, Failure>((status, Zeroizing::new(bytes.to_vec())))
         };
@@ -694,6 +702,52 @@ mod tests {
             ("Host".into(), "example.amazonaws.com".into()),
             ("X-Amz-Date".into(), "20150830T123600Z".into()),
         ]
+    }
+
+    /// An endpoint answering with an endless body: the client stops at MAX_RESPONSE and
+    /// reports it, without buffering the rest.
+    #[tokio::test]
+    async fn oversized_kms_answer_is_cut_off() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 16 * 1024];
+            let _ = sock.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n";
+            sock.write_all(head.as_bytes()).await.unwrap();
+            let chunk = vec![b' '; 64 * 1024];
+            let mut sent = 0usize;
+            // Stops when the client hangs up.
+            while sock.write_all(&chunk).await.is_ok() {
+                sent += chunk.len();
+            }
+            sent
+        });
+        let client = KmsClient::new(
+            "eu-west-1",
+            Some(&format!("http://{addr}")),
+            AwsCredentials {
+                access_key_id: "AKID".into(),
+                secret_access_key: SecretBytes::from_slice(b"secret"),
+                session_token: None,
+            },
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let r = client
+            .send("DescribeKey", Zeroizing::new(b"{}".to_vec()))
+            .await;
+        match r {
+            Err(Failure::Transport(m)) => assert!(m.contains("larger than 262144"), "{m}"),
+            Err(f) => panic!("{f:?}"),
+            Ok(b) => panic!("accepted {} bytes", b.len()),
+        }
+        drop(client);
+        let sent = server.await.unwrap();
+        // The server got to write far less than the 1 GiB it announced.
+        assert!(sent < 64 * 1024 * 1024, "{sent}");
     }
 
     /// AWS SigV4 test suite, `get-vanilla` and `post-vanilla`: canonical-request hash and

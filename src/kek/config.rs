@@ -7,7 +7,7 @@
 
 use super::awskms::{AwsCredentials, AwsKmsConfig, AwsKmsKek};
 use super::local::LocalKek;
-use super::passphrase::{Kdf, PassphraseKek, read_passphrase_file};
+use super::passphrase::{Kdf, KdfLimits, PassphraseKek, read_secret_file};
 use super::pkcs11::{Pkcs11Config, Pkcs11Kek, TokenSelector};
 use super::{KekBackend, KekError, Keyring};
 use crate::crypto::{Algorithm, SecretBytes};
@@ -106,6 +106,24 @@ pub struct KekArgs {
     #[arg(long, env = "KEYWARD_PBKDF2_ITERATIONS", default_value_t = 600_000)]
     pub pbkdf2_iterations: u32,
 
+    /// passphrase: largest Argon2id memory cost (KiB) a stored envelope may name; default the
+    /// configured --argon2-memory-kib. Checked before any derivation.
+    #[arg(long, env = "KEYWARD_ARGON2_MAX_MEMORY_KIB")]
+    pub argon2_max_memory_kib: Option<u32>,
+
+    /// passphrase: most Argon2id passes a stored envelope may name; default --argon2-time-cost.
+    #[arg(long, env = "KEYWARD_ARGON2_MAX_TIME_COST")]
+    pub argon2_max_time_cost: Option<u32>,
+
+    /// passphrase: most Argon2id lanes a stored envelope may name; default --argon2-parallelism.
+    #[arg(long, env = "KEYWARD_ARGON2_MAX_PARALLELISM")]
+    pub argon2_max_parallelism: Option<u32>,
+
+    /// passphrase: most PBKDF2 iterations a stored envelope may name; default
+    /// --pbkdf2-iterations.
+    #[arg(long, env = "KEYWARD_PBKDF2_MAX_ITERATIONS")]
+    pub pbkdf2_max_iterations: Option<u32>,
+
     /// pkcs11: path of the PKCS#11 module (.so).
     #[arg(long, env = "KEYWARD_PKCS11_MODULE")]
     pub pkcs11_module: Option<PathBuf>,
@@ -172,16 +190,29 @@ impl KekArgs {
     }
 }
 
+impl KekArgs {
+    /// Ceilings on the costs a stored passphrase envelope may name: the `--*-max-*` flags, or
+    /// else the configured costs of each KDF (so envelopes made under older, cheaper costs
+    /// unwrap and dearer ones are refused before any derivation).
+    pub fn kdf_limits(&self) -> KdfLimits {
+        KdfLimits {
+            argon2_memory_kib: self.argon2_max_memory_kib.unwrap_or(self.argon2_memory_kib),
+            argon2_time_cost: self.argon2_max_time_cost.unwrap_or(self.argon2_time_cost),
+            argon2_parallelism: self
+                .argon2_max_parallelism
+                .unwrap_or(self.argon2_parallelism),
+            pbkdf2_iterations: self.pbkdf2_max_iterations.unwrap_or(self.pbkdf2_iterations),
+        }
+    }
+}
+
 fn secret_from_file_or_env(
     file: Option<&std::path::Path>,
     env: &str,
     setting: &'static str,
 ) -> Result<SecretBytes, KekError> {
     if let Some(p) = file {
-        return read_passphrase_file(p).map_err(|e| match e {
-            KekError::Misconfigured { detail, .. } => KekError::Misconfigured { setting, detail },
-            o => o,
-        });
+        return read_secret_file(p, setting);
     }
     match std::env::var_os(env) {
         Some(v) => Ok(SecretBytes::new(v.into_encoded_bytes())),
@@ -226,10 +257,11 @@ pub async fn build_backend(
                 "--passphrase-file (KEYWARD_PASSPHRASE_FILE) / KEYWARD_PASSPHRASE",
             )?;
             Arc::new(
-                PassphraseKek::new(
+                PassphraseKek::with_limits(
                     &args.passphrase_kek_id,
                     pass,
                     args.kdf_params(),
+                    args.kdf_limits(),
                     args.kek_wrap_algorithm,
                 )
                 .await?,
@@ -382,6 +414,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("pp");
         std::fs::write(&f, "a long enough passphrase\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         let a = KekArgs {
             kek_backend: BackendKind::Passphrase,
             passphrase_file: Some(f),

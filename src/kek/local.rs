@@ -122,18 +122,17 @@ impl LocalKek {
         })
     }
 
-    /// Read the root key from a file: 32 raw bytes, or 64 hex / 44 base64 characters.
+    /// Read the root key from a file: 32 raw bytes, or 64 hex / 44 base64 characters. The
+    /// file must be a regular file readable by its owner (and group) only (see
+    /// [`super::keyfile`]): a root key others could read is refused.
     pub fn from_file(path: &std::path::Path, algorithm: Algorithm) -> Result<Self, KekError> {
-        let raw =
-            zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| KekError::Misconfigured {
-                setting: "--local-kek-file",
-                detail: format!("cannot read {}: {e}", path.display()),
-            })?);
+        let raw = super::keyfile::read_key_file(path, "--local-kek-file")?;
         let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or("");
+        let hex_key = (text.len() == 64).then(|| hex::decode(text).ok()).flatten();
         let key = if raw.len() == 32 {
             SecretBytes::from_slice(&raw)
-        } else if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
-            SecretBytes::new(hex::decode(text).expect("checked hex"))
+        } else if let Some(k) = hex_key {
+            SecretBytes::new(k)
         } else if let Ok(b) = base64::engine::general_purpose::STANDARD.decode(text) {
             SecretBytes::new(b)
         } else {
@@ -221,7 +220,12 @@ impl KekBackend for LocalKek {
 
     async fn wrap(&self, ctx: &KeyContext, dek: &SecretBytes) -> Result<Envelope, KekError> {
         let v = self.kek_version();
-        let kek = self.key(v).expect("current version is loaded");
+        // The Secret is re-read by refresh(); if someone removed the current entry between
+        // the two reads, say so instead of panicking.
+        let kek = self.key(v).ok_or_else(|| KekError::Misconfigured {
+            setting: "--local-kek-secret",
+            detail: format!("the current KEK version {v} has no kek-v{v} entry"),
+        })?;
         Ok(
             Envelope::for_context(self.algorithm, KIND, &self.id, v, ctx)
                 .seal_with_raw_kek(&kek, dek)?,
@@ -344,10 +348,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         std::fs::write(&p, "abcd").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         let e = LocalKek::from_file(&p, Algorithm::Aes256Kwp)
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("--local-kek-file"), "{e}");
+        assert!(e.contains("--local-kek-file") && e.contains("32"), "{e}");
+    }
+
+    #[test]
+    fn from_file_refuses_unsafe_modes_and_reads_safe_ones() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("root.key");
+        std::fs::write(&p, hex::encode([9u8; 32])).unwrap();
+        for mode in [0o644, 0o755, 0o4600, 0o1600, 0o660] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = LocalKek::from_file(&p, Algorithm::Aes256Kwp).err().unwrap();
+            assert!(
+                matches!(
+                    &e,
+                    KekError::KeyFile(super::super::keyfile::KeyFileError::Mode { .. })
+                ),
+                "{mode:o}: {e}"
+            );
+            assert!(e.to_string().contains("--local-kek-file"), "{e}");
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(LocalKek::from_file(&p, Algorithm::Aes256Kwp).is_ok());
     }
 }

@@ -19,8 +19,11 @@
 //!   process: set the matching flags (`--argon2-time-cost`, `--pbkdf2-iterations`) so a
 //!   restart keeps it (the new values are logged). Changing the passphrase itself is a
 //!   migration: run the old passphrase as the secondary backend under another `kek_id`.
-//! * Envelope parameters are bounded on unwrap (memory, passes, iterations) so a tampered
-//!   envelope cannot make the controller allocate gigabytes or spin for minutes.
+//! * The costs an envelope may name are capped by configuration ([`KdfLimits`]: by default
+//!   the configured costs themselves, raised by the `--argon2-max-*` / `--pbkdf2-max-iterations`
+//!   flags). An envelope above a ceiling is refused before any derivation with
+//!   [`KekError::KdfCostRefused`] naming the parameter, so an edited envelope cannot make the
+//!   controller allocate gigabytes or spin for minutes.
 
 use super::{KekBackend, KekError};
 use crate::crypto::{Algorithm, CryptoError, Envelope, KeyContext, SecretBytes};
@@ -43,6 +46,8 @@ const ARGON2_MAX_LANES: u32 = 16;
 /// Shortest passphrase accepted, bytes.
 pub const MIN_PASSPHRASE_LEN: usize = 12;
 const CACHE_MAX: usize = 64;
+const DEFAULT_ARGON2_MEMORY_KIB: u32 = 64 * 1024;
+const DEFAULT_ARGON2_TIME_COST: u32 = 3;
 
 /// KDF and its cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,8 +72,8 @@ impl Default for Kdf {
     /// Argon2id with m = 64 MiB, t = 3, p = 1.
     fn default() -> Self {
         Self::Argon2id {
-            memory_kib: 64 * 1024,
-            time_cost: 3,
+            memory_kib: DEFAULT_ARGON2_MEMORY_KIB,
+            time_cost: DEFAULT_ARGON2_TIME_COST,
             parallelism: 1,
         }
     }
@@ -230,6 +235,170 @@ impl Kdf {
     }
 }
 
+/// The most KDF work a stored envelope may ask for. The params block beside an envelope is
+/// attacker-reachable data (whoever can edit the stored Secret), and a derivation has to run
+/// before the envelope can be authenticated, so the costs are checked against these ceilings
+/// first. Costs only go up over a deployment's life, so by default the ceilings are the
+/// configured costs: every older (cheaper) envelope passes, anything dearer is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfLimits {
+    /// Largest Argon2id memory cost, KiB (`--argon2-max-memory-kib`).
+    pub argon2_memory_kib: u32,
+    /// Most Argon2id passes (`--argon2-max-time-cost`).
+    pub argon2_time_cost: u32,
+    /// Most Argon2id lanes (`--argon2-max-parallelism`).
+    pub argon2_parallelism: u32,
+    /// Most PBKDF2 iterations (`--pbkdf2-max-iterations`).
+    pub pbkdf2_iterations: u32,
+}
+
+impl KdfLimits {
+    /// Ceilings equal to `kdf`'s costs for its own KDF, and the default costs of the other KDF
+    /// (Argon2id m = 64 MiB, t = 3, p = 1; PBKDF2 600,000 iterations).
+    pub fn at(kdf: Kdf) -> Self {
+        let base = Self {
+            argon2_memory_kib: DEFAULT_ARGON2_MEMORY_KIB,
+            argon2_time_cost: DEFAULT_ARGON2_TIME_COST,
+            argon2_parallelism: 1,
+            pbkdf2_iterations: PBKDF2_MIN_ITERATIONS,
+        };
+        match kdf {
+            Kdf::Argon2id {
+                memory_kib,
+                time_cost,
+                parallelism,
+            } => Self {
+                argon2_memory_kib: memory_kib,
+                argon2_time_cost: time_cost,
+                argon2_parallelism: parallelism,
+                ..base
+            },
+            Kdf::Pbkdf2Sha256 { iterations } => Self {
+                pbkdf2_iterations: iterations,
+                ..base
+            },
+        }
+    }
+
+    /// These ceilings, raised where `kdf` costs more (the current costs after `rotate()`).
+    pub fn allowing(self, kdf: Kdf) -> Self {
+        let at = Self::at(kdf);
+        match kdf {
+            Kdf::Argon2id { .. } => Self {
+                argon2_memory_kib: self.argon2_memory_kib.max(at.argon2_memory_kib),
+                argon2_time_cost: self.argon2_time_cost.max(at.argon2_time_cost),
+                argon2_parallelism: self.argon2_parallelism.max(at.argon2_parallelism),
+                ..self
+            },
+            Kdf::Pbkdf2Sha256 { .. } => Self {
+                pbkdf2_iterations: self.pbkdf2_iterations.max(at.pbkdf2_iterations),
+                ..self
+            },
+        }
+    }
+
+    /// Refuse ceilings outside the absolute bounds or below the configured costs `kdf`.
+    pub fn validate(self, kdf: Kdf) -> Result<(), KekError> {
+        let bad = |setting: &'static str, detail: String| {
+            Err(KekError::Misconfigured { setting, detail })
+        };
+        let ceilings = [
+            (
+                "--argon2-max-memory-kib",
+                self.argon2_memory_kib,
+                ARGON2_MIN_MEMORY_KIB,
+                ARGON2_MAX_MEMORY_KIB,
+            ),
+            (
+                "--argon2-max-time-cost",
+                self.argon2_time_cost,
+                1,
+                ARGON2_MAX_TIME,
+            ),
+            (
+                "--argon2-max-parallelism",
+                self.argon2_parallelism,
+                1,
+                ARGON2_MAX_LANES,
+            ),
+            (
+                "--pbkdf2-max-iterations",
+                self.pbkdf2_iterations,
+                PBKDF2_MIN_ITERATIONS,
+                PBKDF2_MAX_ITERATIONS,
+            ),
+        ];
+        for (setting, v, lo, hi) in ceilings {
+            if !(lo..=hi).contains(&v) {
+                return bad(setting, format!("{v} is outside {lo}..={hi}"));
+            }
+        }
+        if let Err(KekError::KdfCostRefused {
+            value,
+            max,
+            setting,
+            ..
+        }) = self.check(kdf)
+        {
+            return bad(
+                setting,
+                format!(
+                    "{max} is below the configured cost {value}: the ceiling must be at least the cost new envelopes use"
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuse `kdf` when any of its costs is above its ceiling, naming the parameter.
+    pub fn check(self, kdf: Kdf) -> Result<(), KekError> {
+        let over = |parameter, value, max, setting| {
+            if value > max {
+                Err(KekError::KdfCostRefused {
+                    parameter,
+                    value,
+                    max,
+                    setting,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        match kdf {
+            Kdf::Argon2id {
+                memory_kib,
+                time_cost,
+                parallelism,
+            } => {
+                over(
+                    "Argon2id memory (KiB)",
+                    memory_kib,
+                    self.argon2_memory_kib,
+                    "--argon2-max-memory-kib",
+                )?;
+                over(
+                    "Argon2id time cost",
+                    time_cost,
+                    self.argon2_time_cost,
+                    "--argon2-max-time-cost",
+                )?;
+                over(
+                    "Argon2id parallelism",
+                    parallelism,
+                    self.argon2_parallelism,
+                    "--argon2-max-parallelism",
+                )
+            }
+            Kdf::Pbkdf2Sha256 { iterations } => over(
+                "PBKDF2 iterations",
+                iterations,
+                self.pbkdf2_iterations,
+                "--pbkdf2-max-iterations",
+            ),
+        }
+    }
+}
+
 /// The envelope's `params` block: format, KDF id + costs, salt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ParamBlock {
@@ -246,7 +415,9 @@ impl ParamBlock {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Self, KekError> {
+    /// Parse a params block and check its costs: first against `limits` (refused with
+    /// [`KekError::KdfCostRefused`]), then against the absolute floors. Nothing is derived.
+    fn decode(b: &[u8], limits: KdfLimits) -> Result<Self, KekError> {
         let bad =
             |d: &str| KekError::Crypto(CryptoError::Malformed(format!("passphrase params: {d}")));
         let u32_at = |i: usize| -> Result<u32, KekError> {
@@ -281,7 +452,8 @@ impl ParamBlock {
         if rest + 1 + n != b.len() || n < SALT_LEN {
             return Err(bad("bad salt"));
         }
-        // Bound what a stored envelope can make us spend.
+        // Bound what a stored envelope can make us spend, before anything is derived.
+        limits.check(kdf)?;
         kdf.validate()
             .map_err(|e| bad(&format!("parameters out of bounds ({e})")))?;
         Ok(Self {
@@ -301,17 +473,26 @@ pub struct PassphraseKek {
     id: String,
     algorithm: Algorithm,
     passphrase: Arc<SecretBytes>,
+    limits: KdfLimits,
     current: Mutex<Arc<Current>>,
     cache: Mutex<HashMap<Vec<u8>, SecretBytes>>,
     derive_lock: tokio::sync::Mutex<()>,
+    derivations: std::sync::atomic::AtomicU64,
 }
 
-/// Read a passphrase file, dropping one trailing newline (`\n` or `\r\n`).
+/// Read a passphrase file, dropping one trailing newline (`\n` or `\r\n`). The file must be
+/// a regular file readable by its owner (and group) only: see [`super::keyfile`].
 pub fn read_passphrase_file(path: &std::path::Path) -> Result<SecretBytes, KekError> {
-    let mut raw = Zeroizing::new(std::fs::read(path).map_err(|e| KekError::Misconfigured {
-        setting: "--passphrase-file (KEYWARD_PASSPHRASE_FILE)",
-        detail: format!("cannot read {}: {e}", path.display()),
-    })?);
+    read_secret_file(path, "--passphrase-file (KEYWARD_PASSPHRASE_FILE)")
+}
+
+/// Read a one-line secret (passphrase, PIN) from `path`, named `setting` in errors, dropping
+/// one trailing newline. Mode, type and size are checked first ([`super::keyfile`]).
+pub fn read_secret_file(
+    path: &std::path::Path,
+    setting: &'static str,
+) -> Result<SecretBytes, KekError> {
+    let mut raw = super::keyfile::read_key_file(path, setting)?;
     if raw.ends_with(b"\n") {
         raw.pop();
         if raw.ends_with(b"\r") {
@@ -324,13 +505,27 @@ pub fn read_passphrase_file(path: &std::path::Path) -> Result<SecretBytes, KekEr
 impl PassphraseKek {
     /// Derive the current KEK from `passphrase` with `kdf` (blocks for one derivation).
     /// `id` names this passphrase in envelopes (use a different id for a new passphrase).
+    /// Envelopes may name costs up to [`KdfLimits::at`]`(kdf)`.
     pub async fn new(
         id: &str,
         passphrase: SecretBytes,
         kdf: Kdf,
         algorithm: Algorithm,
     ) -> Result<Self, KekError> {
+        Self::with_limits(id, passphrase, kdf, KdfLimits::at(kdf), algorithm).await
+    }
+
+    /// Like [`PassphraseKek::new`], with explicit ceilings for the costs a stored envelope may
+    /// name (for envelopes made under costs above today's configuration).
+    pub async fn with_limits(
+        id: &str,
+        passphrase: SecretBytes,
+        kdf: Kdf,
+        limits: KdfLimits,
+        algorithm: Algorithm,
+    ) -> Result<Self, KekError> {
         kdf.validate()?;
+        limits.validate(kdf)?;
         if passphrase.len() < MIN_PASSPHRASE_LEN {
             return Err(KekError::Misconfigured {
                 setting: "--passphrase-file (KEYWARD_PASSPHRASE_FILE) / KEYWARD_PASSPHRASE",
@@ -350,10 +545,19 @@ impl PassphraseKek {
             id: id.into(),
             algorithm,
             passphrase,
+            limits,
             current: Mutex::new(Arc::new(Current { block, key })),
             cache: Mutex::new(HashMap::new()),
             derive_lock: tokio::sync::Mutex::new(()),
+            derivations: std::sync::atomic::AtomicU64::new(1),
         })
+    }
+
+    /// How many key derivations this backend has run (start-up included). Each costs the
+    /// configured KDF work, so tests and operators can see that refused or cached unwraps
+    /// derived nothing.
+    pub fn derivations(&self) -> u64 {
+        self.derivations.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The KDF new wraps use.
@@ -378,6 +582,8 @@ impl PassphraseKek {
         if let Some(k) = self.cache.lock().expect("lock").get(&enc) {
             return Ok(k.clone());
         }
+        self.derivations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let key = derive_blocking(self.passphrase.clone(), block.clone()).await?;
         let mut cache = self.cache.lock().expect("lock");
         if cache.len() >= CACHE_MAX {
@@ -432,7 +638,9 @@ impl KekBackend for PassphraseKek {
         super::check_owner(env, KIND, &self.id)?;
         // Check the context before spending a derivation on it.
         env.check_context(ctx)?;
-        let block = ParamBlock::decode(&env.params)?;
+        // Costs above the configured ceilings are refused here, before any derivation.
+        let limits = self.limits.allowing(self.kdf());
+        let block = ParamBlock::decode(&env.params, limits)?;
         if block.kdf.version_id() != env.kek_version {
             return Err(CryptoError::Integrity.into());
         }
@@ -450,6 +658,8 @@ impl KekBackend for PassphraseKek {
             kdf: old.block.kdf.raised(),
             salt: SecretBytes::random(SALT_LEN).expose().to_vec(),
         };
+        self.derivations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let key = derive_blocking(self.passphrase.clone(), block.clone()).await?;
         let version = block.kdf.version_id();
         tracing::info!(
@@ -516,7 +726,10 @@ mod tests {
             kdf: Kdf::default(),
             salt: vec![7; SALT_LEN],
         };
-        assert_eq!(ParamBlock::decode(&b.encode()).unwrap(), b);
+        assert_eq!(
+            ParamBlock::decode(&b.encode(), KdfLimits::at(Kdf::default())).unwrap(),
+            b
+        );
         let huge = ParamBlock {
             kdf: Kdf::Argon2id {
                 memory_kib: u32::MAX,
@@ -525,10 +738,131 @@ mod tests {
             },
             salt: vec![7; SALT_LEN],
         };
-        assert!(ParamBlock::decode(&huge.encode()).is_err());
+        assert!(matches!(
+            ParamBlock::decode(&huge.encode(), KdfLimits::at(Kdf::default())),
+            Err(KekError::KdfCostRefused {
+                setting: "--argon2-max-memory-kib",
+                ..
+            })
+        ));
         let mut trailing = b.encode();
         trailing.push(0);
-        assert!(ParamBlock::decode(&trailing).is_err());
+        assert!(ParamBlock::decode(&trailing, KdfLimits::at(Kdf::default())).is_err());
+    }
+
+    #[test]
+    fn each_cost_above_its_ceiling_is_refused_naming_the_parameter_and_flag() {
+        let limits = KdfLimits::at(Kdf::default());
+        let over = [
+            (
+                Kdf::Argon2id {
+                    memory_kib: 65537,
+                    time_cost: 3,
+                    parallelism: 1,
+                },
+                "Argon2id memory (KiB)",
+                "--argon2-max-memory-kib",
+            ),
+            (
+                Kdf::Argon2id {
+                    memory_kib: 65536,
+                    time_cost: 4,
+                    parallelism: 1,
+                },
+                "Argon2id time cost",
+                "--argon2-max-time-cost",
+            ),
+            (
+                Kdf::Argon2id {
+                    memory_kib: 65536,
+                    time_cost: 3,
+                    parallelism: 2,
+                },
+                "Argon2id parallelism",
+                "--argon2-max-parallelism",
+            ),
+            (
+                Kdf::Pbkdf2Sha256 {
+                    iterations: 600_001,
+                },
+                "PBKDF2 iterations",
+                "--pbkdf2-max-iterations",
+            ),
+        ];
+        for (kdf, param, flag) in over {
+            let block = ParamBlock {
+                kdf,
+                salt: vec![1; SALT_LEN],
+            };
+            match ParamBlock::decode(&block.encode(), limits) {
+                Err(
+                    e @ KekError::KdfCostRefused {
+                        parameter, setting, ..
+                    },
+                ) => {
+                    assert_eq!((parameter, setting), (param, flag));
+                    let msg = e.to_string();
+                    assert!(msg.contains(param) && msg.contains(flag), "{msg}");
+                }
+                other => panic!("{kdf:?}: {other:?}"),
+            }
+        }
+        // Cheaper (older) costs pass; the configured costs pass.
+        for ok in [
+            Kdf::ARGON2ID_FLOOR,
+            Kdf::default(),
+            Kdf::Pbkdf2Sha256 {
+                iterations: PBKDF2_MIN_ITERATIONS,
+            },
+        ] {
+            limits.check(ok).unwrap();
+        }
+    }
+
+    #[test]
+    fn limits_are_validated_and_raised_by_rotation() {
+        let kdf = Kdf::ARGON2ID_FLOOR;
+        let at = KdfLimits::at(kdf);
+        at.validate(kdf).unwrap();
+        // A ceiling below the configured cost, or outside the absolute bounds, names its flag.
+        let e = KdfLimits {
+            argon2_time_cost: 1,
+            ..at
+        }
+        .validate(Kdf::Argon2id {
+            memory_kib: ARGON2_MIN_MEMORY_KIB,
+            time_cost: 2,
+            parallelism: 1,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--argon2-max-time-cost") && e.contains("below"),
+            "{e}"
+        );
+        let e = KdfLimits {
+            argon2_memory_kib: u32::MAX,
+            ..at
+        }
+        .validate(kdf)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--argon2-max-memory-kib"), "{e}");
+        let raised = kdf.raised();
+        assert!(at.check(raised).is_err());
+        at.allowing(raised).check(raised).unwrap();
+    }
+
+    #[tokio::test]
+    async fn rotated_costs_stay_unwrappable_within_the_process() {
+        let k = fast_kek(PASS, Algorithm::Aes256Gcm).await.unwrap();
+        k.rotate().await.unwrap();
+        let ctx = KeyContext::new("ns", "k", 1);
+        let dek = SecretBytes::random(32);
+        // Wrapped under t = 2 while the configured ceiling was t = 1: the current costs count.
+        let env = k.wrap(&ctx, &dek).await.unwrap();
+        k.cache.lock().unwrap().clear();
+        assert_eq!(k.unwrap(&env, &ctx).await.unwrap(), dek);
     }
 
     #[test]
@@ -555,7 +889,12 @@ mod tests {
             let ctx = KeyContext::new("ns", "k", 1);
             let dek = SecretBytes::random(32);
             let env = k.wrap(&ctx, &dek).await.unwrap();
-            assert_eq!(ParamBlock::decode(&env.params).unwrap().kdf, kdf);
+            assert_eq!(
+                ParamBlock::decode(&env.params, KdfLimits::at(kdf))
+                    .unwrap()
+                    .kdf,
+                kdf
+            );
             assert_eq!(k.unwrap(&env, &ctx).await.unwrap(), dek);
             assert!(
                 k.unwrap(&env, &KeyContext::new("ns", "k", 2))
@@ -615,6 +954,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pp");
         std::fs::write(&p, "a passphrase here\r\n").unwrap();
+        // Written with the umask's mode (typically 0644): refused, naming the flag.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_passphrase_file(&p).unwrap_err().to_string();
+        assert!(e.contains("--passphrase-file") && e.contains("0644"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(
             read_passphrase_file(&p).unwrap().expose(),
             b"a passphrase here"

@@ -1,7 +1,13 @@
 //! KEK inside a PKCS#11 token (an HSM, a cloud HSM, or SoftHSM2 for tests).
 //!
 //! The KEK is an AES-256 secret key object with CKA_TOKEN=true, CKA_SENSITIVE=true,
-//! CKA_EXTRACTABLE=false, CKA_PRIVATE=true: its value never leaves the token. Versions are
+//! CKA_EXTRACTABLE=false, CKA_PRIVATE=true: its value never leaves the token. keyward sets
+//! CKA_ID = `keyward-kek:<label>` when it generates one, and uses an object only after reading
+//! back that it is such a key: AES, 32 bytes, on the token, sensitive, not extractable, and
+//! (attributes the token sets itself) CKA_LOCAL, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE,
+//! i.e. generated inside the token and never readable. Any object carrying a KEK label that
+//! fails is refused with [`KekError::ForeignKeyObject`] naming it and the attribute, so a key
+//! someone imported or made extractable never becomes the KEK. Versions are
 //! separate key objects labelled `<key-label>-v<N>`; the highest N is current, and a missing
 //! `-v1` is generated inside the token on first start. `rotate()` generates `-v<N+1>`; old
 //! versions stay in the token so old envelopes unwrap until the Keyring has rewrapped them.
@@ -177,39 +183,153 @@ impl Inner {
         format!("{}-v{v}", self.key_label)
     }
 
-    /// Every version present in the token.
+    /// Why object `h` (found under `label`) is not a KEK keyward generated, or `None` when it
+    /// is one. Every attribute is read from the token: CKA_LOCAL, CKA_ALWAYS_SENSITIVE and
+    /// CKA_NEVER_EXTRACTABLE are set by the token itself, so together they show the value was
+    /// generated inside it and never left; CKA_ID carries the marker keyward sets at
+    /// generation, bound to the label.
+    fn vet(&self, s: &Session, h: ObjectHandle, label: &str) -> Result<Option<KekError>, CkError> {
+        use AttributeType as T;
+        let attrs = s.get_attributes(
+            h,
+            &[
+                T::Id,
+                T::Class,
+                T::KeyType,
+                T::ValueLen,
+                T::Token,
+                T::Sensitive,
+                T::Extractable,
+                T::AlwaysSensitive,
+                T::NeverExtractable,
+                T::Local,
+            ],
+        )?;
+        let get = |t: T| attrs.iter().find(|a| a.attribute_type() == t);
+        let id = match get(T::Id) {
+            Some(Attribute::Id(id)) => id.as_slice(),
+            _ => &[],
+        };
+        // An attacker may choose the CKA_ID: show at most 32 bytes of it.
+        let object = format!(
+            "{}/{label} (CKA_ID {})",
+            self.token_label,
+            if id.is_empty() {
+                "empty".to_string()
+            } else {
+                hex::encode(&id[..id.len().min(32)])
+            }
+        );
+        let refuse = |attribute: &'static str, detail: String| {
+            Ok(Some(KekError::ForeignKeyObject {
+                object: object.clone(),
+                attribute,
+                detail,
+            }))
+        };
+        match get(T::Class) {
+            Some(Attribute::Class(c)) if *c == ObjectClass::SECRET_KEY => {}
+            other => return refuse("CKA_CLASS", format!("is {other:?}, must be CKO_SECRET_KEY")),
+        }
+        match get(T::KeyType) {
+            Some(Attribute::KeyType(k)) if *k == KeyType::AES => {}
+            other => return refuse("CKA_KEY_TYPE", format!("is {other:?}, must be CKK_AES")),
+        }
+        match get(T::ValueLen) {
+            Some(Attribute::ValueLen(n)) if u64::from(*n) == 32 => {}
+            other => {
+                return refuse(
+                    "CKA_VALUE_LEN",
+                    format!("is {other:?}, must be 32 (AES-256)"),
+                );
+            }
+        }
+        let flags: [(T, &'static str, bool); 6] = [
+            (T::Token, "CKA_TOKEN", true),
+            (T::Extractable, "CKA_EXTRACTABLE", false),
+            (T::Sensitive, "CKA_SENSITIVE", true),
+            (T::Local, "CKA_LOCAL", true),
+            (T::NeverExtractable, "CKA_NEVER_EXTRACTABLE", true),
+            (T::AlwaysSensitive, "CKA_ALWAYS_SENSITIVE", true),
+        ];
+        for (t, name, want) in flags {
+            let have = match get(t) {
+                Some(
+                    Attribute::Token(b)
+                    | Attribute::Sensitive(b)
+                    | Attribute::Extractable(b)
+                    | Attribute::AlwaysSensitive(b)
+                    | Attribute::NeverExtractable(b)
+                    | Attribute::Local(b),
+                ) => Some(*b),
+                _ => None,
+            };
+            match have {
+                Some(b) if b == want => {}
+                Some(b) => {
+                    let why = match t {
+                        T::Local => " (the key was imported, not generated in the token)",
+                        T::AlwaysSensitive | T::NeverExtractable => {
+                            " (the key value was readable at some point)"
+                        }
+                        _ => "",
+                    };
+                    return refuse(name, format!("is {b}, must be {want}{why}"));
+                }
+                None => return refuse(name, "is not readable from the token".into()),
+            }
+        }
+        if !crate::crypto::ct_eq(id, &marker(label)) {
+            return refuse(
+                "CKA_ID",
+                format!(
+                    "does not carry keyward's marker {:?} (keyward sets it when it generates a KEK)",
+                    String::from_utf8_lossy(&marker(label))
+                ),
+            );
+        }
+        Ok(None)
+    }
+
+    /// Every version present in the token. Any object carrying a version label that is not a
+    /// keyward KEK is refused, named, rather than skipped.
     fn versions(&self) -> Result<Vec<u32>, KekError> {
         let prefix = format!("{}-v", self.key_label);
         self.with_session(|s| {
             let mut out = Vec::new();
-            for h in s.find_objects(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-            ])? {
+            for h in s.find_objects(&[])? {
                 for a in s.get_attributes(h, &[AttributeType::Label])? {
                     if let Attribute::Label(l) = a
-                        && let Some(n) = std::str::from_utf8(&l)
-                            .ok()
-                            .and_then(|l| l.strip_prefix(&prefix))
+                        && let Some(label) = std::str::from_utf8(&l).ok()
+                        && let Some(n) = label
+                            .strip_prefix(&prefix)
                             .and_then(|n| n.parse::<u32>().ok())
                     {
+                        if let Some(refusal) = self.vet(s, h, label)? {
+                            return Ok(Err(refusal));
+                        }
                         out.push(n);
                     }
                 }
             }
             out.sort_unstable();
             out.dedup();
-            Ok(out)
+            Ok(Ok(out))
         })?
-        .map_err(|e| unavailable("listing KEK versions", e))
+        .map_err(|e| unavailable("listing KEK versions", e))?
     }
 
-    fn handles(&self, s: &Session, v: u32) -> Result<Vec<ObjectHandle>, CkError> {
-        s.find_objects(&[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::Label(self.label(v).into_bytes()),
-        ])
+    /// The KEK objects of version `v`; an object with that label that is not a keyward KEK
+    /// makes the whole lookup fail, naming it.
+    fn handles(&self, s: &Session, v: u32) -> Result<Result<Vec<ObjectHandle>, KekError>, CkError> {
+        let label = self.label(v);
+        let hs = s.find_objects(&[Attribute::Label(label.clone().into_bytes())])?;
+        for h in &hs {
+            if let Some(refusal) = self.vet(s, *h, &label)? {
+                return Ok(Err(refusal));
+            }
+        }
+        Ok(Ok(hs))
     }
 
     fn generate(&self, v: u32) -> Result<(), KekError> {
@@ -230,6 +350,7 @@ impl Inner {
                     Attribute::Wrap(false),
                     Attribute::Unwrap(false),
                     Attribute::Label(label.clone().into_bytes()),
+                    Attribute::Id(marker(&label)),
                 ],
             )
         })?
@@ -245,30 +366,40 @@ impl Inner {
         dek: &SecretBytes,
     ) -> Result<Vec<u8>, KekError> {
         self.with_session(|s| {
-            let h = *self.handles(s, v)?.first().ok_or(CkError::Pkcs11(
-                RvError::KeyHandleInvalid,
-                cryptoki::context::Function::FindObjects,
-            ))?;
+            let h = match self.handles(s, v)? {
+                Ok(hs) => *hs.first().ok_or(CkError::Pkcs11(
+                    RvError::KeyHandleInvalid,
+                    cryptoki::context::Function::FindObjects,
+                ))?,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
             let mut iv = iv.to_vec();
             let params = GcmParams::new(&mut iv, aad, 128.into())?;
             s.encrypt(&Mechanism::AesGcm(params), h, dek.expose())
+                .map(Ok)
         })?
-        .map_err(|e| unavailable(&format!("C_Encrypt with {}", self.label(v)), e))
+        .map_err(|e| unavailable(&format!("C_Encrypt with {}", self.label(v)), e))?
     }
 
     fn decrypt(&self, v: u32, iv: &[u8], aad: &[u8], ct: &[u8]) -> Result<SecretBytes, KekError> {
+        enum Outcome {
+            Plain(SecretBytes),
+            NoKey,
+            Refused(KekError),
+            Failed(CkError),
+        }
         let r = self.with_session(|s| {
-            let hs = self.handles(s, v)?;
-            if hs.is_empty() {
-                return Ok(None);
-            }
+            let hs = match self.handles(s, v)? {
+                Ok(hs) => hs,
+                Err(refusal) => return Ok(Outcome::Refused(refusal)),
+            };
             // Two replicas racing on first start can each create `-v1`; try every match.
             let mut last = None;
             for h in hs {
                 let mut iv = iv.to_vec();
                 let params = GcmParams::new(&mut iv, aad, 128.into())?;
                 match s.decrypt(&Mechanism::AesGcm(params), h, ct) {
-                    Ok(p) => return Ok(Some(Ok(SecretBytes::new(p)))),
+                    Ok(p) => return Ok(Outcome::Plain(SecretBytes::new(p))),
                     // SoftHSM2 reports a failed GCM tag check as CKR_GENERAL_ERROR. If the
                     // session is still healthy afterwards, treat it as an integrity failure.
                     Err(CkError::Pkcs11(RvError::GeneralError, f))
@@ -279,26 +410,36 @@ impl Inner {
                     Err(e) => last = Some(e),
                 }
             }
-            Ok(last.map(Err))
+            Ok(last.map_or(Outcome::NoKey, Outcome::Failed))
         })?;
-        match r {
-            Ok(Some(Ok(p))) => Ok(p),
-            Ok(None) => Err(KekError::UnknownKek {
-                backend: KIND.into(),
-                kek_id: format!("{}/{}", self.token_label, self.key_label),
-                version: v,
-            }),
-            Ok(Some(Err(e))) | Err(e) => match rv(&e) {
-                Some(
-                    RvError::EncryptedDataInvalid
-                    | RvError::EncryptedDataLenRange
-                    | RvError::DataInvalid
-                    | RvError::DataLenRange,
-                ) => Err(CryptoError::Integrity.into()),
-                _ => Err(unavailable(&format!("C_Decrypt with {}", self.label(v)), e)),
-            },
+        let e = match r {
+            Ok(Outcome::Plain(p)) => return Ok(p),
+            Ok(Outcome::Refused(refusal)) => return Err(refusal),
+            Ok(Outcome::NoKey) => {
+                return Err(KekError::UnknownKek {
+                    backend: KIND.into(),
+                    kek_id: format!("{}/{}", self.token_label, self.key_label),
+                    version: v,
+                });
+            }
+            Ok(Outcome::Failed(e)) | Err(e) => e,
+        };
+        match rv(&e) {
+            Some(
+                RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::DataInvalid
+                | RvError::DataLenRange,
+            ) => Err(CryptoError::Integrity.into()),
+            _ => Err(unavailable(&format!("C_Decrypt with {}", self.label(v)), e)),
         }
     }
+}
+
+/// CKA_ID keyward sets on every KEK it generates (`keyward-kek:<label>`): marks the object as
+/// keyward's and binds the mark to the label, so a relabelled object no longer passes.
+fn marker(label: &str) -> Vec<u8> {
+    format!("keyward-kek:{label}").into_bytes()
 }
 
 /// KEK held in a PKCS#11 token.
@@ -457,8 +598,9 @@ impl KekBackend for Pkcs11Kek {
         let v = self.kek_version();
         blocking(move || {
             let n = inner
-                .with_session(|s| inner.handles(s, v).map(|h| h.len()))?
-                .map_err(|e| unavailable("health check", e))?;
+                .with_session(|s| inner.handles(s, v))?
+                .map_err(|e| unavailable("health check", e))??
+                .len();
             if n == 0 {
                 return Err(KekError::Unavailable {
                     backend: KIND,

@@ -165,9 +165,16 @@ impl KeyServiceArgs {
                 "set --key-service-tls-cert-file and --key-service-tls-key-file (or --insecure-key-service for a local demo)".into(),
             ));
         };
+        // The private key file must be owner (and group) readable only: see kek::keyfile.
+        let key_pem = crate::kek::keyfile::read_key_file(key, "--key-service-tls-key-file")
+            .map_err(|e| KeyServiceError::File {
+                flag: "--key-service-tls-key-file",
+                path: key.clone(),
+                source: e.into(),
+            })?;
         let mut tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(
             read(cert, "--key-service-tls-cert-file")?,
-            read(key, "--key-service-tls-key-file")?,
+            key_pem.as_slice(),
         ));
         if let Some(ca) = &self.client_ca_file {
             tls = tls.client_ca_root(Certificate::from_pem(read(

@@ -76,8 +76,9 @@ impl CallerToken {
     }
 }
 
-/// How the provider connects to the key service.
-#[derive(Debug, Clone)]
+/// How the provider connects to the key service. `Debug` is written by hand: it shows which
+/// parts are set, never the client private key (which is held in zeroizing memory).
+#[derive(Clone)]
 pub struct ClientConfig {
     /// `https://host:port` (or `http://` with `insecure`).
     pub url: String,
@@ -85,12 +86,31 @@ pub struct ClientConfig {
     pub ca_pem: Option<Vec<u8>>,
     /// Override of the TLS server name (default: the URL's host).
     pub server_name: Option<String>,
-    /// Client certificate and key (PEM) for mutual TLS.
-    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Client certificate and private key (PEM) for mutual TLS.
+    pub client_identity: Option<(Vec<u8>, crate::crypto::SecretBytes)>,
     /// Allow plaintext.
     pub insecure: bool,
     /// Per-call deadline.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("url", &self.url)
+            .field("ca_pem_bytes", &self.ca_pem.as_ref().map(Vec::len))
+            .field("server_name", &self.server_name)
+            .field(
+                "client_identity",
+                &self
+                    .client_identity
+                    .as_ref()
+                    .map(|(cert, _)| format!("certificate {} bytes, key [redacted]", cert.len())),
+            )
+            .field("insecure", &self.insecure)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// The provider's handle on the key service: one multiplexed HTTP/2 connection, the
@@ -127,7 +147,7 @@ impl KeyServiceClient {
                 tls = tls.domain_name(n.clone());
             }
             if let Some((c, k)) = &cfg.client_identity {
-                tls = tls.identity(TlsIdentity::from_pem(c, k));
+                tls = tls.identity(TlsIdentity::from_pem(c, k.expose()));
             }
             ep = ep.tls_config(tls)?;
         } else {
@@ -163,5 +183,43 @@ impl KeyServiceClient {
                 }
                 _ => MountError::KeyService(s),
             })
+    }
+}
+
+#[cfg(test)]
+mod debug_redaction_tests {
+    use super::*;
+
+    /// A `{:?}` of the client TLS configuration (e.g. in a start-up log line) shows what is set
+    /// but not one byte of the client private key, in any encoding.
+    #[test]
+    fn client_config_debug_never_prints_the_private_key() {
+        let key_pem = b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAnSecretKeyBytesNeverPrinted\n-----END PRIVATE KEY-----\n";
+        let cfg = ClientConfig {
+            url: "https://keyward.keyward-system.svc:8443".into(),
+            ca_pem: Some(b"-----BEGIN CERTIFICATE-----\nCA\n".to_vec()),
+            server_name: Some("keyward".into()),
+            client_identity: Some((
+                b"-----BEGIN CERTIFICATE-----\nCERT\n".to_vec(),
+                crate::crypto::SecretBytes::from_slice(key_pem),
+            )),
+            insecure: false,
+            timeout: Duration::from_secs(5),
+        };
+        for out in [format!("{cfg:?}"), format!("{cfg:#?}")] {
+            assert!(out.contains("key [redacted]"), "{out}");
+            assert!(out.contains("keyward.keyward-system.svc"), "{out}");
+            for needle in [
+                "SecretKeyBytesNeverPrinted".to_string(),
+                "PRIVATE KEY".to_string(),
+                // as derived Debug would print the bytes: a list of numbers
+                format!("{:?}", &key_pem[..12])
+                    .trim_matches(['[', ']'])
+                    .to_string(),
+                hex::encode(&key_pem[..12]),
+            ] {
+                assert!(!out.contains(&needle), "{needle:?} in {out}");
+            }
+        }
     }
 }

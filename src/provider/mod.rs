@@ -203,7 +203,15 @@ impl ProviderArgs {
         let client_identity = match (&self.client_cert_file, &self.client_key_file) {
             (Some(c), Some(k)) => Some((
                 read(c, "--client-cert-file")?,
-                read(k, "--client-key-file")?,
+                crate::crypto::SecretBytes::from_slice(
+                    &crate::kek::keyfile::read_key_file(k, "--client-key-file").map_err(|e| {
+                        ProviderError::File {
+                            flag: "--client-key-file",
+                            path: k.into(),
+                            source: e.into(),
+                        }
+                    })?,
+                ),
             )),
             _ => None,
         };

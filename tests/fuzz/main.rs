@@ -11,6 +11,9 @@ mod mount;
 
 use proptest::test_runner::Config;
 
+mod envelope;
+mod keys;
+
 /// Case count for one harness: `KEYWARD_FUZZ_CASES` or 256, printed so a log shows what ran.
 pub fn config(harness: &str) -> Config {
     let cases = std::env::var("KEYWARD_FUZZ_CASES")

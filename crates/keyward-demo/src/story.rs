@@ -819,5 +819,10 @@ fn write_tls(dir: &Path) -> anyhow::Result<TlsFiles> {
     std::fs::write(&files.ca, ca_cert.pem())?;
     std::fs::write(&files.cert, cert.pem())?;
     std::fs::write(&files.key, key.serialize_pem())?;
+    // keyward refuses private-key files other users can read.
+    std::fs::set_permissions(
+        &files.key,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )?;
     Ok(files)
 }
