@@ -221,7 +221,7 @@ impl AuditCtx<'_> {
         version: Option<u32>,
         outcome: &str,
         reason: String,
-    ) {
+    ) -> Result<(), crate::audit::AuditError> {
         self.sink.append_only(crate::audit::AuditEvent {
             actor,
             action: "mount".into(),
@@ -231,7 +231,7 @@ impl AuditCtx<'_> {
             reason,
             pod: Some(self.pod()),
             node: None,
-        });
+        })
     }
 
     fn refuse(&self, key: &str, version: &str, e: &FetchError) {
@@ -257,10 +257,16 @@ impl AuditCtx<'_> {
             detail = %e,
             "key request refused"
         );
-        self.append(sa, key, version.parse().ok(), "denied", e.to_string());
+        // A refusal serves nothing: with the log unwritable it is counted, never blocking.
+        let _ = self.append(sa, key, version.parse().ok(), "denied", e.to_string());
     }
 
-    fn served(&self, key: &str, versions: &[u32]) {
+    /// Record versions about to be served. `Err` (the response must not be sent) when
+    /// `--audit-failure=closed` and the log cannot be written.
+    fn served(&self, key: &str, versions: &[u32]) -> Result<(), crate::audit::AuditError> {
+        // Checked before the served memory marks anything, so a refused response is retried
+        // (and audited) in full.
+        self.sink.ensure_writable()?;
         // Only what changed is recorded: a version this pod already received from this replica
         // is a re-mount (counted in keyward_key_service_repeat_serves).
         let pod_id = if self.req.pod_uid.is_empty() {
@@ -277,7 +283,7 @@ impl AuditCtx<'_> {
             })
             .collect();
         if versions.is_empty() {
-            return;
+            return Ok(());
         }
         let sa = self.verified.map(Identity::sa).unwrap_or_default();
         tracing::info!(
@@ -292,8 +298,9 @@ impl AuditCtx<'_> {
             "key served"
         );
         for v in &versions {
-            self.append(sa.clone(), key, Some(*v), "ok", "served".into());
+            self.append(sa.clone(), key, Some(*v), "ok", "served".into())?;
         }
+        Ok(())
     }
 }
 
@@ -588,7 +595,9 @@ impl<R: TokenReviewer> KeyService<R> {
                     version_id: self.version_key.id(ns, name, *v),
                 });
             }
-            audit.served(name, &selection.versions);
+            audit
+                .served(name, &selection.versions)
+                .map_err(|e| FetchError::Unavailable(e.to_string()))?;
             out.push(KeyResult {
                 key: name.into(),
                 algorithm: rec.key.spec.algorithm.as_str().into(),
