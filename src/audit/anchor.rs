@@ -1,4 +1,4 @@
-//! The head of the audit chain, kept outside the log files: at every signed checkpoint the
+//! The head of the audit chain, kept outside the log files: at every checkpoint the
 //! controller copies {seq, prev, hash, every, sig} into the ConfigMap `keyward-audit-anchor`
 //! in its namespace (one data entry per replica, each written by its own server-side-apply
 //! field manager, so replicas never overwrite each other and a repeated write is a no-op).
@@ -24,8 +24,9 @@ pub struct Anchor {
     pub hash: String,
     /// The cadence it signed.
     pub every: u64,
-    /// Its signature (hex), so a forged anchor is refused.
-    pub sig: String,
+    /// Its signature (hex), when checkpoints are signed: a forged anchor is then refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
     /// When it was written.
     pub time: String,
 }
@@ -120,6 +121,31 @@ pub async fn publish(
         })
 }
 
+/// Create the (empty) ConfigMap if it is not there yet. Done with `create` rather than by the
+/// apply itself: Kubernetes authorizes an apply that creates as `create`, which RBAC cannot
+/// limit to one name, while the later applies need only `patch` on this one name.
+pub async fn ensure_configmap(client: &kube::Client, namespace: &str) -> Result<(), AnchorError> {
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(CONFIGMAP.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .create(&Default::default(), &cm)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(source) => Err(AnchorError::Api {
+            namespace: namespace.into(),
+            source,
+        }),
+    }
+}
+
 /// Read a replica's anchor from the cluster (`keyward audit verify --anchor-from-cluster`).
 pub async fn fetch(
     client: &kube::Client,
@@ -155,8 +181,22 @@ pub async fn run_publisher(
 ) {
     let mut rx = audit.anchors();
     let mut published: Option<Anchor> = None;
+    let mut exists = false;
     tokio::pin!(shutdown);
     loop {
+        if !exists {
+            match ensure_configmap(&client, &namespace).await {
+                Ok(()) => exists = true,
+                Err(e) => {
+                    audit.failures.inc();
+                    tracing::error!(error = %e, "AUDIT ANCHOR CONFIGMAP NOT CREATED");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => continue,
+                        _ = &mut shutdown => return,
+                    }
+                }
+            }
+        }
         let current = rx.borrow_and_update().clone();
         if let Some(a) = current
             && published.as_ref() != Some(&a)

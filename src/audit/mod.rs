@@ -2,12 +2,14 @@
 //! deletion or KEK rotation.
 //!
 //! Each line carries the SHA-256 of the previous line (`prev`) and a sequence number, so an
-//! edited, removed or reordered line breaks the chain at that point. With an Ed25519 audit key
-//! (held apart from data keys) every file opens with a signed checkpoint and a checkpoint
-//! follows at most every `checkpoint_every` records: whoever holds the files cannot re-forge
-//! the chain without that key, and dropping checkpoints is itself visible (a run of records
-//! longer than the signed cadence). Each checkpoint is also published as an [`anchor::Anchor`]
-//! outside the file (a ConfigMap in the controller's namespace), so a cut tail is visible too.
+//! edited, removed or reordered line breaks the chain at that point. Every file opens with a
+//! checkpoint and a checkpoint follows at most every `checkpoint_every` records; with an
+//! Ed25519 audit key (held apart from data keys) checkpoints are signed, so whoever holds the
+//! files cannot re-forge the chain without that key, and dropping checkpoints is itself
+//! visible (a run of records longer than the signed cadence). Each checkpoint is also
+//! published as an [`anchor::Anchor`] outside the file (a ConfigMap in the controller's
+//! namespace): its hash commits to the whole chain before it, so a cut tail or a rewritten
+//! log fails against it, signed or not.
 //!
 //! Bounded: files rotate at `max_file_bytes` and at most `max_files` are kept, the chain
 //! continuing across them; every string field is capped. A failed write is counted
@@ -107,7 +109,7 @@ fn cap(s: &mut String) {
 pub mod kind {
     /// An [`super::AuditEvent`].
     pub const EVENT: &str = "event";
-    /// A signed checkpoint (every file starts with one when a signing key is set).
+    /// A checkpoint (every file starts with one), signed when a signing key is set.
     pub const CHECKPOINT: &str = "checkpoint";
     /// Events were lost to failed writes; `lost` says how many.
     pub const GAP: &str = "gap";
@@ -202,7 +204,7 @@ pub struct AuditOptions {
     pub path: PathBuf,
     /// Ed25519 key (64 hex characters) that signs checkpoints.
     pub signing_key: Option<PathBuf>,
-    /// Most records between two checkpoints (needs a signing key; 0: none).
+    /// Most records between two checkpoints (signed with a signing key; 0: none).
     pub checkpoint_every: u64,
     /// Rotate the current file before it passes this size.
     pub max_file_bytes: u64,
@@ -396,9 +398,6 @@ impl Audit {
         let mut o = AuditOptions::new(path);
         o.signing_key = signing_key.map(Path::to_path_buf);
         o.checkpoint_every = checkpoint_every;
-        if signing_key.is_none() {
-            o.checkpoint_every = 0;
-        }
         Self::with_options(o)
     }
 
@@ -458,7 +457,7 @@ impl Audit {
         };
         {
             let mut c = a.lock();
-            if c.file_bytes == 0 && a.key.is_some() {
+            if c.file_bytes == 0 && a.checkpoints_on() {
                 // Every file opens with a signed checkpoint.
                 a.push(&mut c, Body::Checkpoint)
                     .map_err(|e| AuditError::Unavailable(e.to_string()))?;
@@ -558,9 +557,13 @@ impl Audit {
         self.outcome(r)
     }
 
+    fn checkpoints_on(&self) -> bool {
+        self.opts.as_ref().is_some_and(|o| o.checkpoint_every > 0)
+    }
+
     fn checkpoint_due(&self, c: &Chain) -> bool {
         let every = self.opts.as_ref().map_or(0, |o| o.checkpoint_every);
-        self.key.is_some() && every > 0 && c.since_checkpoint >= every
+        every > 0 && c.since_checkpoint >= every
     }
 
     /// Before the next event: a gap record for the events lost since the last write.
@@ -578,7 +581,7 @@ impl Audit {
     /// record followed the last one. The controller calls this on a timer so the unsigned
     /// tail stays short in time as well as in count.
     pub fn checkpoint(&self) {
-        if self.opts.is_none() || self.key.is_none() {
+        if !self.checkpoints_on() {
             return;
         }
         let mut c = self.lock();
@@ -615,7 +618,7 @@ impl Audit {
             self.rotate(c, opts)?;
         }
         if !matches!(body, Body::Checkpoint)
-            && ((c.file_bytes == 0 && self.key.is_some()) || self.checkpoint_due(c))
+            && ((c.file_bytes == 0 && self.checkpoints_on()) || self.checkpoint_due(c))
         {
             // Every file opens with a signed checkpoint, and no record goes past the signed
             // cadence (a checkpoint that failed earlier is written first).
@@ -694,16 +697,14 @@ impl Audit {
         c.prev = line_hash(line);
         if rec.kind == kind::CHECKPOINT {
             c.since_checkpoint = 0;
-            if let (Some(every), Some(sig)) = (rec.every, &rec.sig) {
-                self.anchor.send_replace(Some(anchor::Anchor {
-                    seq: rec.seq,
-                    prev: rec.prev.clone(),
-                    hash: c.prev.clone(),
-                    every,
-                    sig: sig.clone(),
-                    time: rec.time.clone(),
-                }));
-            }
+            self.anchor.send_replace(Some(anchor::Anchor {
+                seq: rec.seq,
+                prev: rec.prev.clone(),
+                hash: c.prev.clone(),
+                every: rec.every.unwrap_or(0),
+                sig: rec.sig.clone(),
+                time: rec.time.clone(),
+            }));
         } else {
             c.since_checkpoint += 1;
         }

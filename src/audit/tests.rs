@@ -235,7 +235,7 @@ fn a_cut_tail_fails_against_the_anchor() {
 }
 
 #[test]
-fn a_forged_anchor_or_one_without_a_public_key_is_refused() {
+fn a_forged_anchor_is_refused_and_an_unsigned_check_still_needs_the_anchored_line() {
     let dir = tempfile::tempdir().unwrap();
     let (a, pk, path) = anchored(dir.path(), 10);
     let mut anchor = a.anchors().borrow().clone().unwrap();
@@ -243,9 +243,13 @@ fn a_forged_anchor_or_one_without_a_public_key_is_refused() {
         name: String::new(),
         text: std::fs::read_to_string(&path).unwrap(),
     }];
-    let e = verify_files(&files, None, Some(&anchor)).unwrap_err();
-    assert!(e.problem.contains("--public-key"), "{e}");
+    assert!(verify_files(&files, None, Some(&anchor)).unwrap().anchored);
     anchor.seq = 6;
+    let e = verify_files(&files, None, Some(&anchor)).unwrap_err();
+    assert!(
+        e.problem.contains("not the checkpoint the anchor recorded"),
+        "{e}"
+    );
     let e = verify_files(&files, Some(&pk), Some(&anchor)).unwrap_err();
     assert!(e.problem.contains("signature is invalid"), "{e}");
 }
@@ -465,4 +469,40 @@ fn a_partial_last_line_is_cut_on_reopen_and_the_chain_holds() {
     assert!(!t.contains("\"seq\":99"));
     // Checkpoint, 3 events, the new event, and the checkpoint its cadence (4) calls for.
     assert_eq!(verify(&t, Some(&pk)).unwrap().records, 6);
+}
+
+#[test]
+fn without_a_signing_key_the_anchor_still_finds_a_rewritten_log() {
+    // Unsigned checkpoints at the cadence; the attacker edits, drops checkpoints, re-chains.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let a = Audit::open(&path, None, 4).unwrap();
+    for i in 1..=10 {
+        a.record(ev(i)).unwrap();
+    }
+    let anchor = a.anchors().borrow().clone().unwrap();
+    assert_eq!((anchor.seq, anchor.sig.is_none()), (11, true));
+    let t = std::fs::read_to_string(&path).unwrap();
+    let one = |text: String| {
+        [LogFile {
+            name: String::new(),
+            text,
+        }]
+    };
+    assert!(
+        verify_files(&one(t.clone()), None, Some(&anchor))
+            .unwrap()
+            .anchored
+    );
+    let mut recs: Vec<Record> = parse(&t)
+        .into_iter()
+        .filter(|r| r.kind != kind::CHECKPOINT)
+        .collect();
+    recs[1].event.as_mut().unwrap().reason = "forged".into();
+    for (i, r) in recs.iter_mut().enumerate() {
+        r.seq = i as u64 + 1;
+    }
+    let forged = rechain(&mut recs);
+    assert!(verify(&forged, None).is_ok(), "the chain alone cannot tell");
+    assert!(verify_files(&one(forged), None, Some(&anchor)).is_err());
 }

@@ -107,8 +107,9 @@ pub fn read_log_files(paths: &[PathBuf]) -> Result<Vec<LogFile>, AuditError> {
 /// signatures (with `public_key`). With a key it also requires what the writer guarantees:
 /// every file opens with a checkpoint and no run of records is longer than the cadence the
 /// checkpoint signed, so removing checkpoints (and recomputing the chain) fails. With an
-/// `anchor` (the newest checkpoint, kept outside the files) the log must reach it and hold
-/// exactly that checkpoint, so a cut tail fails. Names the first problem.
+/// `anchor` (the newest checkpoint, kept outside the files; its signature checked with the
+/// key) the log must reach it and hold exactly that checkpoint line, whose hash commits to
+/// every record before it, so a cut tail or a rewritten log fails. Names the first problem.
 pub fn verify_files(
     files: &[LogFile],
     public_key: Option<&VerifyingKey>,
@@ -118,14 +119,8 @@ pub fn verify_files(
     let mut prev: Option<String> = None;
     let mut every: Option<u64> = None;
     let (mut run, mut last_file) = (0u64, String::new());
-    if let Some(a) = anchor {
-        let pk = public_key.ok_or_else(|| VerifyError {
-            file: String::new(),
-            line: 0,
-            seq: a.seq,
-            problem: "an anchor is checked with the audit public key: add --public-key".into(),
-        })?;
-        if !signature_ok(pk, a.seq, a.every, &a.prev, Some(&a.sig)) {
+    if let (Some(a), Some(pk)) = (anchor, public_key) {
+        if !signature_ok(pk, a.seq, a.every, &a.prev, a.sig.as_deref()) {
             return Err(VerifyError {
                 file: String::new(),
                 line: 0,

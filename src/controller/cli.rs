@@ -67,8 +67,8 @@ pub struct ControllerArgs {
     /// Unavailable), `open` serves and counts the lost records.
     #[arg(long, env = "KEYWARD_AUDIT_FAILURE", value_enum, default_value_t = crate::audit::FailureMode::Closed)]
     pub audit_failure: crate::audit::FailureMode,
-    /// Copy each signed checkpoint to the ConfigMap `keyward-audit-anchor` in --namespace
-    /// (needs a signing key), so `keyward audit verify --anchor` finds a cut tail.
+    /// Copy each checkpoint to the ConfigMap `keyward-audit-anchor` in --namespace (an entry
+    /// per replica), so `keyward audit verify --anchor` finds a cut tail or a rewritten log.
     #[arg(long, env = "KEYWARD_AUDIT_ANCHOR", default_value_t = true, action = clap::ArgAction::Set)]
     pub audit_anchor: bool,
     /// Key service (answers the CSI providers) embedded in the controller process.
@@ -195,7 +195,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // One signal for every task: SIGTERM/SIGINT, or a task that cannot go on (the key service
     // losing its listener), stops the controller, releases the Lease and ends the process.
     let shutdown = crate::shutdown::Shutdown::on_signals();
-    if args.audit_log.is_some() && args.audit_signing_key.is_some() {
+    if args.audit_log.is_some() && args.audit_checkpoint_every > 0 {
         if args.audit_anchor {
             let stop = shutdown.clone();
             tokio::spawn(crate::audit::anchor::run_publisher(
