@@ -506,3 +506,16 @@ fn without_a_signing_key_the_anchor_still_finds_a_rewritten_log() {
     assert!(verify(&forged, None).is_ok(), "the chain alone cannot tell");
     assert!(verify_files(&one(forged), None, Some(&anchor)).is_err());
 }
+
+/// Found by tests/fuzz/audit.rs (`Insert { at: 0, line: "" }`): an inserted empty line was
+/// skipped, so a changed file verified.
+#[test]
+fn regression_an_inserted_empty_line_fails() {
+    let (t, pk) = sample();
+    let e = verify(&format!("\n{t}"), Some(&pk)).unwrap_err();
+    assert_eq!(e.line, 1);
+    assert!(e.problem.contains("empty line"), "{e}");
+    let mut l = lines(&t);
+    l.insert(4, String::new());
+    assert!(verify(&l.join("\n"), Some(&pk)).is_err());
+}

@@ -138,7 +138,7 @@ pub fn verify_files(
         };
         last_file = file.clone();
         let mut first_in_file = true;
-        for (i, line) in f.text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
+        for (i, line) in f.text.lines().enumerate() {
             let err = |seq: u64, problem: String| VerifyError {
                 file: file.clone(),
                 line: i + 1,
@@ -146,6 +146,13 @@ pub fn verify_files(
                 problem,
             };
             let expected = prev.as_ref().map_or(1, |_| s.last_seq + 1);
+            if line.is_empty() {
+                // The writer never writes one: an inserted line, however empty, is a change.
+                return Err(err(
+                    expected,
+                    "empty line (never written by keyward)".into(),
+                ));
+            }
             let rec: Record = serde_json::from_str(line)
                 .map_err(|e| err(expected, format!("not a valid record ({e})")))?;
             check_shape(&rec).map_err(|p| err(rec.seq, p))?;
