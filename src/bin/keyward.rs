@@ -142,11 +142,11 @@ async fn main() -> anyhow::Result<()> {
             };
             match keyward::audit::verify_files(&logs, pk.as_ref(), anchor.as_ref()) {
                 Ok(s) => println!(
-                    "ok: {} files, records {}..{} ({}), {} signed checkpoints{}, {} records after the last checkpoint, {} gap records ({} events lost to failed writes){}",
-                    logs.len(),
+                    "ok: {} records (seq {}..{}) in {} files, {} checkpoints{}, {} records after the last checkpoint, {} gap records ({} events lost to failed writes){}",
+                    s.records,
                     s.first_seq,
                     s.last_seq,
-                    s.records,
+                    logs.len(),
                     s.checkpoints,
                     if pk.is_some() {
                         ""
