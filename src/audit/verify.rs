@@ -119,16 +119,15 @@ pub fn verify_files(
     let mut prev: Option<String> = None;
     let mut every: Option<u64> = None;
     let (mut run, mut last_file) = (0u64, String::new());
-    if let (Some(a), Some(pk)) = (anchor, public_key) {
-        if !signature_ok(pk, a.seq, a.every, &a.prev, a.sig.as_deref()) {
-            return Err(VerifyError {
-                file: String::new(),
-                line: 0,
-                seq: a.seq,
-                problem: "the anchor's signature is invalid (forged anchor or wrong public key)"
-                    .into(),
-            });
-        }
+    if let (Some(a), Some(pk)) = (anchor, public_key)
+        && !signature_ok(pk, a.seq, a.every, &a.prev, a.sig.as_deref())
+    {
+        return Err(VerifyError {
+            file: String::new(),
+            line: 0,
+            seq: a.seq,
+            problem: "the anchor's signature is invalid (forged anchor or wrong public key)".into(),
+        });
     }
     for f in files {
         let file = if f.name.is_empty() {
