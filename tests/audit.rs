@@ -204,3 +204,51 @@ async fn failing_open_serves_and_counts() {
     let s = keyward::audit::verify_files(&files, None, None).unwrap();
     assert_eq!((s.gaps, s.lost), (1, lost), "{s:?}");
 }
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_write_its_audit_log_is_not_ready_when_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = failing_audit(dir.path(), FailureMode::Closed);
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(keyward::controller::cli::serve_http(
+        addr,
+        Arc::new(keyward::controller::Metrics::default()),
+        Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        keyring(),
+        audit.clone(),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let mut answer = String::new();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            answer = get(addr, "/readyz").await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        answer.starts_with("HTTP/1.0 503") && answer.contains("audit log cannot be written"),
+        "{answer}"
+    );
+    unblock(dir.path());
+    let answer = get(addr, "/readyz").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let _ = tx.send(());
+}

@@ -84,6 +84,7 @@ struct Http {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     keyring: Keyring,
+    audit: Arc<crate::audit::Audit>,
 }
 
 async fn metrics(State(h): State<Http>) -> (StatusCode, [(&'static str, &'static str); 1], String) {
@@ -101,6 +102,11 @@ async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
     if !h.ready.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting".into());
     }
+    // With --audit-failure=closed a replica that cannot write its audit log serves no key:
+    // not ready, so the Service sends Mounts to a replica that can (and the pod shows it).
+    if let Err(e) = h.audit.ensure_writable() {
+        return (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
     match h.keyring.health().await {
         Ok(()) => (StatusCode::OK, "ok".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -113,6 +119,7 @@ pub async fn serve_http(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     keyring: Keyring,
+    audit: Arc<crate::audit::Audit>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = Router::new()
@@ -123,6 +130,7 @@ pub async fn serve_http(
             metrics,
             ready,
             keyring,
+            audit,
         });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /healthz /readyz /metrics");
@@ -268,6 +276,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             metrics,
             ready.clone(),
             keyring,
+            ctx.audit.clone(),
             async move { stop.wait().await },
         ))
     };
