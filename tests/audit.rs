@@ -252,3 +252,55 @@ async fn a_replica_that_cannot_write_its_audit_log_is_not_ready_when_closed() {
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     let _ = tx.send(());
 }
+
+/// What the process prints, captured.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_newline_in_request_fields_cannot_forge_an_audit_line_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = Arc::new(Audit::open(&dir.path().join("audit.log"), None, 0).unwrap());
+    let svc = service(audit).await;
+    let out = Captured::default();
+    let w = out.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let forged = "FORGED keyward::audit: outcome=\"served\" key=\"team-a/db\"";
+    let mut req = request("p1");
+    req.pod_name = format!("p1\n{forged}");
+    req.service_account = format!("web\r\n{forged}");
+    req.keys[0].key = format!("db\n{forged}");
+    // Refused (whatever the reason); the refusal is logged with the hostile strings.
+    assert!(svc.fetch(Some(PROVIDER_TOKEN), &req, None).await.is_err());
+    // And a key served to a pod, logged too.
+    svc.fetch(Some(PROVIDER_TOKEN), &request("p2"), None)
+        .await
+        .unwrap();
+    drop(_guard);
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("key request refused") && text.contains("key served"),
+        "{text}"
+    );
+    for line in text.lines() {
+        assert!(
+            !line.starts_with("FORGED"),
+            "a forged line: {line:?}\n{text}"
+        );
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+    }
+}

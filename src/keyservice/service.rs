@@ -244,17 +244,19 @@ impl AuditCtx<'_> {
             },
             Identity::sa,
         );
+        // Request strings are Debug-formatted (quoted, control characters escaped): a newline
+        // in a pod name cannot start a forged line on stdout.
         tracing::warn!(
             target: AUDIT_TARGET,
             time = %jiff::Timestamp::now(),
-            pod = %self.pod(),
-            pod_uid = %self.req.pod_uid,
-            sa = %sa,
-            key = %key,
-            version = %version,
+            pod = ?self.pod(),
+            pod_uid = ?self.req.pod_uid,
+            sa = ?sa,
+            key = ?key,
+            version = ?version,
             outcome = "denied",
             reason = e.reason(),
-            detail = %e,
+            detail = ?e.to_string(),
             "key request refused"
         );
         // A refusal serves nothing: with the log unwritable it is counted, never blocking.
@@ -289,10 +291,10 @@ impl AuditCtx<'_> {
         tracing::info!(
             target: AUDIT_TARGET,
             time = %jiff::Timestamp::now(),
-            pod = %self.pod(),
-            pod_uid = %self.req.pod_uid,
-            sa = %sa,
-            key = %key,
+            pod = ?self.pod(),
+            pod_uid = ?self.req.pod_uid,
+            sa = ?sa,
+            key = ?key,
             version = ?versions,
             outcome = "served",
             "key served"
