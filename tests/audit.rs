@@ -4,6 +4,8 @@
 //! across the rotated files, verifies.
 
 mod common;
+#[allow(dead_code)]
+mod fixture;
 
 use common::{
     FakeReviewer, FakeToken, KeyBuilder, MemorySource, PROVIDER_TOKEN, SharedReviewer,
@@ -303,4 +305,73 @@ async fn a_newline_in_request_fields_cannot_forge_an_audit_line_on_stdout() {
         );
         assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
     }
+}
+
+/// The publisher copies each checkpoint to the ConfigMap as the controller's ServiceAccount
+/// (the chart's RBAC), and on shutdown signs and anchors the tail, so a clean stop leaves
+/// nothing unanchored: the whole log verifies against the anchor read from the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_anchored_in_the_cluster_and_the_tail_at_shutdown() {
+    let (server, admin) = fixture::cluster().await;
+    let controller = fixture::rbac::controller_client(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let audit = Arc::new(Audit::open(&path, None, 3).unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(keyward::audit::anchor::run_publisher(
+        audit.clone(),
+        controller,
+        fixture::CONTROLLER_NS.into(),
+        "replica-a".into(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let ev = || AuditEvent {
+        actor: "test".into(),
+        action: "rotate".into(),
+        ..Default::default()
+    };
+    for _ in 0..6 {
+        audit.record(ev()).unwrap();
+    }
+    let fetch = || keyward::audit::anchor::fetch(&admin, fixture::CONTROLLER_NS, "replica-a");
+    let mut anchored = None;
+    for _ in 0..100 {
+        if let Ok(a) = fetch().await
+            && a.seq == 9
+        {
+            anchored = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = anchored.expect("the checkpoint after 6 events (seq 9) is anchored");
+    assert_eq!(Some(a), audit.anchors().borrow().clone());
+    // Two more events (no checkpoint due yet), then a clean stop.
+    audit.record(ev()).unwrap();
+    audit.record(ev()).unwrap();
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let last = fetch().await.unwrap();
+    assert_eq!(
+        last.seq, 12,
+        "the tail was checkpointed and anchored at shutdown"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let files = [keyward::audit::LogFile {
+        name: "audit.log".into(),
+        text: text.clone(),
+    }];
+    let s = keyward::audit::verify_files(&files, None, Some(&last)).unwrap();
+    assert_eq!((s.anchored, s.unsigned_tail), (true, 0));
+    // Cutting the last two events is found.
+    let cut: Vec<&str> = text.lines().take(10).collect();
+    let cut = [keyward::audit::LogFile {
+        name: "audit.log".into(),
+        text: cut.join("\n"),
+    }];
+    assert!(keyward::audit::verify_files(&cut, None, Some(&last)).is_err());
+    let denied = server.rbac_denials();
+    assert!(denied.is_empty(), "{denied:?}");
 }

@@ -169,9 +169,9 @@ pub async fn fetch(
     Anchor::parse(text, &format!("{namespace}/{CONFIGMAP}[{key}]"))
 }
 
-/// Copy every new checkpoint to the ConfigMap until `shutdown`; the newest wins (a burst of
-/// checkpoints is one write), and a failed write is retried with the next change or after
-/// a short wait, logged and counted as an audit write failure by the caller's metric.
+/// Copy every new checkpoint to the ConfigMap until `shutdown`, then checkpoint and anchor
+/// once more; the newest wins (a burst of checkpoints is one write), and a failed write is
+/// retried after a short wait, logged and counted in `keyward_audit_write_failures_total`.
 pub async fn run_publisher(
     audit: std::sync::Arc<super::Audit>,
     client: kube::Client,
@@ -215,7 +215,21 @@ pub async fn run_publisher(
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
+        }
+    }
+    // Shutting down: sign what follows the last checkpoint and anchor it (bounded wait), so
+    // a clean stop leaves no unanchored tail.
+    audit.checkpoint();
+    let last = rx.borrow().clone();
+    if let Some(a) = last
+        && published.as_ref() != Some(&a)
+    {
+        let wait = std::time::Duration::from_secs(2);
+        match tokio::time::timeout(wait, publish(&client, &namespace, &identity, &a)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, seq = a.seq, "AUDIT ANCHOR NOT WRITTEN"),
+            Err(_) => tracing::error!(seq = a.seq, "AUDIT ANCHOR NOT WRITTEN: timed out"),
         }
     }
 }

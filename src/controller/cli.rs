@@ -203,16 +203,21 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // One signal for every task: SIGTERM/SIGINT, or a task that cannot go on (the key service
     // losing its listener), stops the controller, releases the Lease and ends the process.
     let shutdown = crate::shutdown::Shutdown::on_signals();
+    // The anchor publisher stops last (after the key service's last record), with a final
+    // checkpoint and anchor.
+    let (anchor_stop, anchor_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut anchor_task = None;
     if args.audit_log.is_some() && args.audit_checkpoint_every > 0 {
         if args.audit_anchor {
-            let stop = shutdown.clone();
-            tokio::spawn(crate::audit::anchor::run_publisher(
+            anchor_task = Some(tokio::spawn(crate::audit::anchor::run_publisher(
                 ctx.audit.clone(),
                 client.clone(),
                 args.namespace.clone(),
                 identity.clone(),
-                async move { stop.wait().await },
-            ));
+                async move {
+                    let _ = anchor_stopped.await;
+                },
+            )));
         }
         if args.audit_checkpoint_seconds > 0 {
             let (audit, stop) = (ctx.audit.clone(), shutdown.clone());
@@ -295,9 +300,15 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // The controller returns only once the signal fired; let the other tasks finish with it.
     shutdown.trigger("controller stopped");
     let _ = http.await;
-    if let Some(ks) = key_service {
-        ks.await??;
+    let served = match key_service {
+        Some(ks) => ks.await.map_err(anyhow::Error::from),
+        None => Ok(Ok(())),
+    };
+    let _ = anchor_stop.send(());
+    if let Some(t) = anchor_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
     }
+    served??;
     Ok(())
 }
 
