@@ -4,7 +4,6 @@
 //! across the rotated files, verifies.
 
 mod common;
-#[allow(dead_code)]
 mod fixture;
 
 use common::{
