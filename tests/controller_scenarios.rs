@@ -500,6 +500,10 @@ async fn public_keys_rotation_notice_and_one_destroy_record() {
         .filter(|e| e["action"] == "destroy" && e["version"] == 1 && e["key"] == "default/signer")
         .count();
     assert_eq!(destroys, 1, "one destroy record for version 1:\n{log}");
+    assert!(
+        !log.contains("transition-to-Destroyed"),
+        "a destruction is one record (destroy), not two:\n{log}"
+    );
 }
 
 fn spki_der(pem: &str) -> Vec<u8> {
@@ -716,6 +720,26 @@ async fn chart_rbac_grants_the_controller_exactly_what_it_uses() {
     assert_eq!(id.service_account, "app");
     // A KEK rotation (update of the root-key Secret).
     w.keyring.primary().rotate().await.unwrap();
+    // The audit anchor: the ConfigMap created once, then this replica's entry applied (twice:
+    // an unchanged apply is a no-op), read back as `keyward audit verify` reads it.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = keyward::audit::Audit::open(&dir.path().join("audit.log"), None, 2).unwrap();
+        audit.record(Default::default()).unwrap();
+        let anchor = audit.anchors().borrow().clone().unwrap();
+        for _ in 0..2 {
+            keyward::audit::anchor::ensure_configmap(&w.controller, "keyward-system")
+                .await
+                .unwrap();
+            keyward::audit::anchor::publish(&w.controller, "keyward-system", "replica-a", &anchor)
+                .await
+                .unwrap();
+        }
+        let read = keyward::audit::anchor::fetch(&w.client, "keyward-system", "replica-a")
+            .await
+            .unwrap();
+        assert_eq!(read, anchor);
+    }
     // A scheduled deletion runs out: the controller deletes the object, its clean-up the
     // storage.
     w.apply(

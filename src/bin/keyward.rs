@@ -71,13 +71,26 @@ enum KekCmd {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Check a log's hash chain and signed checkpoints; names the first bad record.
+    /// Check a log's hash chain, signed checkpoints and their cadence across its rotated
+    /// files, and (with an anchor) that its tail was not cut; names the first bad record.
     Verify {
-        /// The audit log (JSON lines).
-        file: std::path::PathBuf,
+        /// The audit files (`audit.log`, `audit.log.1`, ...) or a directory holding them;
+        /// any order: they are chained by sequence number.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
         /// Public key (64 hex chars) that verifies checkpoints.
         #[arg(long)]
         public_key: Option<std::path::PathBuf>,
+        /// The anchor (JSON) the controller wrote at its last checkpoint, saved to a file.
+        #[arg(long, conflicts_with = "anchor_from_cluster")]
+        anchor: Option<std::path::PathBuf>,
+        /// Read the anchor of this replica (pod name) from the ConfigMap keyward-audit-anchor
+        /// in --namespace, through the current kubeconfig.
+        #[arg(long, value_name = "POD")]
+        anchor_from_cluster: Option<String>,
+        /// Namespace of the controller (with --anchor-from-cluster).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "keyward-system")]
+        namespace: String,
     },
     /// Create an audit signing key pair: PREFIX.key (secret) and PREFIX.pub.
     Keygen {
@@ -113,23 +126,50 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Cmd::Controller(args) => keyward::controller::cli::run(*args).await?,
-        Cmd::Audit(AuditCmd::Verify { file, public_key }) => {
-            let text = std::fs::read_to_string(&file)?;
+        Cmd::Audit(AuditCmd::Verify {
+            files,
+            public_key,
+            anchor,
+            anchor_from_cluster,
+            namespace,
+        }) => {
+            let logs = keyward::audit::read_log_files(&files)?;
             let pk = public_key
                 .as_deref()
                 .map(keyward::audit::load_public_key)
                 .transpose()?;
-            match keyward::audit::verify(&text, pk.as_ref()) {
+            let anchor = match (anchor, anchor_from_cluster) {
+                (Some(path), _) => Some(keyward::audit::anchor::Anchor::parse(
+                    &std::fs::read_to_string(&path)?,
+                    &path.display().to_string(),
+                )?),
+                (None, Some(pod)) => {
+                    let client = kube::Client::try_default().await?;
+                    Some(keyward::audit::anchor::fetch(&client, &namespace, &pod).await?)
+                }
+                (None, None) => None,
+            };
+            match keyward::audit::verify_files(&logs, pk.as_ref(), anchor.as_ref()) {
                 Ok(s) => println!(
-                    "ok: {} records, {} signed checkpoints{}, {} records after the last checkpoint",
+                    "ok: {} records (seq {}..{}) in {} files, {} checkpoints{}, {} records after the last checkpoint, {} gap records ({} events lost to failed writes){}",
                     s.records,
+                    s.first_seq,
+                    s.last_seq,
+                    logs.len(),
                     s.checkpoints,
                     if pk.is_some() {
                         ""
                     } else {
                         " (signatures NOT checked: pass --public-key)"
                     },
-                    s.unsigned_tail
+                    s.unsigned_tail,
+                    s.gaps,
+                    s.lost,
+                    if s.anchored {
+                        ", anchor matched"
+                    } else {
+                        " (no anchor: a cut tail is not detectable; pass --anchor)"
+                    },
                 ),
                 Err(e) => {
                     eprintln!("TAMPERED: {e}");

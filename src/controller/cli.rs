@@ -49,9 +49,28 @@ pub struct ControllerArgs {
     /// Ed25519 key (64 hex chars) that signs audit checkpoints; keep it apart from data keys.
     #[arg(long, env = "KEYWARD_AUDIT_SIGNING_KEY")]
     pub audit_signing_key: Option<PathBuf>,
-    /// Records between signed checkpoints.
+    /// Most records between signed checkpoints (a cadence the checkpoints sign: `audit verify`
+    /// fails on a longer run, so removed checkpoints are found).
     #[arg(long, env = "KEYWARD_AUDIT_CHECKPOINT_EVERY", default_value_t = 100)]
     pub audit_checkpoint_every: u64,
+    /// Also sign a checkpoint this often (seconds) when records follow the last one, so the
+    /// unsigned (and unanchored) tail stays short in time. 0: only by count.
+    #[arg(long, env = "KEYWARD_AUDIT_CHECKPOINT_SECONDS", default_value_t = 60)]
+    pub audit_checkpoint_seconds: u64,
+    /// Rotate the audit file before it passes this many bytes (at least 65536).
+    #[arg(long, env = "KEYWARD_AUDIT_MAX_FILE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub audit_max_file_bytes: u64,
+    /// Audit files kept, the current one included (2..=1000); the oldest goes on rotation.
+    #[arg(long, env = "KEYWARD_AUDIT_MAX_FILES", default_value_t = 3)]
+    pub audit_max_files: u32,
+    /// While the audit file cannot be written: `closed` serves no key (the Mount gets
+    /// Unavailable), `open` serves and counts the lost records.
+    #[arg(long, env = "KEYWARD_AUDIT_FAILURE", value_enum, default_value_t = crate::audit::FailureMode::Closed)]
+    pub audit_failure: crate::audit::FailureMode,
+    /// Copy each checkpoint to the ConfigMap `keyward-audit-anchor` in --namespace (an entry
+    /// per replica), so `keyward audit verify --anchor` finds a cut tail or a rewritten log.
+    #[arg(long, env = "KEYWARD_AUDIT_ANCHOR", default_value_t = true, action = clap::ArgAction::Set)]
+    pub audit_anchor: bool,
     /// Key service (answers the CSI providers) embedded in the controller process.
     #[command(flatten)]
     pub key_service: crate::keyservice::KeyServiceArgs,
@@ -65,6 +84,7 @@ struct Http {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     keyring: Keyring,
+    audit: Arc<crate::audit::Audit>,
 }
 
 async fn metrics(State(h): State<Http>) -> (StatusCode, [(&'static str, &'static str); 1], String) {
@@ -82,6 +102,11 @@ async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
     if !h.ready.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting".into());
     }
+    // With --audit-failure=closed a replica that cannot write its audit log serves no key:
+    // not ready, so the Service sends Mounts to a replica that can (and the pod shows it).
+    if let Err(e) = h.audit.ensure_writable() {
+        return (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
     // Cached for kek::HEALTH_TTL: probes must not turn into a KMS request or HSM call each.
     match h.keyring.health_cached().await {
         Ok(()) => (StatusCode::OK, "ok".into()),
@@ -95,6 +120,7 @@ pub async fn serve_http(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     keyring: Keyring,
+    audit: Arc<crate::audit::Audit>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = Router::new()
@@ -105,6 +131,7 @@ pub async fn serve_http(
             metrics,
             ready,
             keyring,
+            audit,
         });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /healthz /readyz /metrics");
@@ -123,6 +150,18 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let mut registry = Metrics::default();
     let serve_metrics = crate::keyservice::ServeMetrics::default();
     serve_metrics.register(&mut registry.registry);
+    let audit = Arc::new(match &args.audit_log {
+        Some(path) => crate::audit::Audit::with_options(crate::audit::AuditOptions {
+            path: path.clone(),
+            signing_key: args.audit_signing_key.clone(),
+            checkpoint_every: args.audit_checkpoint_every,
+            max_file_bytes: args.audit_max_file_bytes,
+            max_files: args.audit_max_files,
+            failure: args.audit_failure,
+        })?,
+        None => crate::audit::Audit::stdout_only(),
+    });
+    audit.register_metrics(&mut registry.registry);
     let metrics = Arc::new(registry);
     let ready = Arc::new(AtomicBool::new(false));
     let identity = args
@@ -160,17 +199,40 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         );
     }
     ctx.concurrency = args.concurrency.max(1);
-    if let Some(path) = &args.audit_log {
-        ctx.audit = Arc::new(crate::audit::Audit::open(
-            path,
-            args.audit_signing_key.as_deref(),
-            args.audit_checkpoint_every,
-        )?);
-    }
+    ctx.audit = audit;
     let ctx = Arc::new(ctx);
     // One signal for every task: SIGTERM/SIGINT, or a task that cannot go on (the key service
     // losing its listener), stops the controller, releases the Lease and ends the process.
     let shutdown = crate::shutdown::Shutdown::on_signals();
+    // The anchor publisher stops last (after the key service's last record), with a final
+    // checkpoint and anchor.
+    let (anchor_stop, anchor_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut anchor_task = None;
+    if args.audit_log.is_some() && args.audit_checkpoint_every > 0 {
+        if args.audit_anchor {
+            anchor_task = Some(tokio::spawn(crate::audit::anchor::run_publisher(
+                ctx.audit.clone(),
+                client.clone(),
+                args.namespace.clone(),
+                identity.clone(),
+                async move {
+                    let _ = anchor_stopped.await;
+                },
+            )));
+        }
+        if args.audit_checkpoint_seconds > 0 {
+            let (audit, stop) = (ctx.audit.clone(), shutdown.clone());
+            let every = std::time::Duration::from_secs(args.audit_checkpoint_seconds);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => audit.checkpoint(),
+                        _ = stop.wait() => return,
+                    }
+                }
+            });
+        }
+    }
     {
         // Pick up KEK rotations made by another replica or `keyward kek rotate`.
         let ring = ctx.keyring.clone();
@@ -220,6 +282,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             metrics,
             ready.clone(),
             keyring,
+            ctx.audit.clone(),
             async move { stop.wait().await },
         ))
     };
@@ -238,9 +301,15 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // The controller returns only once the signal fired; let the other tasks finish with it.
     shutdown.trigger("controller stopped");
     let _ = http.await;
-    if let Some(ks) = key_service {
-        ks.await??;
+    let served = match key_service {
+        Some(ks) => ks.await.map_err(anyhow::Error::from),
+        None => Ok(Ok(())),
+    };
+    let _ = anchor_stop.send(());
+    if let Some(t) = anchor_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
     }
+    served??;
     Ok(())
 }
 

@@ -231,7 +231,7 @@ impl AuditCtx<'_> {
         version: Option<u32>,
         outcome: &str,
         reason: String,
-    ) {
+    ) -> Result<(), crate::audit::AuditError> {
         self.sink.append_only(crate::audit::AuditEvent {
             actor,
             action: "mount".into(),
@@ -241,7 +241,7 @@ impl AuditCtx<'_> {
             reason,
             pod: Some(self.pod()),
             node: None,
-        });
+        })
     }
 
     fn refuse(&self, key: &str, version: &str, e: &FetchError) {
@@ -254,23 +254,31 @@ impl AuditCtx<'_> {
             },
             Identity::sa,
         );
+        // Request strings are Debug-formatted (quoted, control characters escaped): a newline
+        // in a pod name cannot start a forged line on stdout.
         tracing::warn!(
             target: AUDIT_TARGET,
             time = %jiff::Timestamp::now(),
-            pod = %self.pod(),
-            pod_uid = %self.req.pod_uid,
-            sa = %sa,
-            key = %key,
-            version = %version,
+            pod = ?self.pod(),
+            pod_uid = ?self.req.pod_uid,
+            sa = ?sa,
+            key = ?key,
+            version = ?version,
             outcome = "denied",
             reason = e.reason(),
-            detail = %e,
+            detail = ?e.to_string(),
             "key request refused"
         );
-        self.append(sa, key, version.parse().ok(), "denied", e.to_string());
+        // A refusal serves nothing: with the log unwritable it is counted, never blocking.
+        let _ = self.append(sa, key, version.parse().ok(), "denied", e.to_string());
     }
 
-    fn served(&self, key: &str, versions: &[u32]) {
+    /// Record versions about to be served. `Err` (the response must not be sent) when
+    /// `--audit-failure=closed` and the log cannot be written.
+    fn served(&self, key: &str, versions: &[u32]) -> Result<(), crate::audit::AuditError> {
+        // Checked before the served memory marks anything, so a refused response is retried
+        // (and audited) in full.
+        self.sink.ensure_writable()?;
         // Only what changed is recorded: a version this pod already received from this replica
         // is a re-mount (counted in keyward_key_service_repeat_serves).
         let pod_id = if self.req.pod_uid.is_empty() {
@@ -287,23 +295,24 @@ impl AuditCtx<'_> {
             })
             .collect();
         if versions.is_empty() {
-            return;
+            return Ok(());
         }
         let sa = self.verified.map(Identity::sa).unwrap_or_default();
         tracing::info!(
             target: AUDIT_TARGET,
             time = %jiff::Timestamp::now(),
-            pod = %self.pod(),
-            pod_uid = %self.req.pod_uid,
-            sa = %sa,
-            key = %key,
+            pod = ?self.pod(),
+            pod_uid = ?self.req.pod_uid,
+            sa = ?sa,
+            key = ?key,
             version = ?versions,
             outcome = "served",
             "key served"
         );
         for v in &versions {
-            self.append(sa.clone(), key, Some(*v), "ok", "served".into());
+            self.append(sa.clone(), key, Some(*v), "ok", "served".into())?;
         }
+        Ok(())
     }
 }
 
@@ -651,7 +660,9 @@ impl<R: TokenReviewer> KeyService<R> {
                     version_id: self.version_key.id(ns, name, *v),
                 });
             }
-            audit.served(name, &selection.versions);
+            audit
+                .served(name, &selection.versions)
+                .map_err(|e| FetchError::Unavailable(e.to_string()))?;
             out.push(KeyResult {
                 key: name.into(),
                 algorithm: rec.key.spec.algorithm.as_str().into(),

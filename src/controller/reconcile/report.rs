@@ -106,8 +106,10 @@ async fn publish_long_name(
 }
 
 /// One audit record of a controller action on `key` (`namespace/name`).
+/// Called after the change is saved: a record that cannot be written is counted, logged and
+/// declared by a gap record later (the saved change is not undone), hence the ignored result.
 pub(crate) fn audit(ctx: &Context, key: &str, action: &str, version: u32, reason: &str) {
-    ctx.audit.record(crate::audit::AuditEvent {
+    let _ = ctx.audit.record(crate::audit::AuditEvent {
         actor: "controller".into(),
         action: action.into(),
         key: key.into(),
@@ -250,6 +252,9 @@ pub(super) async fn actions(
                 audit(ctx, &key, action, *version, cause.as_str());
             }
             PlanAction::Transition { version, to, cause } => {
+                // A destruction is one record: `destroy`, written for its EraseMaterial below.
+                let destroyed_here = *to == KeyState::Destroyed
+                    && actions.contains(&PlanAction::EraseMaterial { version: *version });
                 let t = if *to == KeyState::Compromised {
                     EventType::Warning
                 } else {
@@ -264,13 +269,15 @@ pub(super) async fn actions(
                     format!("version {version} -> {} ({cause})", to.as_str()),
                 )
                 .await;
-                audit(
-                    ctx,
-                    &key,
-                    &format!("transition-to-{}", to.as_str()),
-                    *version,
-                    cause.as_str(),
-                );
+                if !destroyed_here {
+                    audit(
+                        ctx,
+                        &key,
+                        &format!("transition-to-{}", to.as_str()),
+                        *version,
+                        cause.as_str(),
+                    );
+                }
             }
             PlanAction::ScheduleDeletion { destroy_at, .. } => {
                 let (why, how) = if deleted {
@@ -318,7 +325,19 @@ pub(super) async fn actions(
                 .await;
             }
             PlanAction::EraseMaterial { version } => {
-                audit(ctx, &key, "destroy", *version, "material erased");
+                let cause = actions.iter().find_map(|a| match a {
+                    PlanAction::Transition {
+                        version: v,
+                        to: KeyState::Destroyed,
+                        cause,
+                    } if v == version => Some(cause.as_str()),
+                    _ => None,
+                });
+                let reason = match cause {
+                    Some(c) => format!("material erased ({c})"),
+                    None => "material erased".into(),
+                };
+                audit(ctx, &key, "destroy", *version, &reason);
                 publish(
                     ctx,
                     mk,

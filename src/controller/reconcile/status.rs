@@ -244,6 +244,7 @@ pub(super) async fn report_problem(
         .and_then(|s| s.true_condition("Degraded"))
         .is_some_and(|c| c.reason == p.reason && c.message == p.message);
     if !already {
+        let (action, message) = (p.audit_action, p.message.clone());
         tracing::error!(key = %key_of(mk), reason = p.reason, error = %p.message, "key refused");
         publish(
             ctx,
@@ -254,7 +255,6 @@ pub(super) async fn report_problem(
             p.message.clone(),
         )
         .await;
-        audit(ctx, &key_of(mk), p.audit_action, 0, &p.message);
         let now = ctx.clock.now();
         let old = mk.status.as_ref();
         let generation = mk.metadata.generation;
@@ -275,6 +275,8 @@ pub(super) async fn report_problem(
             old, "Degraded", true, p.reason, p.message, generation, now,
         ));
         write(ctx, mk, &status).await?;
+        // Recorded once the condition is saved: a failed write retries, and records, later.
+        audit(ctx, &key_of(mk), action, 0, &message);
     }
     Ok(Action::requeue(ctx.max_requeue))
 }
