@@ -299,6 +299,22 @@ fn read_key_hex(path: &Path) -> Result<[u8; 32], AuditError> {
         std::fs::read_to_string(path)
             .map_err(|e| AuditError::Key(format!("cannot read {}: {e}", path.display())))?,
     );
+    parse_key_hex(path, &text)
+}
+
+/// The signing key: read through the key-file checks (mode, type, size) every secret file
+/// passes, so a world-readable or executable key file is refused at start.
+fn read_signing_key(path: &Path) -> Result<[u8; 32], AuditError> {
+    let raw = crate::kek::keyfile::read_key_file(path, "--audit-signing-key")
+        .map_err(|e| AuditError::Key(e.to_string()))?;
+    let text =
+        zeroize::Zeroizing::new(String::from_utf8(raw.to_vec()).map_err(|_| {
+            AuditError::Key(format!("{} must hold 64 hex characters", path.display()))
+        })?);
+    parse_key_hex(path, &text)
+}
+
+fn parse_key_hex(path: &Path, text: &str) -> Result<[u8; 32], AuditError> {
     let raw =
         zeroize::Zeroizing::new(hex::decode(text.trim()).map_err(|_| {
             AuditError::Key(format!("{} must hold 64 hex characters", path.display()))
@@ -412,7 +428,7 @@ impl Audit {
         let key = opts
             .signing_key
             .as_deref()
-            .map(|p| read_key_hex(p).map(|b| SigningKey::from_bytes(&b)))
+            .map(|p| read_signing_key(p).map(|b| SigningKey::from_bytes(&b)))
             .transpose()?;
         let mut chain = Chain {
             seq: 0,

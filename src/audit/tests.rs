@@ -519,3 +519,14 @@ fn regression_an_inserted_empty_line_fails() {
     l.insert(4, String::new());
     assert!(verify(&l.join("\n"), Some(&pk)).is_err());
 }
+
+#[test]
+fn a_signing_key_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = generate_keypair(&dir.path().join("audit")).unwrap();
+    assert!(read_signing_key(&key).is_ok(), "0600 as generated");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = read_signing_key(&key).unwrap_err().to_string();
+    assert!(e.contains("--audit-signing-key"), "{e}");
+}
