@@ -807,6 +807,20 @@ fn invalid_review(kind: &str, field: &str, value: &str, why: &str) -> Response {
     )
 }
 
+/// A review's request body: a JSON (or protobuf) object, else 400.
+#[allow(clippy::result_large_err)] // the error is the finished HTTP answer
+fn review_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, Response> {
+    match parse_body(headers, body)? {
+        b if b.is_object() => Ok(b),
+        _ => Err(status(
+            400,
+            "BadRequest",
+            "body must be a JSON object".into(),
+            None,
+        )),
+    }
+}
+
 /// Create of an access review: the REST storages in pkg/registry/authorization/
 /// {subjectaccessreview,selfsubjectaccessreview,localsubjectaccessreview}/rest.go, answered by
 /// the same authorizer (`ResourceAttributesFrom`/`NonResourceAttributesFrom`,
@@ -820,9 +834,8 @@ pub(crate) fn access_review(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let mut review = match parse_body(headers, body) {
-        Ok(b) if b.is_object() => b,
-        Ok(_) => return status(400, "BadRequest", "body must be a JSON object".into(), None),
+    let mut review = match review_body(headers, body) {
+        Ok(b) => b,
         Err(r) => return r,
     };
     let kind = match plural {
@@ -1711,9 +1724,8 @@ pub(crate) fn rules_review(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let mut review = match parse_body(headers, body) {
-        Ok(b) if b.is_object() => b,
-        Ok(_) => return status(400, "BadRequest", "body must be a JSON object".into(), None),
+    let mut review = match review_body(headers, body) {
+        Ok(b) => b,
         Err(r) => return r,
     };
     let ns = review

@@ -596,17 +596,7 @@ async fn kubectl_creates_rbac_objects_and_can_i_impersonates() {
     assert!(s.rbac_usage()[SA_USER].contains(&access("get", "", "configmaps", "app")));
 
     // A service account may not impersonate without the impersonate verb.
-    s.add_token(
-        "t",
-        TokenIdentity {
-            namespace: "app".into(),
-            service_account: "sa".into(),
-            pod_name: None,
-            pod_uid: None,
-            audiences: vec![],
-            expires_at: None,
-        },
-    );
+    sa_token(&s, "t");
     let (ok, out) = kubectl(&s, &["--token", "t", "get", "ns", "--as", "bob"]);
     assert!(!ok);
     assert!(
@@ -880,17 +870,7 @@ async fn kubectl_auth_can_i_list_shows_the_callers_rules() {
         {"apiGroups": ["keyward.io"], "resources": ["managedkeys"], "verbs": ["get"]}])).await;
     bind(&c, "app", "Role", "cm-reader").await;
     bind(&c, "app", "Role", "missing").await;
-    s.add_token(
-        "t",
-        TokenIdentity {
-            namespace: "app".into(),
-            service_account: "sa".into(),
-            pod_name: None,
-            pod_uid: None,
-            audiences: vec![],
-            expires_at: None,
-        },
-    );
+    sa_token(&s, "t");
     let (ok, out) = kubectl(
         &s,
         &["--token", "t", "auth", "can-i", "--list", "-n", "app"],
@@ -954,5 +934,20 @@ async fn kubectl_auth_can_i_list_shows_the_callers_rules() {
     assert_eq!(
         (e.code, e.message.as_str()),
         (400, "no namespace on request")
+    );
+}
+
+/// Register bearer token `t` for the service account app/sa.
+fn sa_token(s: &TestApiServer, t: &str) {
+    s.add_token(
+        t,
+        TokenIdentity {
+            namespace: "app".into(),
+            service_account: "sa".into(),
+            pod_name: None,
+            pod_uid: None,
+            audiences: vec![],
+            expires_at: None,
+        },
     );
 }
