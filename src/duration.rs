@@ -71,6 +71,17 @@ impl Duration {
     }
 }
 
+/// `t + d`, saturating at jiff's last instant (year 9999): a due time past it is "never", and
+/// no data-dependent sum can panic.
+pub fn after(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
+    t.checked_add(d.signed()).unwrap_or(jiff::Timestamp::MAX)
+}
+
+/// `t - d`, saturating at jiff's first instant.
+pub fn before(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
+    t.checked_sub(d.signed()).unwrap_or(jiff::Timestamp::MIN)
+}
+
 impl From<Duration> for jiff::SignedDuration {
     fn from(d: Duration) -> Self {
         d.signed()

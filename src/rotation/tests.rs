@@ -35,7 +35,7 @@ fn step(
         deleting_since: None,
         now,
     };
-    let plan = plan(&input);
+    let plan = plan(&input).unwrap();
     apply(
         st,
         &plan.actions,
@@ -259,7 +259,7 @@ fn deleting_the_object_keeps_material_until_the_window_ends() {
             deleting_since: Some(del),
             now,
         };
-        let plan = plan(&input);
+        let plan = plan(&input).unwrap();
         apply(
             &mut st,
             &plan.actions,
@@ -458,9 +458,9 @@ proptest! {
             now += SignedDuration::from_hours(adv_h);
             let req = if rotate { Some(format!("r{i}")) } else { None };
             let input = PlanInput { spec: &spec, policy: Some(&p), state: &st, rotate_request: req.as_deref(), deleting_since: None, now };
-            let plan1 = plan(&input);
+            let plan1 = plan(&input).unwrap();
             // Deterministic.
-            prop_assert_eq!(&plan1, &plan(&input));
+            prop_assert_eq!(&plan1, &plan(&input).unwrap());
             apply(&mut st, &plan1.actions, now, &|v| (format!("fp{v}"), None), None).unwrap();
 
             // Never two Active versions, and always one.
