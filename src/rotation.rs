@@ -66,9 +66,18 @@ pub const MAX_RETAIN_VERSIONS: u32 = 32;
 pub fn material_limit(algorithm: KeyAlgorithm) -> u32 {
     match algorithm {
         KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => 64,
-        _ => 256,
+        _ => MAX_MATERIAL_LIMIT,
     }
 }
+
+/// The largest [`material_limit`] of any algorithm: a stored state with more versions holding
+/// material was not written by the planner and is refused on load.
+pub const MAX_MATERIAL_LIMIT: u32 = 256;
+
+/// Longest rotate-now request id (the annotation's value) acted on and stored; a longer one
+/// is refused with a condition naming the annotation, so a tenant cannot grow the stored
+/// state (or status) with it.
+pub const MAX_ROTATE_REQUEST: usize = 253;
 
 /// A version the planner wanted to create but could not: the key is at its
 /// [`material_limit`].
@@ -533,7 +542,11 @@ impl Planner<'_, '_> {
         let requested = self
             .input
             .rotate_request
-            .filter(|r| !r.is_empty() && self.state.last_rotate_request.as_deref() != Some(*r));
+            .filter(|r| {
+                !r.is_empty()
+                    && r.len() <= MAX_ROTATE_REQUEST
+                    && self.state.last_rotate_request.as_deref() != Some(*r)
+            });
         let cause = if requested.is_some() {
             Some(Cause::RotateNow)
         } else if due.is_some_and(|d| now >= d) {

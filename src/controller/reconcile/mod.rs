@@ -192,7 +192,25 @@ async fn apply(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error> {
     let ns = mk.namespace().unwrap_or_default();
     let name = mk.name_any();
     let now = ctx.clock.now();
-    let (policy, policy_problem) = load_policy(ctx, mk).await?;
+    let (policy, mut policy_problem) = load_policy(ctx, mk).await?;
+    let rotate_request = mk
+        .annotations()
+        .get(ROTATE_NOW_ANNOTATION)
+        .map(String::as_str);
+    if let Some(r) = rotate_request
+        && r.len() > rotation::MAX_ROTATE_REQUEST
+        && policy_problem.is_none()
+    {
+        // Not acted on (the planner ignores it too) and not stored.
+        policy_problem = Some((
+            "RotateRequestInvalid",
+            format!(
+                "annotation {ROTATE_NOW_ANNOTATION} is {} bytes; use a request id of at most {} (e.g. $(date +%s))",
+                r.len(),
+                rotation::MAX_ROTATE_REQUEST
+            ),
+        ));
+    }
     let id = KeyIdentity::of(mk);
     let mut stored =
         match storage::load(&ctx.storage, &ctx.client, &id, recorded_generation(mk)).await {
@@ -215,10 +233,7 @@ async fn apply(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error> {
         spec: &mk.spec,
         policy: policy.as_ref(),
         state: &stored.state,
-        rotate_request: mk
-            .annotations()
-            .get(ROTATE_NOW_ANNOTATION)
-            .map(String::as_str),
+        rotate_request,
         deleting_since: None,
         now,
     })?;
