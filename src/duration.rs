@@ -9,8 +9,13 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-/// Regex (for the CRD schema) that accepts exactly what [`parse`] accepts.
-pub const PATTERN: &str = r"^(([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?|P([0-9]+W)?([0-9]+D)?(T([0-9]+H)?([0-9]+M)?([0-9]+S)?)?)$";
+/// Regex (for the CRD schema) that, with the schema's `minLength: 2`, accepts only what
+/// [`parse`] accepts (a time part `T` needs a component: `PT` alone was accepted until the
+/// fuzzing harness `tests/fuzz/durations.rs` found it).
+pub const PATTERN: &str = r"^(([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?|P([0-9]+W)?([0-9]+D)?(T([0-9]+H([0-9]+M)?([0-9]+S)?|[0-9]+M([0-9]+S)?|[0-9]+S))?)$";
+
+/// The schema's length bounds for a duration string.
+pub const LENGTH: std::ops::RangeInclusive<usize> = 2..=32;
 
 /// The longest duration keyward accepts anywhere: 100 years (36,500 days) in seconds. A
 /// longer one is refused where it enters (CRD schema rule and [`parse`]), so timestamp
@@ -143,8 +148,8 @@ fn schema_value(nullable: bool) -> schemars::Schema {
     let mut s = schemars::json_schema!({
         "type": "string",
         "pattern": PATTERN,
-        "minLength": 2,
-        "maxLength": 32,
+        "minLength": *LENGTH.start(),
+        "maxLength": *LENGTH.end(),
         "x-kubernetes-validations": [{
             "rule": CEL_MAX_RULE,
             "message": CEL_MAX_MESSAGE,
@@ -300,9 +305,11 @@ mod tests {
         ] {
             assert!(re.is_match(s) && parse(s).is_ok(), "{s}");
         }
-        for s in ["P1M", "1x", "-5d", "1.5d"] {
+        for s in ["P1M", "1x", "-5d", "1.5d", "PT"] {
             assert!(!re.is_match(s) && parse(s).is_err(), "{s}");
         }
+        // Regression (tests/fuzz/durations.rs): "PT" matched the pattern but never parsed.
+        assert!(re.is_match("PT1M30S") && re.is_match("P1DT5S") && !re.is_match("P1DT"));
     }
 
     #[test]

@@ -599,15 +599,36 @@ pub fn to_secret(
         name: name.clone(),
         detail: format!("state does not serialize: {e}"),
     })?;
-    let tag = loc.mac.tag(id, &state_json, &stored.envelopes);
-    let mut data: BTreeMap<String, ByteString> = stored
-        .envelopes
+    let mut secret = sealed(loc, id, state_json, &stored.envelopes);
+    secret.metadata.resource_version = stored.resource_version.clone();
+    if let Some(u) = stored.state.restored_from.clone() {
+        secret
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(RESTORED_FROM_ANNOTATION.to_string(), u);
+    }
+    Ok(secret)
+}
+
+/// A storage Secret holding `state_json` as given (any bytes) and `envelopes`, with a valid
+/// MAC over them: what [`to_secret`] writes, and what the fuzzing harness
+/// (`tests/fuzz/state.rs`) feeds [`parse`] to reach the checks behind the MAC.
+pub fn sealed(
+    loc: &StorageLocation,
+    id: &KeyIdentity,
+    state_json: Vec<u8>,
+    envelopes: &BTreeMap<u32, Vec<u8>>,
+) -> Secret {
+    let name = secret_name(&id.uid);
+    let tag = loc.mac.tag(id, &state_json, envelopes);
+    let mut data: BTreeMap<String, ByteString> = envelopes
         .iter()
         .map(|(v, b)| (format!("v{v}"), ByteString(b.clone())))
         .collect();
     data.insert(STATE_ENTRY.into(), ByteString(state_json));
     data.insert(MAC_ENTRY.into(), ByteString(hex::encode(tag).into_bytes()));
-    let secret = Secret {
+    Secret {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(loc.namespace.clone()),
@@ -627,24 +648,14 @@ pub fn to_secret(
                     (NAME_ANNOTATION.to_string(), id.name.clone()),
                     (UID_ANNOTATION.to_string(), id.uid.clone()),
                 ]
-                .into_iter()
-                .chain(
-                    stored
-                        .state
-                        .restored_from
-                        .clone()
-                        .map(|u| (RESTORED_FROM_ANNOTATION.to_string(), u)),
-                )
-                .collect(),
+                .into(),
             ),
-            resource_version: stored.resource_version.clone(),
             ..Default::default()
         },
         type_: Some(SECRET_TYPE.into()),
         data: Some(data),
         ..Default::default()
-    };
-    Ok(secret)
+    }
 }
 
 /// Write storage with optimistic concurrency: create when new, replace at the read

@@ -883,3 +883,135 @@ async fn a_tenant_with_edit_cannot_read_or_change_key_storage() {
     assert_eq!(current(&w.wait("k", "still v2", |_| true).await), 2);
     assert_eq!(w.versions_in_secret("k").await, vec![1, 2]);
 }
+
+/// Hostile input against a real controller process (#17): the CRD refuses
+/// `rotationPeriod: "3000000d"` at admission (CEL rule, enforced by the test API server as by
+/// kube-apiserver); on a cluster whose CRD predates the rule, the same policy reaches the
+/// controller and is a Degraded/PolicyInvalid condition naming the field, not a panic. A
+/// reconcile that panics anyway (a test hook) is caught: Degraded/InternalError and a Warning
+/// Event on that key. Throughout, the process keeps running and another key keeps rotating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_policy_and_a_panicking_reconcile_leave_other_keys_rotating() {
+    use k8s_openapi::api::events::v1::Event;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    const HOSTILE: &str = "apiVersion: keyward.io/v1alpha1\nkind: RotationPolicy\nmetadata: {name: hostile, namespace: default}\nspec: {rotationPeriod: 3000000d, expireAfter: 3000000d, notifyBeforeExpiry: 3000000d, gracePeriod: 3000000d}\n";
+    let mut w = world().await;
+    let policies: Api<RotationPolicy> = Api::namespaced(w.client.clone(), "default");
+    let refused = fixture::refusal(
+        policies
+            .create(
+                &PostParams::default(),
+                &serde_yaml_ng::from_str(HOSTILE).unwrap(),
+            )
+            .await,
+    );
+    assert!(
+        refused.contains("rotationPeriod") && refused.contains("36500d"),
+        "{refused}"
+    );
+    // "1d" is fine: the rule sums components, it does not refuse every value.
+    fixture::apply(
+        &w.client,
+        serde_yaml_ng::from_str(&HOSTILE.replace("3000000d", "36500d")).unwrap(),
+    )
+    .await;
+
+    // A cluster still running the CRD from before the rule.
+    let crds: Api<CustomResourceDefinition> = Api::all(w.client.clone());
+    let name = "rotationpolicies.keyward.io";
+    let mut old = serde_json::to_value(
+        keyward::crd::definitions()
+            .into_iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .unwrap(),
+    )
+    .unwrap();
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("type").and_then(|t| t.as_str()) == Some("string") {
+                    m.remove("x-kubernetes-validations");
+                }
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut old);
+    let mut old: CustomResourceDefinition = serde_json::from_value(old).unwrap();
+    old.metadata.resource_version = crds.get(name).await.unwrap().metadata.resource_version;
+    crds.replace(name, &PostParams::default(), &old).await.unwrap();
+    w.apply(HOSTILE).await;
+
+    // The controller, with a hook that panics for key "boom" only.
+    let (ctx, _metrics) = w.ctx("solo");
+    let mut ctx = Arc::try_unwrap(ctx).ok().unwrap();
+    ctx.reconcile_hook = Some(Arc::new(|mk: &ManagedKey| {
+        if mk.name_any() == "boom" {
+            panic!("deliberate test panic in the reconcile of {}", mk.name_any());
+        }
+    }));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    w.trigger.push(tx);
+    let running = tokio::spawn(keyward::controller::run(
+        Arc::new(ctx),
+        std::future::pending(),
+        Some(rx),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    w.apply(POLICY).await;
+    w.apply(KEY).await;
+    w.apply(&KEY.replace("name: k,", "name: victim,").replace("monthly", "hostile"))
+        .await;
+    w.apply(&KEY.replace("name: k,", "name: boom,")).await;
+
+    let degraded = |k: &ManagedKey, reason: &str| {
+        k.status
+            .as_ref()
+            .and_then(|s| s.true_condition("Degraded"))
+            .filter(|c| c.reason == reason)
+            .map(|c| c.message.clone())
+    };
+    let victim = w
+        .wait("victim", "PolicyInvalid", |k| {
+            degraded(k, "PolicyInvalid").is_some()
+        })
+        .await;
+    let m = degraded(&victim, "PolicyInvalid").unwrap();
+    assert!(
+        m.contains("spec.rotationPeriod") && m.contains("36500d") && m.contains("shorter"),
+        "{m}"
+    );
+    let boom = w
+        .wait("boom", "InternalError", |k| {
+            degraded(k, "InternalError").is_some()
+        })
+        .await;
+    let m = degraded(&boom, "InternalError").unwrap();
+    assert!(m.contains("deliberate test panic") && m.contains("other keys"), "{m}");
+    assert_eq!(current(&boom), 0, "nothing was created for the panicking key");
+    let warned = Api::<Event>::namespaced(w.client.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("InternalError")
+                && e.type_.as_deref() == Some("Warning")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("boom")
+        });
+    assert!(warned, "a Warning Event reports the caught panic on its key");
+
+    // The same process keeps serving and rotating the healthy key.
+    w.wait("k", "first version", |k| current(k) == 1).await;
+    w.advance(SignedDuration::from_hours(31 * 24));
+    w.wait("k", "rotated", |k| current(k) == 2).await;
+    w.advance(SignedDuration::from_hours(31 * 24));
+    w.wait("k", "rotated again", |k| current(k) == 3).await;
+    assert!(!running.is_finished(), "the controller is still running");
+    let victim = w.wait("victim", "still reported", |k| degraded(k, "PolicyInvalid").is_some()).await;
+    assert_eq!(current(&victim), 1, "the default policy applies to a key whose policy is invalid");
+    running.abort();
+}

@@ -6,6 +6,9 @@
 //! (`KEYWARD_FUZZ_CASES`, default 256); `make fuzz` runs the same harnesses longer. A crash found
 //! here becomes a named regression test in the module that owns the input.
 
+mod durations;
+mod state;
+
 use proptest::test_runner::Config;
 
 /// Case count for one harness: `KEYWARD_FUZZ_CASES` or 256, printed so a log shows what ran.
