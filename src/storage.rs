@@ -331,10 +331,10 @@ pub enum InvariantError {
         /// Highest pruned number.
         through: u32,
     },
-    /// The scheduled destruction is not 7 to 30 days after it was scheduled (the only windows
-    /// keyward writes): destroying on it could destroy early.
+    /// The scheduled destruction is less than 7 days after it was scheduled (keyward writes 7
+    /// to 30): destroying on it would destroy before any deletion window ends.
     #[error(
-        "pending deletion: destroyAt {destroy_at} is not 7 to 30 days after scheduledAt {scheduled_at}"
+        "pending deletion: destroyAt {destroy_at} is less than 7 days after scheduledAt {scheduled_at}"
     )]
     DeletionWindow {
         /// Scheduled at.
@@ -358,8 +358,8 @@ const MAX_UID: usize = 64;
 /// Check what a planner and the key service rely on (timestamps are already typed: an
 /// unparsable one fails deserialization): unique, increasing version numbers; at most one
 /// Active and one Suspended version; material exactly for the versions not Destroyed; counts
-/// and text sizes within what the planner and compaction ever write; a deletion window of 7 to
-/// 30 days. Linear in the state's size and allocation-free beyond a set of version numbers.
+/// and text sizes within what the planner and compaction ever write; a deletion window of at
+/// least 7 days (a longer one only delays destruction). Linear in the state's size and allocation-free beyond a set of version numbers.
 pub fn check_invariants(
     state: &StoredState,
     envelopes: &BTreeMap<u32, Vec<u8>>,
@@ -409,8 +409,7 @@ pub fn check_invariants(
     }
     if let Some(pd) = state.pending_deletion {
         let window = pd.destroy_at.duration_since(pd.scheduled_at);
-        let days = |d: i64| jiff::SignedDuration::from_secs(d * 86_400);
-        if window < days(7) || window > days(30) {
+        if window < jiff::SignedDuration::from_secs(7 * 86_400) {
             return Err(InvariantError::DeletionWindow {
                 scheduled_at: pd.scheduled_at,
                 destroy_at: pd.destroy_at,
