@@ -539,14 +539,11 @@ impl Planner<'_, '_> {
             (a, b) => a.or(b),
         };
         let mut due = earliest(policy.due_after(activated), expiry(cur.created));
-        let requested = self
-            .input
-            .rotate_request
-            .filter(|r| {
-                !r.is_empty()
-                    && r.len() <= MAX_ROTATE_REQUEST
-                    && self.state.last_rotate_request.as_deref() != Some(*r)
-            });
+        let requested = self.input.rotate_request.filter(|r| {
+            !r.is_empty()
+                && r.len() <= MAX_ROTATE_REQUEST
+                && self.state.last_rotate_request.as_deref() != Some(*r)
+        });
         let cause = if requested.is_some() {
             Some(Cause::RotateNow)
         } else if due.is_some_and(|d| now >= d) {
@@ -657,13 +654,7 @@ pub fn apply(
         match a {
             Action::CreateVersion { version } => {
                 let (fp, kek) = made(*version);
-                state.add_version(
-                    *version,
-                    now,
-                    fp,
-                    kek,
-                    expire_after.map(|e| after(now, e)),
-                );
+                state.add_version(*version, now, fp, kek, expire_after.map(|e| after(now, e)));
             }
             Action::Transition { version, to, cause } => {
                 state.transition(*version, *to, now, cause.as_str())?

@@ -324,7 +324,9 @@ pub enum InvariantError {
         limit: usize,
     },
     /// The pruned summary contradicts the listed versions.
-    #[error("pruned summary ({versions} versions through {through}) contradicts the listed versions")]
+    #[error(
+        "pruned summary ({versions} versions through {through}) contradicts the listed versions"
+    )]
     Pruned {
         /// Pruned count.
         versions: u32,
@@ -455,7 +457,11 @@ pub fn check_invariants(
             ),
             (
                 "transition reason",
-                v.transitions.iter().map(|t| t.reason.len()).max().unwrap_or(0),
+                v.transitions
+                    .iter()
+                    .map(|t| t.reason.len())
+                    .max()
+                    .unwrap_or(0),
                 MAX_REASON,
             ),
         ];

@@ -941,7 +941,9 @@ async fn hostile_policy_and_a_panicking_reconcile_leave_other_keys_rotating() {
     strip(&mut old);
     let mut old: CustomResourceDefinition = serde_json::from_value(old).unwrap();
     old.metadata.resource_version = crds.get(name).await.unwrap().metadata.resource_version;
-    crds.replace(name, &PostParams::default(), &old).await.unwrap();
+    crds.replace(name, &PostParams::default(), &old)
+        .await
+        .unwrap();
     w.apply(HOSTILE).await;
 
     // The controller, with a hook that panics for key "boom" only.
@@ -949,7 +951,10 @@ async fn hostile_policy_and_a_panicking_reconcile_leave_other_keys_rotating() {
     let mut ctx = Arc::try_unwrap(ctx).ok().unwrap();
     ctx.reconcile_hook = Some(Arc::new(|mk: &ManagedKey| {
         if mk.name_any() == "boom" {
-            panic!("deliberate test panic in the reconcile of {}", mk.name_any());
+            panic!(
+                "deliberate test panic in the reconcile of {}",
+                mk.name_any()
+            );
         }
     }));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -962,8 +967,11 @@ async fn hostile_policy_and_a_panicking_reconcile_leave_other_keys_rotating() {
     ));
     w.apply(POLICY).await;
     w.apply(KEY).await;
-    w.apply(&KEY.replace("name: k,", "name: victim,").replace("monthly", "hostile"))
-        .await;
+    w.apply(
+        &KEY.replace("name: k,", "name: victim,")
+            .replace("monthly", "hostile"),
+    )
+    .await;
     w.apply(&KEY.replace("name: k,", "name: boom,")).await;
 
     let degraded = |k: &ManagedKey, reason: &str| {
@@ -989,8 +997,15 @@ async fn hostile_policy_and_a_panicking_reconcile_leave_other_keys_rotating() {
         })
         .await;
     let m = degraded(&boom, "InternalError").unwrap();
-    assert!(m.contains("deliberate test panic") && m.contains("other keys"), "{m}");
-    assert_eq!(current(&boom), 0, "nothing was created for the panicking key");
+    assert!(
+        m.contains("deliberate test panic") && m.contains("other keys"),
+        "{m}"
+    );
+    assert_eq!(
+        current(&boom),
+        0,
+        "nothing was created for the panicking key"
+    );
     let warned = Api::<Event>::namespaced(w.client.clone(), "default")
         .list(&Default::default())
         .await
@@ -1002,7 +1017,10 @@ async fn hostile_policy_and_a_panicking_reconcile_leave_other_keys_rotating() {
                 && e.type_.as_deref() == Some("Warning")
                 && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("boom")
         });
-    assert!(warned, "a Warning Event reports the caught panic on its key");
+    assert!(
+        warned,
+        "a Warning Event reports the caught panic on its key"
+    );
 
     // The same process keeps serving and rotating the healthy key.
     w.wait("k", "first version", |k| current(k) == 1).await;
@@ -1011,7 +1029,15 @@ async fn hostile_policy_and_a_panicking_reconcile_leave_other_keys_rotating() {
     w.advance(SignedDuration::from_hours(31 * 24));
     w.wait("k", "rotated again", |k| current(k) == 3).await;
     assert!(!running.is_finished(), "the controller is still running");
-    let victim = w.wait("victim", "still reported", |k| degraded(k, "PolicyInvalid").is_some()).await;
-    assert_eq!(current(&victim), 1, "the default policy applies to a key whose policy is invalid");
+    let victim = w
+        .wait("victim", "still reported", |k| {
+            degraded(k, "PolicyInvalid").is_some()
+        })
+        .await;
+    assert_eq!(
+        current(&victim),
+        1,
+        "the default policy applies to a key whose policy is invalid"
+    );
     running.abort();
 }

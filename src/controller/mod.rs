@@ -261,11 +261,10 @@ async fn sweep_loop(ctx: Arc<Context>, now: Arc<tokio::sync::Notify>) {
     loop {
         // A panic in a sweep (a bug) is logged and the next sweep retries: it must not end
         // the controller and the key service with it.
-        let swept = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-            reconcile::sweep(&ctx),
-        ))
-        .await
-        .unwrap_or_else(|_| Err(Error::Internal("the sweep panicked".into())));
+        let swept =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(reconcile::sweep(&ctx)))
+                .await
+                .unwrap_or_else(|_| Err(Error::Internal("the sweep panicked".into())));
         match swept {
             Ok(r) if r != reconcile::SweepReport::default() => {
                 tracing::info!(

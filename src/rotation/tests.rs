@@ -585,11 +585,13 @@ fn the_longest_policy_at_the_end_of_time_plans_without_panicking() {
 /// error, not an overflow.
 #[test]
 fn used_up_version_numbers_are_a_typed_error() {
-    let mut st = StoredState::default();
-    st.pruned = Some(crate::state::Pruned {
-        versions: 1,
-        through_version: u32::MAX,
-    });
+    let st = StoredState {
+        pruned: Some(crate::state::Pruned {
+            versions: 1,
+            through_version: u32::MAX,
+        }),
+        ..Default::default()
+    };
     let spec = ManagedKeySpec::default();
     let input = PlanInput {
         spec: &spec,
@@ -659,4 +661,25 @@ proptest! {
             prop_assert!(checked.is_ok(), "{:?} after step {}: {:?}", checked, i, st);
         }
     }
+}
+
+/// A schedule that parses but never fires (31 February) gives no due time, in bounded time
+/// (croner stops searching at year 5000), even from the last representable instant.
+#[test]
+fn a_schedule_that_never_fires_has_no_due_time() {
+    let p = Policy::from_spec(&RotationPolicySpec {
+        rotation_period: None,
+        schedule: Some("0 0 31 2 *".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    for at in [t(0), Timestamp::MAX, Timestamp::MIN] {
+        assert_eq!(p.due_after(at), None, "{at}");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -261,7 +261,10 @@ fn structural_invariants_are_checked_on_load() {
     let mut s = stored();
     let step = s.state.versions[1].transitions[0].clone();
     s.state.versions[1].transitions = vec![step; 11];
-    assert!(matches!(refused(&s), InvariantError::TooMany { count: 11, .. }));
+    assert!(matches!(
+        refused(&s),
+        InvariantError::TooMany { count: 11, .. }
+    ));
     // Over-long texts.
     let mut s = stored();
     s.state.versions[1].fingerprint = "f".repeat(10_000);
@@ -290,7 +293,10 @@ fn structural_invariants_are_checked_on_load() {
     });
     assert!(matches!(refused(&s), InvariantError::Pruned { .. }));
     // The untouched copy passes.
-    assert_eq!(check_invariants(&stored().state, &stored().envelopes), Ok(()));
+    assert_eq!(
+        check_invariants(&stored().state, &stored().envelopes),
+        Ok(())
+    );
 }
 
 /// A destroyAt less than 7 days after scheduledAt (e.g. set to scheduledAt, which would
@@ -299,7 +305,14 @@ fn structural_invariants_are_checked_on_load() {
 #[test]
 fn a_deletion_window_shorter_than_7_days_is_refused() {
     let at: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-    for (days, ok) in [(0, false), (6, false), (7, true), (30, true), (3650, true), (-3, false)] {
+    for (days, ok) in [
+        (0, false),
+        (6, false),
+        (7, true),
+        (30, true),
+        (3650, true),
+        (-3, false),
+    ] {
         let mut s = stored();
         s.state.pending_deletion = Some(crate::state::PendingDeletion {
             scheduled_at: at,
@@ -310,7 +323,10 @@ fn a_deletion_window_shorter_than_7_days_is_refused() {
         let r = parse(&sec, &id(), &loc().mac, 0);
         assert_eq!(r.is_ok(), ok, "{days} days: {:?}", r.err());
         if !ok {
-            assert!(detail(r.unwrap_err()).contains("less than 7 days"), "{days}");
+            assert!(
+                detail(r.unwrap_err()).contains("less than 7 days"),
+                "{days}"
+            );
         }
     }
 }

@@ -85,7 +85,10 @@ fn knobs() -> impl Strategy<Value = Knobs> {
         prop::option::of(MIN_SECOND..=MAX_SECOND),
         prop::option::of("[a-z0-9]{0,8}"),
         any::<bool>(),
-        prop::option::of(prop_oneof!["[1-9][0-9]{0,4}[dh]", Just("36500d".to_string())]),
+        prop::option::of(prop_oneof![
+            "[1-9][0-9]{0,4}[dh]",
+            Just("36500d".to_string())
+        ]),
         prop_oneof!["[0-9]{1,4}[dh]", Just("36500d".to_string())],
     )
         .prop_map(
@@ -134,16 +137,18 @@ fn plan_on(
         policy: policy.as_ref(),
         state: st,
         rotate_request: k.rotate.as_deref(),
-        deleting_since: k
-            .deleting_since
-            .map(|s| Timestamp::from_second(s).unwrap()),
+        deleting_since: k.deleting_since.map(|s| Timestamp::from_second(s).unwrap()),
         now,
     };
     let Ok(plan) = rotation::plan(&input) else {
         // A typed error on this key (version numbers used up): nothing to apply.
         return Ok(());
     };
-    prop_assert!(plan.actions.len() <= 4 * (st.versions.len() + 4), "{:?}", plan.actions);
+    prop_assert!(
+        plan.actions.len() <= 4 * (st.versions.len() + 4),
+        "{:?}",
+        plan.actions
+    );
     let mut after = st.clone();
     let mut env = envelopes.clone();
     for a in &plan.actions {
@@ -157,8 +162,14 @@ fn plan_on(
             _ => {}
         }
     }
-    rotation::apply(&mut after, &plan.actions, now, &|v| (format!("fp{v}"), None), None)
-        .map_err(|e| TestCaseError::fail(format!("planned actions do not apply: {e}")))?;
+    rotation::apply(
+        &mut after,
+        &plan.actions,
+        now,
+        &|v| (format!("fp{v}"), None),
+        None,
+    )
+    .map_err(|e| TestCaseError::fail(format!("planned actions do not apply: {e}")))?;
     let checked = storage::check_invariants(&after, &env);
     prop_assert!(
         checked.is_ok(),
@@ -191,8 +202,9 @@ fn version_number() -> impl Strategy<Value = u32> {
 }
 
 fn transition() -> impl Strategy<Value = Value> {
-    (key_state(), key_state(), timestamp(), "[a-z ]{0,12}")
-        .prop_map(|(from, to, at, reason)| json!({"from": from, "to": to, "at": at, "reason": reason}))
+    (key_state(), key_state(), timestamp(), "[a-z ]{0,12}").prop_map(
+        |(from, to, at, reason)| json!({"from": from, "to": to, "at": at, "reason": reason}),
+    )
 }
 
 fn version() -> impl Strategy<Value = Value> {
@@ -206,18 +218,24 @@ fn version() -> impl Strategy<Value = Value> {
         prop::collection::vec(transition(), 0..12),
         "[a-f0-9]{0,16}",
     )
-        .prop_map(|(n, state, created, activated, deactivated, expires, transitions, fp)| {
-            let mut v = json!({
-                "version": n, "state": state, "created": created,
-                "fingerprint": format!("sha256:{fp}"), "transitions": transitions,
-            });
-            for (k, t) in [("activated", activated), ("deactivated", deactivated), ("expires", expires)] {
-                if let Some(t) = t {
-                    v[k] = t;
+        .prop_map(
+            |(n, state, created, activated, deactivated, expires, transitions, fp)| {
+                let mut v = json!({
+                    "version": n, "state": state, "created": created,
+                    "fingerprint": format!("sha256:{fp}"), "transitions": transitions,
+                });
+                for (k, t) in [
+                    ("activated", activated),
+                    ("deactivated", deactivated),
+                    ("expires", expires),
+                ] {
+                    if let Some(t) = t {
+                        v[k] = t;
+                    }
                 }
-            }
-            v
-        })
+                v
+            },
+        )
 }
 
 /// A state-shaped JSON document: mostly well-typed, sometimes not, in any combination.
@@ -226,7 +244,10 @@ fn state_json() -> impl Strategy<Value = Value> {
         0u64..10,
         prop::collection::vec(version(), 0..8),
         prop::option::of("[a-z0-9]{0,6}"),
-        prop::option::of((timestamp(), prop_oneof![Just(None), (0i64..40).prop_map(Some)])),
+        prop::option::of((
+            timestamp(),
+            prop_oneof![Just(None), (0i64..40).prop_map(Some)],
+        )),
         prop::option::of((0u32..50, prop_oneof![0u32..50, Just(u32::MAX)])),
     )
         .prop_map(|(generation, versions, rotate, pending, pruned)| {
