@@ -557,7 +557,7 @@ pub fn parse(
         ));
     }
     let state: StoredState =
-        serde_json::from_slice(&state_json).map_err(|e| bad(format!("{STATE_ENTRY}: {e}")))?;
+        decode_state(&state_json).map_err(|e| bad(format!("{STATE_ENTRY}: {e}")))?;
     if state.generation < min_generation {
         return Err(bad(format!(
             "generation {} is older than the {min_generation} the controller last saved: a rolled-back copy",
@@ -569,6 +569,20 @@ pub fn parse(
         state,
         envelopes,
         resource_version: secret.metadata.resource_version.clone(),
+    })
+}
+
+/// `state.json` as a [`StoredState`]; the error names the field that failed (e.g.
+/// `pendingDeletion.destroyAt: ...`), so an operator sees which stored value is bad.
+pub fn decode_state(json: &[u8]) -> Result<StoredState, String> {
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
     })
 }
 

@@ -1041,3 +1041,85 @@ async fn hostile_policy_and_a_panicking_reconcile_leave_other_keys_rotating() {
     );
     running.abort();
 }
+
+/// A stored `destroyAt` that does not parse (behind a valid MAC: a buggy writer or a forged
+/// MAC key) is never read as "now" (#17): the key is Degraded/StorageIntegrity with a Warning
+/// Event, nothing is destroyed, and after the window would have ended every version's material
+/// is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unparsable_destroy_at_destroys_nothing() {
+    use k8s_openapi::api::events::v1::Event;
+    let mut w = world().await;
+    w.start();
+    w.apply(POLICY).await;
+    w.apply(KEY).await;
+    w.wait("k", "v1", |k| current(k) == 1).await;
+    w.advance(SignedDuration::from_hours(24 * 31));
+    w.wait("k", "v2", |k| current(k) == 2).await;
+    let secrets = Api::<Secret>::namespaced(w.client.clone(), "keyward-system");
+    let mk = Api::<ManagedKey>::namespaced(w.client.clone(), "default")
+        .get("k")
+        .await
+        .unwrap();
+    let id = keyward::storage::KeyIdentity::of(&mk);
+    let name = keyward::storage::secret_name(&id.uid);
+    let before = w.versions_in_secret("k").await;
+    assert_eq!(before, [1, 2]);
+
+    // Re-seal the state with a pending deletion whose destroyAt does not parse.
+    let current_secret = secrets.get(&name).await.unwrap();
+    let data = current_secret.data.clone().unwrap();
+    let mut st: serde_json::Value = serde_json::from_slice(&data["state.json"].0).unwrap();
+    st["pendingDeletion"] = json!({"scheduledAt": "2027-01-01T00:00:00Z", "destroyAt": "soon"});
+    let envelopes = data
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix('v')?.parse().ok()?, v.0.clone())))
+        .collect();
+    let mut forged = keyward::storage::sealed(
+        &w.storage,
+        &id,
+        serde_json::to_vec(&st).unwrap(),
+        &envelopes,
+    );
+    forged.metadata.resource_version = current_secret.metadata.resource_version.clone();
+    secrets
+        .replace(&name, &PostParams::default(), &forged)
+        .await
+        .unwrap();
+    let degraded = |k: &ManagedKey| {
+        k.status
+            .as_ref()
+            .and_then(|s| s.true_condition("Degraded"))
+            .filter(|c| c.reason == "StorageIntegrity")
+            .map(|c| c.message.clone())
+    };
+    let k = w
+        .wait("k", "destroyAt refused", |k| degraded(k).is_some())
+        .await;
+    let m = degraded(&k).unwrap();
+    assert!(m.contains("state.json") && m.contains("destroyAt"), "{m}");
+    let warned = Api::<Event>::namespaced(w.client.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("StorageIntegrity") && e.type_.as_deref() == Some("Warning")
+        });
+    assert!(warned, "a Warning Event reports it");
+    // Well past any deletion window: nothing destroyed, nothing planned.
+    w.advance(SignedDuration::from_hours(24 * 60));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    w.wait("k", "still refused", |k| degraded(k).is_some())
+        .await;
+    let after = secrets.get(&name).await.unwrap();
+    let kept: Vec<String> = after
+        .data
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with('v'))
+        .cloned()
+        .collect();
+    assert_eq!(kept, ["v1", "v2"], "every version keeps its material");
+}

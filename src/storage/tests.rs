@@ -170,14 +170,20 @@ fn invariant_violations_are_refused_even_with_a_valid_mac() {
         v["versions"][1]["created"] = "yesterday".into()
     });
     let e = detail(parse(&ts, &id(), &loc().mac, 0).unwrap_err());
-    assert!(e.contains(STATE_ENTRY) && e.contains("year"), "{e}");
+    assert!(
+        e.contains(STATE_ENTRY) && e.contains("versions[1].created:") && e.contains("year"),
+        "{e}"
+    );
     let mut pd = secret(&stored());
     edit_state_with_valid_mac(&mut pd, |v| {
         v["pendingDeletion"] =
             serde_json::json!({"scheduledAt": "2026-01-01T00:00:00Z", "destroyAt": "soon"})
     });
     let e = detail(parse(&pd, &id(), &loc().mac, 0).unwrap_err());
-    assert!(e.contains(STATE_ENTRY) && e.contains("year"), "{e}");
+    assert!(
+        e.contains(STATE_ENTRY) && e.contains("pendingDeletion.destroyAt:") && e.contains("year"),
+        "{e}"
+    );
     // The re-MAC itself is sound: an unedited copy re-MACed this way still parses.
     let mut same = secret(&stored());
     edit_state_with_valid_mac(&mut same, |_| {});
