@@ -575,15 +575,18 @@ pub fn parse(
 /// `state.json` as a [`StoredState`]; the error names the field that failed (e.g.
 /// `pendingDeletion.destroyAt: ...`), so an operator sees which stored value is bad.
 pub fn decode_state(json: &[u8]) -> Result<StoredState, String> {
-    let de = &mut serde_json::Deserializer::from_slice(json);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let state = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
             e.into_inner().to_string()
         } else {
             format!("{path}: {}", e.into_inner())
         }
-    })
+    })?;
+    // Nothing may follow the document (as `serde_json::from_slice` checks).
+    de.end().map_err(|e| e.to_string())?;
+    Ok(state)
 }
 
 /// Read a ManagedKey's storage (empty when none exists yet, unless the controller already

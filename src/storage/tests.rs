@@ -336,3 +336,17 @@ fn a_deletion_window_shorter_than_7_days_is_refused() {
         }
     }
 }
+
+/// Regression (found by `tests/fuzz/state.rs`): bytes after the JSON document were accepted
+/// once decoding went through `serde_path_to_error` without `Deserializer::end`.
+#[test]
+fn trailing_bytes_after_the_state_are_refused() {
+    let s = stored();
+    let mut json = serde_json::to_vec(&s.state).unwrap();
+    assert!(decode_state(&json).is_ok());
+    json.extend_from_slice(b" x");
+    let e = decode_state(&json).unwrap_err();
+    assert!(e.contains("trailing"), "{e}");
+    let sec = sealed(&loc(), &id(), json, &s.envelopes);
+    assert!(detail(parse(&sec, &id(), &loc().mac, 0).unwrap_err()).contains("trailing"));
+}
