@@ -6,7 +6,7 @@
 //! harmless: re-planning from the stored state after a crash yields no duplicate work.
 
 use crate::crd::{DesiredState, KeyAlgorithm, ManagedKeySpec, RotationPolicySpec};
-use crate::duration::{Duration, DurationError};
+use crate::duration::{Duration, DurationError, after, before};
 use crate::lifecycle::KeyState;
 pub use crate::state::{PendingDeletion, StateError, StoredState};
 use jiff::{SignedDuration, Timestamp};
@@ -66,9 +66,18 @@ pub const MAX_RETAIN_VERSIONS: u32 = 32;
 pub fn material_limit(algorithm: KeyAlgorithm) -> u32 {
     match algorithm {
         KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096 => 64,
-        _ => 256,
+        _ => MAX_MATERIAL_LIMIT,
     }
 }
+
+/// The largest [`material_limit`] of any algorithm: a stored state with more versions holding
+/// material was not written by the planner and is refused on load.
+pub const MAX_MATERIAL_LIMIT: u32 = 256;
+
+/// Longest rotate-now request id (the annotation's value) acted on and stored; a longer one
+/// is refused with a condition naming the annotation, so a tenant cannot grow the stored
+/// state (or status) with it.
+pub const MAX_ROTATE_REQUEST: usize = 253;
 
 /// A version the planner wanted to create but could not: the key is at its
 /// [`material_limit`].
@@ -176,7 +185,7 @@ impl Policy {
 
     /// When a version activated at `activated` is due for rotation.
     pub fn due_after(&self, activated: Timestamp) -> Option<Timestamp> {
-        let by_period = self.period.map(|p| activated + p.signed());
+        let by_period = self.period.map(|p| after(activated, p));
         let by_cron = self.schedule.as_ref().and_then(|c| {
             let t = chrono::DateTime::<chrono::Utc>::from_timestamp(activated.as_second(), 0)?;
             let next = c.find_next_occurrence(&t, false).ok()?;
@@ -323,16 +332,23 @@ pub struct PlanInput<'a> {
     pub now: Timestamp,
 }
 
-/// Compute the plan. Pure: same input, same plan.
-pub fn plan(input: &PlanInput<'_>) -> Plan {
+/// Compute the plan. Pure: same input, same plan. An error means the stored state cannot be
+/// moved on (a state the load-time invariants should have refused, or version numbers used
+/// up): the controller reports it on that key and changes nothing.
+pub fn plan(input: &PlanInput<'_>) -> Result<Plan, StateError> {
     let mut p = Planner {
         input,
         state: input.state.clone(),
         plan: Plan::default(),
-        next_version: input.state.max_version() + 1,
+        next_version: next_number(input.state.max_version())?,
     };
-    p.run();
-    p.plan
+    p.run()?;
+    Ok(p.plan)
+}
+
+/// The number after `v`, or the typed error when numbers are used up.
+fn next_number(v: u32) -> Result<u32, StateError> {
+    v.checked_add(1).ok_or(StateError::VersionNumbersExhausted)
 }
 
 struct Planner<'a, 'b> {
@@ -349,11 +365,16 @@ impl Planner<'_, '_> {
     }
 
     fn requeue(&mut self, t: Timestamp) {
-        let t = t.max(self.input.now + SignedDuration::from_secs(1));
+        let soonest = self
+            .input
+            .now
+            .checked_add(SignedDuration::from_secs(1))
+            .unwrap_or(Timestamp::MAX);
+        let t = t.max(soonest);
         self.plan.requeue_at = Some(self.plan.requeue_at.map_or(t, |r| r.min(t)));
     }
 
-    fn push(&mut self, a: Action) {
+    fn push(&mut self, a: Action) -> Result<(), StateError> {
         // Later rules see earlier actions: the same `apply` the controller uses, on the copy.
         // Material fields are left empty here; the planner never reads them.
         apply(
@@ -362,44 +383,44 @@ impl Planner<'_, '_> {
             self.input.now,
             &|_| (String::new(), None),
             None,
-        )
-        .expect("planner emits legal transitions of existing versions only");
+        )?;
         if let Action::CreateVersion { version } = a {
-            self.next_version = version + 1;
+            self.next_version = next_number(version)?;
         }
         self.plan.actions.push(a);
+        Ok(())
     }
 
-    fn transition(&mut self, version: u32, to: KeyState, cause: Cause) {
-        self.push(Action::Transition { version, to, cause });
+    fn transition(&mut self, version: u32, to: KeyState, cause: Cause) -> Result<(), StateError> {
+        self.push(Action::Transition { version, to, cause })
     }
 
     /// Bring a version to Destroyed by legal steps and erase its material.
-    fn destroy(&mut self, version: u32, cause: Cause) {
+    fn destroy(&mut self, version: u32, cause: Cause) -> Result<(), StateError> {
         let Some(state) = self.state.version(version).map(|v| v.state) else {
-            return;
+            return Ok(());
         };
         match state {
-            KeyState::Destroyed => return,
-            KeyState::Active => self.transition(version, KeyState::Deactivated, cause),
+            KeyState::Destroyed => return Ok(()),
+            KeyState::Active => self.transition(version, KeyState::Deactivated, cause)?,
             _ => {}
         }
-        self.transition(version, KeyState::Destroyed, cause);
-        self.push(Action::EraseMaterial { version });
+        self.transition(version, KeyState::Destroyed, cause)?;
+        self.push(Action::EraseMaterial { version })
     }
 
     /// Whether one more version may hold material, destroying versions retention lets go
     /// of first; records the refusal when still full.
-    fn room(&mut self, cause: Cause) -> bool {
+    fn room(&mut self, cause: Cause) -> Result<bool, StateError> {
         let limit = material_limit(self.input.spec.algorithm);
         if self.state.with_material() < limit {
-            return true;
+            return Ok(true);
         }
         let policy = self.policy();
-        self.retire(&policy);
+        self.retire(&policy)?;
         let with_material = self.state.with_material();
         if with_material < limit {
-            return true;
+            return Ok(true);
         }
         self.plan.blocked.get_or_insert(VersionLimit {
             cause,
@@ -407,19 +428,19 @@ impl Planner<'_, '_> {
             limit,
             frees_at: None,
         });
-        false
+        Ok(false)
     }
 
-    fn create_active(&mut self, cause: Cause) {
-        if !self.room(cause) {
-            return;
+    fn create_active(&mut self, cause: Cause) -> Result<(), StateError> {
+        if !self.room(cause)? {
+            return Ok(());
         }
         let v = self.next_version;
-        self.push(Action::CreateVersion { version: v });
-        self.transition(v, KeyState::Active, cause);
+        self.push(Action::CreateVersion { version: v })?;
+        self.transition(v, KeyState::Active, cause)
     }
 
-    fn run(&mut self) {
+    fn run(&mut self) -> Result<(), StateError> {
         let now = self.input.now;
         let policy = self.policy();
 
@@ -434,23 +455,23 @@ impl Planner<'_, '_> {
         match (&self.state.pending_deletion, wants_deletion) {
             (None, true) => {
                 let at = self.input.deleting_since.unwrap_or(now);
-                let destroy_at = at + policy.deletion_window.signed();
-                self.push(Action::ScheduleDeletion { at, destroy_at });
+                let destroy_at = after(at, policy.deletion_window);
+                self.push(Action::ScheduleDeletion { at, destroy_at })?;
             }
-            (Some(_), false) => self.push(Action::CancelDeletion),
+            (Some(_), false) => self.push(Action::CancelDeletion)?,
             _ => {}
         }
         if let Some(pd) = self.state.pending_deletion {
             if now >= pd.destroy_at {
                 for v in self.state.in_states(&LIVE) {
-                    self.destroy(v, Cause::DeletionWindowEnded);
+                    self.destroy(v, Cause::DeletionWindowEnded)?;
                 }
-                self.push(Action::Finalize);
+                self.push(Action::Finalize)?;
             } else {
                 // Pending deletion: nothing is served or rotated; look again when the window ends.
                 self.requeue(pd.destroy_at);
             }
-            return;
+            return Ok(());
         }
 
         // 2. Desired state.
@@ -458,7 +479,7 @@ impl Planner<'_, '_> {
         if spec.desired_state != DesiredState::Compromised
             && self.state.compromise_handled_at.is_some()
         {
-            self.push(Action::MarkCompromise(None));
+            self.push(Action::MarkCompromise(None))?;
         }
         match spec.desired_state {
             DesiredState::Compromised if self.state.compromise_handled_at.is_none() => {
@@ -469,14 +490,14 @@ impl Planner<'_, '_> {
                     KeyState::PreActivation,
                 ]);
                 for v in suspect {
-                    self.transition(v, KeyState::Compromised, Cause::DesiredCompromised);
+                    self.transition(v, KeyState::Compromised, Cause::DesiredCompromised)?;
                 }
-                self.create_active(Cause::ReplacesCompromised);
-                self.push(Action::MarkCompromise(Some(now)));
+                self.create_active(Cause::ReplacesCompromised)?;
+                self.push(Action::MarkCompromise(Some(now)))?;
             }
             DesiredState::Suspended => {
                 if let Some(a) = self.state.active().map(|v| v.version) {
-                    self.transition(a, KeyState::Suspended, Cause::DesiredSuspended);
+                    self.transition(a, KeyState::Suspended, Cause::DesiredSuspended)?;
                 }
             }
             DesiredState::Deactivated => {
@@ -484,44 +505,45 @@ impl Planner<'_, '_> {
                     .state
                     .in_states(&[KeyState::Active, KeyState::Suspended])
                 {
-                    self.transition(v, KeyState::Deactivated, Cause::DesiredDeactivated);
+                    self.transition(v, KeyState::Deactivated, Cause::DesiredDeactivated)?;
                 }
             }
             DesiredState::Active | DesiredState::Compromised => {
                 if self.state.active().is_none() {
                     if let Some(s) = self.state.suspended().map(|v| v.version) {
-                        self.transition(s, KeyState::Active, Cause::Resumed);
+                        self.transition(s, KeyState::Active, Cause::Resumed)?;
                     } else if self.state.versions.is_empty() {
-                        self.create_active(Cause::FirstVersion);
+                        self.create_active(Cause::FirstVersion)?;
                     } else {
-                        self.create_active(Cause::NoActiveVersion);
+                        self.create_active(Cause::NoActiveVersion)?;
                     }
                 }
-                self.rotate_if_due(&policy);
+                self.rotate_if_due(&policy)?;
             }
         }
 
         // 3. Retention: destroy old versions once outside retain, grace and deletion window.
-        self.retire(&policy);
+        self.retire(&policy)
     }
 
-    fn rotate_if_due(&mut self, policy: &Policy) {
+    fn rotate_if_due(&mut self, policy: &Policy) -> Result<(), StateError> {
         let now = self.input.now;
         let Some(cur) = self.state.active().cloned() else {
-            return;
+            return Ok(());
         };
         // The clock runs from the first activation: suspending does not extend a key's life.
         let activated = cur.first_activated().unwrap_or(now);
-        let expiry = |created: Timestamp| policy.expire_after.map(|e| created + e.signed());
+        let expiry = |created: Timestamp| policy.expire_after.map(|e| after(created, e));
         let earliest = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let mut due = earliest(policy.due_after(activated), expiry(cur.created));
-        let requested = self
-            .input
-            .rotate_request
-            .filter(|r| !r.is_empty() && self.state.last_rotate_request.as_deref() != Some(*r));
+        let requested = self.input.rotate_request.filter(|r| {
+            !r.is_empty()
+                && r.len() <= MAX_ROTATE_REQUEST
+                && self.state.last_rotate_request.as_deref() != Some(*r)
+        });
         let cause = if requested.is_some() {
             Some(Cause::RotateNow)
         } else if due.is_some_and(|d| now >= d) {
@@ -531,30 +553,35 @@ impl Planner<'_, '_> {
         };
         // At the material limit the current version stays (and a rotate-now request stays
         // unhandled) until retention destroys the oldest.
-        if let Some(cause) = cause.filter(|c| self.room(*c)) {
+        let cause = match cause {
+            Some(c) if self.room(c)? => Some(c),
+            _ => None,
+        };
+        if let Some(cause) = cause {
             if let Some(r) = requested {
-                self.push(Action::MarkRotateRequest(r.to_string()));
+                self.push(Action::MarkRotateRequest(r.to_string()))?;
             }
-            self.transition(cur.version, KeyState::Deactivated, cause);
-            self.create_active(cause);
+            self.transition(cur.version, KeyState::Deactivated, cause)?;
+            self.create_active(cause)?;
             due = earliest(policy.due_after(now), expiry(now));
         }
         self.plan.next_rotation = due;
         if let Some(d) = due {
             if let Some(n) = policy.notify_before {
-                let warn = d - n.signed();
+                let warn = before(d, n);
                 if warn > now {
                     self.requeue(warn);
                 }
             }
             self.requeue(d);
         }
+        Ok(())
     }
 
-    fn retire(&mut self, policy: &Policy) {
+    fn retire(&mut self, policy: &Policy) -> Result<(), StateError> {
         let now = self.input.now;
-        let window = policy.deletion_window.signed();
-        let grace = policy.grace.signed();
+        let window = policy.deletion_window;
+        let grace = policy.grace;
         // Newest first; count versions that still hold material.
         let mut kept = 0u32;
         let mut candidates = Vec::new();
@@ -574,7 +601,7 @@ impl Planner<'_, '_> {
             }
             // Outside retainVersions: destroy once grace and the deletion window have passed.
             let since = v.deactivated.unwrap_or(v.created);
-            let eligible = since + grace + window;
+            let eligible = after(after(since, grace), window);
             if now >= eligible {
                 candidates.push(v.version);
             } else {
@@ -588,18 +615,19 @@ impl Planner<'_, '_> {
             self.requeue(t);
         }
         for v in candidates {
-            self.destroy(v, Cause::Retention);
+            self.destroy(v, Cause::Retention)?;
         }
         // Grace ends: re-plan so "previous" stops being served at the right moment.
         for v in &self.state.versions {
             if v.state == KeyState::Deactivated
                 && let Some(d) = v.deactivated
-                && d + grace > now
+                && after(d, grace) > now
             {
-                let t = d + grace;
+                let t = after(d, grace);
                 self.plan.requeue_at = Some(self.plan.requeue_at.map_or(t, |r| r.min(t)));
             }
         }
+        Ok(())
     }
 }
 
@@ -626,13 +654,7 @@ pub fn apply(
         match a {
             Action::CreateVersion { version } => {
                 let (fp, kek) = made(*version);
-                state.add_version(
-                    *version,
-                    now,
-                    fp,
-                    kek,
-                    expire_after.map(|e| now + e.signed()),
-                );
+                state.add_version(*version, now, fp, kek, expire_after.map(|e| after(now, e)));
             }
             Action::Transition { version, to, cause } => {
                 state.transition(*version, *to, now, cause.as_str())?

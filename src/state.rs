@@ -129,7 +129,9 @@ impl StoredVersion {
     /// Deactivated and still inside the grace period after which "previous" stops.
     pub fn in_grace(&self, grace: Duration, now: Timestamp) -> bool {
         self.state == KeyState::Deactivated
-            && self.deactivated.is_some_and(|d| now < d + grace.signed())
+            && self
+                .deactivated
+                .is_some_and(|d| now < crate::duration::after(d, grace))
     }
 
     /// The status view: the last `keep_transitions` steps, times as RFC 3339 strings.
@@ -185,6 +187,9 @@ pub enum StateError {
     /// The version is not in the state.
     #[error("version {0} does not exist")]
     NoSuchVersion(u32),
+    /// Version numbers are used up (u32): no new version can be numbered.
+    #[error("version numbers are used up: no new version can be created")]
+    VersionNumbersExhausted,
     /// SP 800-57 does not allow the step.
     #[error("version {version}: {source}")]
     Illegal {

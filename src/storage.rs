@@ -290,22 +290,185 @@ pub enum InvariantError {
     /// Material for a version the state does not list.
     #[error("material for version {0}, which the state does not list")]
     UnlistedMaterial(u32),
+    /// Versions are listed oldest first, numbers increasing.
+    #[error("version {found} is listed after version {after}; numbers must increase")]
+    NotIncreasing {
+        /// The number before.
+        after: u32,
+        /// The number that does not follow it.
+        found: u32,
+    },
+    /// More than one Suspended version (resuming picks one; the planner never makes two).
+    #[error("versions {0:?} are all Suspended; at most one may be")]
+    SeveralSuspended(Vec<u32>),
+    /// More records, versions with material, or transitions than the planner ever keeps.
+    #[error("{what}: {count}, more than the {limit} keyward keeps")]
+    TooMany {
+        /// What was counted.
+        what: &'static str,
+        /// How many there are.
+        count: usize,
+        /// The most the planner and compaction leave.
+        limit: usize,
+    },
+    /// A text field longer than anything keyward writes there.
+    #[error("{field} of version {version} is {len} bytes, more than {limit}")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Version (0 for key-level fields).
+        version: u32,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The pruned summary contradicts the listed versions.
+    #[error(
+        "pruned summary ({versions} versions through {through}) contradicts the listed versions"
+    )]
+    Pruned {
+        /// Pruned count.
+        versions: u32,
+        /// Highest pruned number.
+        through: u32,
+    },
+    /// The scheduled destruction is less than 7 days after it was scheduled (keyward writes 7
+    /// to 30): destroying on it would destroy before any deletion window ends.
+    #[error(
+        "pending deletion: destroyAt {destroy_at} is less than 7 days after scheduledAt {scheduled_at}"
+    )]
+    DeletionWindow {
+        /// Scheduled at.
+        scheduled_at: jiff::Timestamp,
+        /// Destroy at.
+        destroy_at: jiff::Timestamp,
+    },
 }
 
+/// Longest fingerprint keyward writes (`sha256:` and hex), with room.
+const MAX_FINGERPRINT: usize = 128;
+/// Longest KEK description (`backend/id@version`; AWS key ARNs are about 100 bytes).
+const MAX_KEK: usize = 1024;
+/// Longest public key PEM (RSA-4096 SPKI is about 800 bytes).
+const MAX_PUBLIC_KEY: usize = 4096;
+/// Longest transition reason (the planner's cause texts).
+const MAX_REASON: usize = 256;
+/// Longest UID in `restoredFrom`.
+const MAX_UID: usize = 64;
+
 /// Check what a planner and the key service rely on (timestamps are already typed: an
-/// unparsable one fails deserialization).
+/// unparsable one fails deserialization): unique, increasing version numbers; at most one
+/// Active and one Suspended version; material exactly for the versions not Destroyed; counts
+/// and text sizes within what the planner and compaction ever write; a deletion window of at
+/// least 7 days (a longer one only delays destruction). Linear in the state's size and allocation-free beyond a set of version numbers.
 pub fn check_invariants(
     state: &StoredState,
     envelopes: &BTreeMap<u32, Vec<u8>>,
 ) -> Result<(), InvariantError> {
+    use crate::rotation::{MAX_MATERIAL_LIMIT, MAX_ROTATE_REQUEST};
+    use crate::state::{DESTROYED_RECORDS_KEPT, TRANSITIONS_KEPT};
+    let records_limit = MAX_MATERIAL_LIMIT as usize + DESTROYED_RECORDS_KEPT;
+    if state.versions.len() > records_limit {
+        return Err(InvariantError::TooMany {
+            what: "version records",
+            count: state.versions.len(),
+            limit: records_limit,
+        });
+    }
+    let with_material = state.with_material() as usize;
+    if with_material > MAX_MATERIAL_LIMIT as usize {
+        return Err(InvariantError::TooMany {
+            what: "versions with material",
+            count: with_material,
+            limit: MAX_MATERIAL_LIMIT as usize,
+        });
+    }
+    let too_long = |field, version, len, limit| {
+        (len > limit).then_some(InvariantError::TooLong {
+            field,
+            version,
+            len,
+            limit,
+        })
+    };
+    let key_level = [
+        (
+            "lastRotateRequest",
+            state.last_rotate_request.as_ref().map_or(0, String::len),
+            MAX_ROTATE_REQUEST,
+        ),
+        (
+            "restoredFrom",
+            state.restored_from.as_ref().map_or(0, String::len),
+            MAX_UID,
+        ),
+    ];
+    for (field, len, limit) in key_level {
+        if let Some(e) = too_long(field, 0, len, limit) {
+            return Err(e);
+        }
+    }
+    if let Some(pd) = state.pending_deletion {
+        let window = pd.destroy_at.duration_since(pd.scheduled_at);
+        if window < jiff::SignedDuration::from_secs(7 * 86_400) {
+            return Err(InvariantError::DeletionWindow {
+                scheduled_at: pd.scheduled_at,
+                destroy_at: pd.destroy_at,
+            });
+        }
+    }
     let mut seen = BTreeSet::new();
     let mut active = Vec::new();
+    let mut suspended = Vec::new();
+    let mut previous = 0u32;
+    // Up to the first activation (2 steps) plus the recent ones compaction keeps.
+    let transitions_limit = 2 + TRANSITIONS_KEPT;
     for v in &state.versions {
         if v.version == 0 || !seen.insert(v.version) {
             return Err(InvariantError::DuplicateVersion(v.version));
         }
-        if v.state == KeyState::Active {
-            active.push(v.version);
+        if v.version <= previous {
+            return Err(InvariantError::NotIncreasing {
+                after: previous,
+                found: v.version,
+            });
+        }
+        previous = v.version;
+        match v.state {
+            KeyState::Active => active.push(v.version),
+            KeyState::Suspended => suspended.push(v.version),
+            _ => {}
+        }
+        if v.transitions.len() > transitions_limit {
+            return Err(InvariantError::TooMany {
+                what: "transitions of one version",
+                count: v.transitions.len(),
+                limit: transitions_limit,
+            });
+        }
+        let texts = [
+            ("fingerprint", v.fingerprint.len(), MAX_FINGERPRINT),
+            ("kek", v.kek.as_ref().map_or(0, String::len), MAX_KEK),
+            (
+                "publicKey",
+                v.public_key.as_ref().map_or(0, String::len),
+                MAX_PUBLIC_KEY,
+            ),
+            (
+                "transition reason",
+                v.transitions
+                    .iter()
+                    .map(|t| t.reason.len())
+                    .max()
+                    .unwrap_or(0),
+                MAX_REASON,
+            ),
+        ];
+        for (field, len, limit) in texts {
+            if let Some(e) = too_long(field, v.version, len, limit) {
+                return Err(e);
+            }
         }
         let has = envelopes.contains_key(&v.version);
         if v.state == KeyState::Destroyed && has {
@@ -320,6 +483,17 @@ pub fn check_invariants(
     }
     if active.len() > 1 {
         return Err(InvariantError::SeveralActive(active));
+    }
+    if suspended.len() > 1 {
+        return Err(InvariantError::SeveralSuspended(suspended));
+    }
+    if let Some(p) = state.pruned
+        && (p.versions > p.through_version || seen.contains(&p.through_version))
+    {
+        return Err(InvariantError::Pruned {
+            versions: p.versions,
+            through: p.through_version,
+        });
     }
     if let Some(extra) = envelopes.keys().find(|v| !seen.contains(v)) {
         return Err(InvariantError::UnlistedMaterial(*extra));
@@ -383,7 +557,7 @@ pub fn parse(
         ));
     }
     let state: StoredState =
-        serde_json::from_slice(&state_json).map_err(|e| bad(format!("{STATE_ENTRY}: {e}")))?;
+        decode_state(&state_json).map_err(|e| bad(format!("{STATE_ENTRY}: {e}")))?;
     if state.generation < min_generation {
         return Err(bad(format!(
             "generation {} is older than the {min_generation} the controller last saved: a rolled-back copy",
@@ -396,6 +570,23 @@ pub fn parse(
         envelopes,
         resource_version: secret.metadata.resource_version.clone(),
     })
+}
+
+/// `state.json` as a [`StoredState`]; the error names the field that failed (e.g.
+/// `pendingDeletion.destroyAt: ...`), so an operator sees which stored value is bad.
+pub fn decode_state(json: &[u8]) -> Result<StoredState, String> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let state = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
+    })?;
+    // Nothing may follow the document (as `serde_json::from_slice` checks).
+    de.end().map_err(|e| e.to_string())?;
+    Ok(state)
 }
 
 /// Read a ManagedKey's storage (empty when none exists yet, unless the controller already
@@ -430,15 +621,36 @@ pub fn to_secret(
         name: name.clone(),
         detail: format!("state does not serialize: {e}"),
     })?;
-    let tag = loc.mac.tag(id, &state_json, &stored.envelopes);
-    let mut data: BTreeMap<String, ByteString> = stored
-        .envelopes
+    let mut secret = sealed(loc, id, state_json, &stored.envelopes);
+    secret.metadata.resource_version = stored.resource_version.clone();
+    if let Some(u) = stored.state.restored_from.clone() {
+        secret
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(RESTORED_FROM_ANNOTATION.to_string(), u);
+    }
+    Ok(secret)
+}
+
+/// A storage Secret holding `state_json` as given (any bytes) and `envelopes`, with a valid
+/// MAC over them: what [`to_secret`] writes, and what the fuzzing harness
+/// (`tests/fuzz/state.rs`) feeds [`parse`] to reach the checks behind the MAC.
+pub fn sealed(
+    loc: &StorageLocation,
+    id: &KeyIdentity,
+    state_json: Vec<u8>,
+    envelopes: &BTreeMap<u32, Vec<u8>>,
+) -> Secret {
+    let name = secret_name(&id.uid);
+    let tag = loc.mac.tag(id, &state_json, envelopes);
+    let mut data: BTreeMap<String, ByteString> = envelopes
         .iter()
         .map(|(v, b)| (format!("v{v}"), ByteString(b.clone())))
         .collect();
     data.insert(STATE_ENTRY.into(), ByteString(state_json));
     data.insert(MAC_ENTRY.into(), ByteString(hex::encode(tag).into_bytes()));
-    let secret = Secret {
+    Secret {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(loc.namespace.clone()),
@@ -458,24 +670,14 @@ pub fn to_secret(
                     (NAME_ANNOTATION.to_string(), id.name.clone()),
                     (UID_ANNOTATION.to_string(), id.uid.clone()),
                 ]
-                .into_iter()
-                .chain(
-                    stored
-                        .state
-                        .restored_from
-                        .clone()
-                        .map(|u| (RESTORED_FROM_ANNOTATION.to_string(), u)),
-                )
-                .collect(),
+                .into(),
             ),
-            resource_version: stored.resource_version.clone(),
             ..Default::default()
         },
         type_: Some(SECRET_TYPE.into()),
         data: Some(data),
         ..Default::default()
-    };
-    Ok(secret)
+    }
 }
 
 /// Write storage with optimistic concurrency: create when new, replace at the read

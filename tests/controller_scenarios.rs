@@ -907,3 +907,243 @@ async fn a_tenant_with_edit_cannot_read_or_change_key_storage() {
     assert_eq!(current(&w.wait("k", "still v2", |_| true).await), 2);
     assert_eq!(w.versions_in_secret("k").await, vec![1, 2]);
 }
+
+/// Hostile input against a real controller process (#17): the CRD refuses
+/// `rotationPeriod: "3000000d"` at admission (CEL rule, enforced by the test API server as by
+/// kube-apiserver); on a cluster whose CRD predates the rule, the same policy reaches the
+/// controller and is a Degraded/PolicyInvalid condition naming the field, not a panic. A
+/// reconcile that panics anyway (a test hook) is caught: Degraded/InternalError and a Warning
+/// Event on that key. Throughout, the process keeps running and another key keeps rotating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_policy_and_a_panicking_reconcile_leave_other_keys_rotating() {
+    use k8s_openapi::api::events::v1::Event;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    const HOSTILE: &str = "apiVersion: keyward.io/v1alpha1\nkind: RotationPolicy\nmetadata: {name: hostile, namespace: default}\nspec: {rotationPeriod: 3000000d, expireAfter: 3000000d, notifyBeforeExpiry: 3000000d, gracePeriod: 3000000d}\n";
+    let mut w = world().await;
+    let policies: Api<RotationPolicy> = Api::namespaced(w.client.clone(), "default");
+    let refused = fixture::refusal(
+        policies
+            .create(
+                &PostParams::default(),
+                &serde_yaml_ng::from_str(HOSTILE).unwrap(),
+            )
+            .await,
+    );
+    assert!(
+        refused.contains("rotationPeriod") && refused.contains("36500d"),
+        "{refused}"
+    );
+    // "1d" is fine: the rule sums components, it does not refuse every value.
+    fixture::apply(
+        &w.client,
+        serde_yaml_ng::from_str(&HOSTILE.replace("3000000d", "36500d")).unwrap(),
+    )
+    .await;
+
+    // A cluster still running the CRD from before the rule.
+    let crds: Api<CustomResourceDefinition> = Api::all(w.client.clone());
+    let name = "rotationpolicies.keyward.io";
+    let mut old = serde_json::to_value(
+        keyward::crd::definitions()
+            .into_iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .unwrap(),
+    )
+    .unwrap();
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("type").and_then(|t| t.as_str()) == Some("string") {
+                    m.remove("x-kubernetes-validations");
+                }
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut old);
+    let mut old: CustomResourceDefinition = serde_json::from_value(old).unwrap();
+    old.metadata.resource_version = crds.get(name).await.unwrap().metadata.resource_version;
+    crds.replace(name, &PostParams::default(), &old)
+        .await
+        .unwrap();
+    w.apply(HOSTILE).await;
+
+    // The controller, with a hook that panics for key "boom" only.
+    let (ctx, _metrics) = w.ctx("solo");
+    let mut ctx = Arc::try_unwrap(ctx).ok().unwrap();
+    ctx.reconcile_hook = Some(Arc::new(|mk: &ManagedKey| {
+        if mk.name_any() == "boom" {
+            panic!(
+                "deliberate test panic in the reconcile of {}",
+                mk.name_any()
+            );
+        }
+    }));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    w.trigger.push(tx);
+    let running = tokio::spawn(keyward::controller::run(
+        Arc::new(ctx),
+        std::future::pending(),
+        Some(rx),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    w.apply(POLICY).await;
+    w.apply(KEY).await;
+    w.apply(
+        &KEY.replace("name: k,", "name: victim,")
+            .replace("monthly", "hostile"),
+    )
+    .await;
+    w.apply(&KEY.replace("name: k,", "name: boom,")).await;
+
+    let degraded = |k: &ManagedKey, reason: &str| {
+        k.status
+            .as_ref()
+            .and_then(|s| s.true_condition("Degraded"))
+            .filter(|c| c.reason == reason)
+            .map(|c| c.message.clone())
+    };
+    let victim = w
+        .wait("victim", "PolicyInvalid", |k| {
+            degraded(k, "PolicyInvalid").is_some()
+        })
+        .await;
+    let m = degraded(&victim, "PolicyInvalid").unwrap();
+    assert!(
+        m.contains("spec.rotationPeriod") && m.contains("36500d") && m.contains("shorter"),
+        "{m}"
+    );
+    let boom = w
+        .wait("boom", "InternalError", |k| {
+            degraded(k, "InternalError").is_some()
+        })
+        .await;
+    let m = degraded(&boom, "InternalError").unwrap();
+    assert!(
+        m.contains("deliberate test panic") && m.contains("other keys"),
+        "{m}"
+    );
+    assert_eq!(
+        current(&boom),
+        0,
+        "nothing was created for the panicking key"
+    );
+    let warned = Api::<Event>::namespaced(w.client.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("InternalError")
+                && e.type_.as_deref() == Some("Warning")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("boom")
+        });
+    assert!(
+        warned,
+        "a Warning Event reports the caught panic on its key"
+    );
+
+    // The same process keeps serving and rotating the healthy key.
+    w.wait("k", "first version", |k| current(k) == 1).await;
+    w.advance(SignedDuration::from_hours(31 * 24));
+    w.wait("k", "rotated", |k| current(k) == 2).await;
+    w.advance(SignedDuration::from_hours(31 * 24));
+    w.wait("k", "rotated again", |k| current(k) == 3).await;
+    assert!(!running.is_finished(), "the controller is still running");
+    let victim = w
+        .wait("victim", "still reported", |k| {
+            degraded(k, "PolicyInvalid").is_some()
+        })
+        .await;
+    assert_eq!(
+        current(&victim),
+        1,
+        "the default policy applies to a key whose policy is invalid"
+    );
+    running.abort();
+}
+
+/// A stored `destroyAt` that does not parse (behind a valid MAC: a buggy writer or a forged
+/// MAC key) is never read as "now" (#17): the key is Degraded/StorageIntegrity with a Warning
+/// Event, nothing is destroyed, and after the window would have ended every version's material
+/// is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unparsable_destroy_at_destroys_nothing() {
+    use k8s_openapi::api::events::v1::Event;
+    let mut w = world().await;
+    w.start();
+    w.apply(POLICY).await;
+    w.apply(KEY).await;
+    w.wait("k", "v1", |k| current(k) == 1).await;
+    w.advance(SignedDuration::from_hours(24 * 31));
+    w.wait("k", "v2", |k| current(k) == 2).await;
+    let secrets = Api::<Secret>::namespaced(w.client.clone(), "keyward-system");
+    let mk = Api::<ManagedKey>::namespaced(w.client.clone(), "default")
+        .get("k")
+        .await
+        .unwrap();
+    let id = keyward::storage::KeyIdentity::of(&mk);
+    let name = keyward::storage::secret_name(&id.uid);
+    let before = w.versions_in_secret("k").await;
+    assert_eq!(before, [1, 2]);
+
+    // Re-seal the state with a pending deletion whose destroyAt does not parse.
+    let current_secret = secrets.get(&name).await.unwrap();
+    let data = current_secret.data.clone().unwrap();
+    let mut st: serde_json::Value = serde_json::from_slice(&data["state.json"].0).unwrap();
+    st["pendingDeletion"] = json!({"scheduledAt": "2027-01-01T00:00:00Z", "destroyAt": "soon"});
+    let envelopes = data
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix('v')?.parse().ok()?, v.0.clone())))
+        .collect();
+    let mut forged = keyward::storage::sealed(
+        &w.storage,
+        &id,
+        serde_json::to_vec(&st).unwrap(),
+        &envelopes,
+    );
+    forged.metadata.resource_version = current_secret.metadata.resource_version.clone();
+    secrets
+        .replace(&name, &PostParams::default(), &forged)
+        .await
+        .unwrap();
+    let degraded = |k: &ManagedKey| {
+        k.status
+            .as_ref()
+            .and_then(|s| s.true_condition("Degraded"))
+            .filter(|c| c.reason == "StorageIntegrity")
+            .map(|c| c.message.clone())
+    };
+    let k = w
+        .wait("k", "destroyAt refused", |k| degraded(k).is_some())
+        .await;
+    let m = degraded(&k).unwrap();
+    assert!(m.contains("state.json") && m.contains("destroyAt"), "{m}");
+    let warned = Api::<Event>::namespaced(w.client.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("StorageIntegrity") && e.type_.as_deref() == Some("Warning")
+        });
+    assert!(warned, "a Warning Event reports it");
+    // Well past any deletion window: nothing destroyed, nothing planned.
+    w.advance(SignedDuration::from_hours(24 * 60));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    w.wait("k", "still refused", |k| degraded(k).is_some())
+        .await;
+    let after = secrets.get(&name).await.unwrap();
+    let kept: Vec<String> = after
+        .data
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with('v'))
+        .cloned()
+        .collect();
+    assert_eq!(kept, ["v1", "v2"], "every version keeps its material");
+}

@@ -52,6 +52,10 @@ pub enum Error {
     /// An object the API server should never send (no name or namespace).
     #[error("{0}")]
     Invalid(&'static str),
+    /// The reconcile panicked: caught, reported on that key (Degraded `InternalError`, a
+    /// Warning Event), and the process goes on serving every other key.
+    #[error("internal error (a keyward bug; nothing was changed): {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -96,6 +100,7 @@ impl Error {
             Error::Key(_) => "key",
             Error::Generation(_) => "generation",
             Error::Invalid(_) => "invalid",
+            Error::Internal(_) => "internal",
         }
     }
 }
@@ -124,7 +129,14 @@ pub struct Context {
     pub storage: StorageLocation,
     /// How often the sweeper looks for storage of deleted keys (see [`reconcile::sweep`]).
     pub sweep_interval: Duration,
+    /// Test hook, called at the start of every reconcile; never set by the controller command.
+    /// Tests make it panic for one key to prove a panicking reconcile is caught and reported on
+    /// that key while the others go on.
+    pub reconcile_hook: Option<ReconcileHook>,
 }
+
+/// See [`Context::reconcile_hook`].
+pub type ReconcileHook = Arc<dyn Fn(&ManagedKey) + Send + Sync>;
 
 impl Context {
     /// A context with the system clock.
@@ -150,6 +162,7 @@ impl Context {
             audit: Arc::new(crate::audit::Audit::stdout_only()),
             concurrency: 16,
             sweep_interval: Duration::from_secs(300),
+            reconcile_hook: None,
             // A process-local MAC key: right for tests and single-process use; the controller
             // command replaces it with the shared key from the controller's namespace.
             storage: StorageLocation {
@@ -246,7 +259,13 @@ pub async fn run(
 /// Sweep at start, every `sweep_interval`, and when asked.
 async fn sweep_loop(ctx: Arc<Context>, now: Arc<tokio::sync::Notify>) {
     loop {
-        match reconcile::sweep(&ctx).await {
+        // A panic in a sweep (a bug) is logged and the next sweep retries: it must not end
+        // the controller and the key service with it.
+        let swept =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(reconcile::sweep(&ctx)))
+                .await
+                .unwrap_or_else(|_| Err(Error::Internal("the sweep panicked".into())));
+        match swept {
             Ok(r) if r != reconcile::SweepReport::default() => {
                 tracing::info!(
                     kept = r.kept,

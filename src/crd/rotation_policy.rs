@@ -26,7 +26,7 @@ pub const MAX_GCM_USAGE_LIMIT: u64 = (1 << 32) - 1;
 pub struct RotationPolicySpec {
     /// Rotate when the current version is this old: `90d`, `2160h` or ISO 8601 `P90D`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = crate::duration::PATTERN), length(min = 2, max = 32))]
+    #[schemars(schema_with = "crate::duration::optional_schema")]
     pub rotation_period: Option<String>,
     /// Cron schedule (5 fields, UTC), e.g. `0 3 * * 1`; rotates at each firing. With a period
     /// too, whichever comes first wins.
@@ -35,11 +35,11 @@ pub struct RotationPolicySpec {
     pub schedule: Option<String>,
     /// A version expires (stops being served at all) this long after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = crate::duration::PATTERN), length(min = 2, max = 32))]
+    #[schemars(schema_with = "crate::duration::optional_schema")]
     pub expire_after: Option<String>,
     /// Warn (condition and Event) this long before expiry or a due rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = crate::duration::PATTERN), length(min = 2, max = 32))]
+    #[schemars(schema_with = "crate::duration::optional_schema")]
     pub notify_before_expiry: Option<String>,
     /// Versions to keep with material (current included); older ones are destroyed after the
     /// grace period and deletion window.
@@ -49,7 +49,7 @@ pub struct RotationPolicySpec {
     /// How long the previous version keeps being served (dual-key verification, decryption of
     /// recent data) after a rotation.
     #[serde(default = "default_grace")]
-    #[schemars(regex(pattern = crate::duration::PATTERN), length(min = 2, max = 32))]
+    #[schemars(schema_with = "crate::duration::schema")]
     pub grace_period: String,
     /// Days between scheduling destruction and destroying material, 7 to 30 (as AWS KMS).
     #[serde(default = "default_window")]

@@ -35,7 +35,7 @@ fn step(
         deleting_since: None,
         now,
     };
-    let plan = plan(&input);
+    let plan = plan(&input).unwrap();
     apply(
         st,
         &plan.actions,
@@ -259,7 +259,7 @@ fn deleting_the_object_keeps_material_until_the_window_ends() {
             deleting_since: Some(del),
             now,
         };
-        let plan = plan(&input);
+        let plan = plan(&input).unwrap();
         apply(
             &mut st,
             &plan.actions,
@@ -458,9 +458,9 @@ proptest! {
             now += SignedDuration::from_hours(adv_h);
             let req = if rotate { Some(format!("r{i}")) } else { None };
             let input = PlanInput { spec: &spec, policy: Some(&p), state: &st, rotate_request: req.as_deref(), deleting_since: None, now };
-            let plan1 = plan(&input);
+            let plan1 = plan(&input).unwrap();
             // Deterministic.
-            prop_assert_eq!(&plan1, &plan(&input));
+            prop_assert_eq!(&plan1, &plan(&input).unwrap());
             apply(&mut st, &plan1.actions, now, &|v| (format!("fp{v}"), None), None).unwrap();
 
             // Never two Active versions, and always one.
@@ -494,4 +494,192 @@ proptest! {
             }
         }
     }
+}
+
+/// `rotationPeriod: "3000000d"` (and every other duration field past 100 years) is a typed
+/// error naming the field: before #17 it overflowed timestamp arithmetic and panicked.
+#[test]
+fn hostile_policy_durations_are_refused_naming_the_field() {
+    let huge = Some("3000000d".to_string());
+    let cases: [(&str, RotationPolicySpec); 4] = [
+        (
+            "rotationPeriod",
+            RotationPolicySpec {
+                rotation_period: huge.clone(),
+                ..Default::default()
+            },
+        ),
+        (
+            "expireAfter",
+            RotationPolicySpec {
+                expire_after: huge.clone(),
+                ..Default::default()
+            },
+        ),
+        (
+            "notifyBeforeExpiry",
+            RotationPolicySpec {
+                notify_before_expiry: huge.clone(),
+                ..Default::default()
+            },
+        ),
+        (
+            "gracePeriod",
+            RotationPolicySpec {
+                grace_period: "3000000d".into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (field, spec) in cases {
+        match Policy::from_spec(&spec) {
+            Err(PolicyError::Duration {
+                field: f,
+                source: DurationError::TooLong(v),
+            }) => {
+                assert_eq!((f, v.as_str()), (field, "3000000d"));
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+        let e = Policy::from_spec(&spec).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("spec.{field}:")) && e.contains("36500d"),
+            "{e}"
+        );
+    }
+}
+
+/// The longest durations keyward accepts, planned at the last instants jiff represents, with
+/// every kind of state: nothing overflows, due times saturate at the end of time.
+#[test]
+fn the_longest_policy_at_the_end_of_time_plans_without_panicking() {
+    let p = Policy::from_spec(&RotationPolicySpec {
+        rotation_period: Some("36500d".into()),
+        expire_after: Some("36500d".into()),
+        notify_before_expiry: Some("36500d".into()),
+        grace_period: "36500d".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    for now in [
+        Timestamp::MAX,
+        Timestamp::MAX - SignedDuration::from_hours(1),
+        Timestamp::MIN,
+        t(0),
+    ] {
+        let mut st = StoredState::default();
+        let spec = ManagedKeySpec::default();
+        step(&spec, Some(&p), &mut st, None, now);
+        step(&spec, Some(&p), &mut st, Some("r1"), now);
+        let deleting = ManagedKeySpec {
+            deletion: Some(DeletionRequest { scheduled: true }),
+            ..Default::default()
+        };
+        let plan = step(&deleting, Some(&p), &mut st, None, now);
+        assert!(plan.requeue_at.is_some() || plan.actions.contains(&Action::Finalize));
+        assert!(!st.versions.is_empty());
+    }
+}
+
+/// A state whose version numbers are used up (only a forged or corrupted copy) is a typed
+/// error, not an overflow.
+#[test]
+fn used_up_version_numbers_are_a_typed_error() {
+    let st = StoredState {
+        pruned: Some(crate::state::Pruned {
+            versions: 1,
+            through_version: u32::MAX,
+        }),
+        ..Default::default()
+    };
+    let spec = ManagedKeySpec::default();
+    let input = PlanInput {
+        spec: &spec,
+        policy: None,
+        state: &st,
+        rotate_request: None,
+        deleting_since: None,
+        now: t(0),
+    };
+    assert_eq!(plan(&input), Err(StateError::VersionNumbersExhausted));
+}
+
+/// A rotate-now id longer than [`MAX_ROTATE_REQUEST`] is not acted on nor stored (the
+/// controller reports it as a condition).
+#[test]
+fn an_over_long_rotate_now_id_is_ignored() {
+    let spec = ManagedKeySpec::default();
+    let mut st = StoredState::default();
+    step(&spec, None, &mut st, None, t(0));
+    let long = "x".repeat(MAX_ROTATE_REQUEST + 1);
+    let plan = step(&spec, None, &mut st, Some(&long), t(10));
+    assert!(plan.actions.is_empty(), "{plan:?}");
+    assert_eq!(st.last_rotate_request, None);
+    let ok = "x".repeat(MAX_ROTATE_REQUEST);
+    step(&spec, None, &mut st, Some(&ok), t(20));
+    assert_eq!(st.max_version(), 2);
+}
+
+fn desired(i: u8) -> DesiredState {
+    match i % 4 {
+        0 => DesiredState::Active,
+        1 => DesiredState::Suspended,
+        2 => DesiredState::Deactivated,
+        _ => DesiredState::Compromised,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Whatever an owner does (desired states, rotate-now, scheduling and cancelling deletion,
+    /// time passing), every state the planner leaves passes the load-time invariants: the
+    /// checks refuse forged or corrupted copies only, never one keyward wrote.
+    #[test]
+    fn every_planned_state_passes_the_load_checks(
+        steps in prop::collection::vec((0u8..4, any::<bool>(), any::<bool>(), 0i64..2000), 1..50),
+    ) {
+        let p = policy("3d");
+        let mut st = StoredState::default();
+        let mut now = t(0);
+        for (i, (d, rotate, delete, adv_h)) in steps.into_iter().enumerate() {
+            now += SignedDuration::from_hours(adv_h);
+            let spec = ManagedKeySpec {
+                desired_state: desired(d),
+                deletion: delete.then_some(DeletionRequest { scheduled: true }),
+                ..Default::default()
+            };
+            let req = rotate.then(|| format!("r{i}"));
+            step(&spec, Some(&p), &mut st, req.as_deref(), now);
+            let envelopes = st
+                .versions
+                .iter()
+                .filter(|v| v.state.has_material())
+                .map(|v| (v.version, vec![0u8; 8]))
+                .collect();
+            let checked = crate::storage::check_invariants(&st, &envelopes);
+            prop_assert!(checked.is_ok(), "{:?} after step {}: {:?}", checked, i, st);
+        }
+    }
+}
+
+/// A schedule that parses but never fires (31 February) gives no due time, in bounded time
+/// (croner stops searching at year 5000), even from the last representable instant.
+#[test]
+fn a_schedule_that_never_fires_has_no_due_time() {
+    let p = Policy::from_spec(&RotationPolicySpec {
+        rotation_period: None,
+        schedule: Some("0 0 31 2 *".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    for at in [t(0), Timestamp::MAX, Timestamp::MIN] {
+        assert_eq!(p.due_after(at), None, "{at}");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }

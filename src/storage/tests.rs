@@ -170,14 +170,20 @@ fn invariant_violations_are_refused_even_with_a_valid_mac() {
         v["versions"][1]["created"] = "yesterday".into()
     });
     let e = detail(parse(&ts, &id(), &loc().mac, 0).unwrap_err());
-    assert!(e.contains(STATE_ENTRY) && e.contains("year"), "{e}");
+    assert!(
+        e.contains(STATE_ENTRY) && e.contains("versions[1].created:") && e.contains("year"),
+        "{e}"
+    );
     let mut pd = secret(&stored());
     edit_state_with_valid_mac(&mut pd, |v| {
         v["pendingDeletion"] =
             serde_json::json!({"scheduledAt": "2026-01-01T00:00:00Z", "destroyAt": "soon"})
     });
     let e = detail(parse(&pd, &id(), &loc().mac, 0).unwrap_err());
-    assert!(e.contains(STATE_ENTRY) && e.contains("year"), "{e}");
+    assert!(
+        e.contains(STATE_ENTRY) && e.contains("pendingDeletion.destroyAt:") && e.contains("year"),
+        "{e}"
+    );
     // The re-MAC itself is sound: an unedited copy re-MACed this way still parses.
     let mut same = secret(&stored());
     edit_state_with_valid_mac(&mut same, |_| {});
@@ -224,4 +230,123 @@ fn old_layout_keys_are_named() {
     assert_eq!(old_layout_keys(std::slice::from_ref(&mk)), ["team-a/db"]);
     mk.status.as_mut().unwrap().storage_generation = Some(3);
     assert!(old_layout_keys(&[mk]).is_empty());
+}
+
+/// Each structural invariant added for #17, broken in a copy with a valid MAC (what a buggy
+/// writer or a forged MAC key could store): a typed integrity error naming what is wrong, never
+/// a panic or a plan on it.
+#[test]
+fn structural_invariants_are_checked_on_load() {
+    let refused = |s: &Stored| check_invariants(&s.state, &s.envelopes).unwrap_err();
+    // Out of order.
+    let mut s = stored();
+    s.state.versions.swap(0, 1);
+    assert_eq!(
+        refused(&s),
+        InvariantError::NotIncreasing { after: 2, found: 1 }
+    );
+    // Two Suspended versions.
+    let mut s = stored();
+    s.state.versions[0].state = KeyState::Suspended;
+    s.state.versions[1].state = KeyState::Suspended;
+    assert_eq!(refused(&s), InvariantError::SeveralSuspended(vec![1, 2]));
+    // More versions with material than any algorithm's limit.
+    let mut s = Stored::default();
+    for v in 1..=crate::rotation::MAX_MATERIAL_LIMIT + 1 {
+        s.state.versions.push(version(v, KeyState::Deactivated));
+        s.envelopes.insert(v, vec![1]);
+    }
+    assert!(matches!(
+        refused(&s),
+        InvariantError::TooMany {
+            what: "versions with material",
+            ..
+        }
+    ));
+    // Too many transitions on one version.
+    let mut s = stored();
+    let step = s.state.versions[1].transitions[0].clone();
+    s.state.versions[1].transitions = vec![step; 11];
+    assert!(matches!(
+        refused(&s),
+        InvariantError::TooMany { count: 11, .. }
+    ));
+    // Over-long texts.
+    let mut s = stored();
+    s.state.versions[1].fingerprint = "f".repeat(10_000);
+    assert!(matches!(
+        refused(&s),
+        InvariantError::TooLong {
+            field: "fingerprint",
+            version: 2,
+            ..
+        }
+    ));
+    let mut s = stored();
+    s.state.last_rotate_request = Some("r".repeat(254));
+    assert!(matches!(
+        refused(&s),
+        InvariantError::TooLong {
+            field: "lastRotateRequest",
+            ..
+        }
+    ));
+    // A pruned summary that claims a listed number.
+    let mut s = stored();
+    s.state.pruned = Some(crate::state::Pruned {
+        versions: 1,
+        through_version: 2,
+    });
+    assert!(matches!(refused(&s), InvariantError::Pruned { .. }));
+    // The untouched copy passes.
+    assert_eq!(
+        check_invariants(&stored().state, &stored().envelopes),
+        Ok(())
+    );
+}
+
+/// A destroyAt less than 7 days after scheduledAt (e.g. set to scheduledAt, which would
+/// destroy at once) is refused on load: nothing is destroyed on it. An unparsable one is
+/// refused by the typed timestamp (see `invariant_violations_are_refused_even_with_a_valid_mac`).
+#[test]
+fn a_deletion_window_shorter_than_7_days_is_refused() {
+    let at: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    for (days, ok) in [
+        (0, false),
+        (6, false),
+        (7, true),
+        (30, true),
+        (3650, true),
+        (-3, false),
+    ] {
+        let mut s = stored();
+        s.state.pending_deletion = Some(crate::state::PendingDeletion {
+            scheduled_at: at,
+            destroy_at: at + jiff::SignedDuration::from_hours(24 * days),
+        });
+        let mut sec = secret(&s);
+        edit_state_with_valid_mac(&mut sec, |_| {});
+        let r = parse(&sec, &id(), &loc().mac, 0);
+        assert_eq!(r.is_ok(), ok, "{days} days: {:?}", r.err());
+        if !ok {
+            assert!(
+                detail(r.unwrap_err()).contains("less than 7 days"),
+                "{days}"
+            );
+        }
+    }
+}
+
+/// Regression (found by `tests/fuzz/state.rs`): bytes after the JSON document were accepted
+/// once decoding went through `serde_path_to_error` without `Deserializer::end`.
+#[test]
+fn trailing_bytes_after_the_state_are_refused() {
+    let s = stored();
+    let mut json = serde_json::to_vec(&s.state).unwrap();
+    assert!(decode_state(&json).is_ok());
+    json.extend_from_slice(b" x");
+    let e = decode_state(&json).unwrap_err();
+    assert!(e.contains("trailing"), "{e}");
+    let sec = sealed(&loc(), &id(), json, &s.envelopes);
+    assert!(detail(parse(&sec, &id(), &loc().mac, 0).unwrap_err()).contains("trailing"));
 }

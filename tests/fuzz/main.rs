@@ -7,8 +7,10 @@
 //! here becomes a named regression test in the module that owns the input.
 
 mod audit;
+mod durations;
 mod keyservice;
 mod mount;
+mod state;
 
 use proptest::test_runner::Config;
 

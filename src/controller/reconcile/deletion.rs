@@ -52,7 +52,7 @@ pub(super) async fn cleanup(mk: &ManagedKey, ctx: &Context) -> Result<Action, Er
             rotate_request: None,
             deleting_since: mk.metadata.deletion_timestamp.as_ref().map(|t| t.0),
             now: ctx.clock.now(),
-        });
+        })?;
         if !plan.actions.is_empty() {
             execute(ctx, mk, &plan, None, &mut stored, ctx.clock.now()).await?;
         }
@@ -172,7 +172,7 @@ pub async fn sweep(ctx: &Context) -> Result<SweepReport, Error> {
                     // controller was away): the window starts now.
                     let pd = PendingDeletion {
                         scheduled_at: now,
-                        destroy_at: now + DEFAULT_WINDOW.signed(),
+                        destroy_at: crate::duration::after(now, DEFAULT_WINDOW),
                     };
                     s.state.pending_deletion = Some(pd);
                     storage::save(&ctx.storage, &ctx.client, &id, &mut s).await?;
@@ -208,7 +208,7 @@ pub async fn sweep(ctx: &Context) -> Result<SweepReport, Error> {
                     }
                     Some(_) => report.kept += 1,
                     None => {
-                        let at = now + DEFAULT_WINDOW.signed();
+                        let at = crate::duration::after(now, DEFAULT_WINDOW);
                         storage::mark_orphan(&ctx.storage, &ctx.client, secret, at).await?;
                         audit(
                             ctx,

@@ -31,11 +31,26 @@ use std::time::Duration;
 /// Field manager for everything the controller writes.
 pub const MANAGER: &str = "keyward-controller";
 
-/// Reconcile one ManagedKey. Errors are reported as Warning Events and counted.
+/// Reconcile one ManagedKey. Errors are reported as Warning Events and counted. A panic
+/// inside is caught here (kube-runtime would re-raise it and end the process, and with it the
+/// key service and every other key): it becomes an error on this key only.
 pub async fn reconcile(mk: Arc<ManagedKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    use futures::FutureExt;
     let started = std::time::Instant::now();
     ctx.metrics.reconciles.inc();
-    let r = dispatch(mk.clone(), &ctx).await;
+    let guarded = async {
+        if let Some(hook) = &ctx.reconcile_hook {
+            hook(&mk);
+        }
+        dispatch(mk.clone(), &ctx).await
+    };
+    let r = match std::panic::AssertUnwindSafe(guarded).catch_unwind().await {
+        Ok(r) => r,
+        Err(payload) => {
+            let what = panic_message(payload);
+            Err(internal_error(&ctx, &mk, what).await)
+        }
+    };
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -44,6 +59,38 @@ pub async fn reconcile(mk: Arc<ManagedKey>, ctx: Arc<Context>) -> Result<Action,
     }
     r
 }
+
+/// A caught panic: Degraded `InternalError` with a Warning Event and an audit record on the
+/// key (nothing was saved: storage is written in one call, which did not happen or completed).
+/// The panic's own message (a Rust runtime message such as an overflow, never key material:
+/// material types redact themselves) is kept short.
+async fn internal_error(ctx: &Context, mk: &ManagedKey, what: String) -> Error {
+    let problem = status::Problem {
+        reason: INTERNAL_ERROR,
+        message: format!(
+            "the reconcile of this key failed unexpectedly ({what}); nothing was changed and it is retried; other keys are unaffected. Please report this keyward bug"
+        ),
+        audit_action: "internal-error",
+    };
+    if let Err(e) = status::report_problem(ctx, mk, problem).await {
+        tracing::warn!(key = %report::key_of(mk), error = %e, "internal error not recorded in status");
+    }
+    Error::Internal(what)
+}
+
+/// The text of a panic payload, at most 200 characters.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let text = match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => p
+            .downcast_ref::<&str>()
+            .map_or_else(|| "panic".to_string(), |s| s.to_string()),
+    };
+    text.chars().take(200).collect()
+}
+
+/// Degraded/Ready reason (and Event reason) of a caught panic.
+pub const INTERNAL_ERROR: &str = "InternalError";
 
 /// Requeue policy after an error: conflicts retry at once, others back off briefly.
 pub fn error_policy(_mk: Arc<ManagedKey>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -145,7 +192,25 @@ async fn apply(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error> {
     let ns = mk.namespace().unwrap_or_default();
     let name = mk.name_any();
     let now = ctx.clock.now();
-    let (policy, policy_problem) = load_policy(ctx, mk).await?;
+    let (policy, mut policy_problem) = load_policy(ctx, mk).await?;
+    let rotate_request = mk
+        .annotations()
+        .get(ROTATE_NOW_ANNOTATION)
+        .map(String::as_str);
+    if let Some(r) = rotate_request
+        && r.len() > rotation::MAX_ROTATE_REQUEST
+        && policy_problem.is_none()
+    {
+        // Not acted on (the planner ignores it too) and not stored.
+        policy_problem = Some((
+            "RotateRequestInvalid",
+            format!(
+                "annotation {ROTATE_NOW_ANNOTATION} is {} bytes; use a request id of at most {} (e.g. $(date +%s))",
+                r.len(),
+                rotation::MAX_ROTATE_REQUEST
+            ),
+        ));
+    }
     let id = KeyIdentity::of(mk);
     let mut stored =
         match storage::load(&ctx.storage, &ctx.client, &id, recorded_generation(mk)).await {
@@ -168,13 +233,10 @@ async fn apply(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error> {
         spec: &mk.spec,
         policy: policy.as_ref(),
         state: &stored.state,
-        rotate_request: mk
-            .annotations()
-            .get(ROTATE_NOW_ANNOTATION)
-            .map(String::as_str),
+        rotate_request,
         deleting_since: None,
         now,
-    });
+    })?;
     let rewrapped = rewrap::stale_envelopes(ctx, &id, &mut stored).await?;
     if !plan.actions.is_empty() || rewrapped > 0 {
         let expire = policy.as_ref().and_then(|p| p.expire_after);

@@ -129,7 +129,10 @@ pub(super) async fn failure(ctx: &Context, mk: &ManagedKey, e: &Error) {
         })
         .inc();
     let key = key_of(mk);
-    if e.is_conflict() {
+    if matches!(e, Error::Internal(_)) {
+        // Already reported on the key (condition, Warning Event, audit) where it was caught.
+        tracing::error!(%key, error = %e, "reconcile panicked; caught");
+    } else if e.is_conflict() {
         // Expected with optimistic concurrency (a stale cache read); retried at once.
         tracing::debug!(%key, error = %e, "reconcile lost a write race; retrying");
     } else {
