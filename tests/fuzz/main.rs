@@ -6,6 +6,7 @@
 //! (`KEYWARD_FUZZ_CASES`, default 256); `make fuzz` runs the same harnesses longer. A crash found
 //! here becomes a named regression test in the module that owns the input.
 
+mod apiserver_patch;
 mod audit;
 mod durations;
 mod keyservice;
