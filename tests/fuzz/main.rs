@@ -25,7 +25,15 @@ pub fn config(harness: &str) -> Config {
         .and_then(|v| v.parse::<u32>().ok())
         .filter(|n| *n > 0)
         .unwrap_or(256);
-    println!("fuzz harness {harness}: {cases} cases");
+    // Straight to the stderr handle: libtest captures `print!`/`eprint!` of passing tests, and
+    // the count must show in every `make test` log.
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "fuzz harness {harness}: {cases} cases"
+        );
+    }
     Config {
         cases,
         // Shrinking is for humans reading a failure; a bounded number keeps CI time bounded.
