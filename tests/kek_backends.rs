@@ -309,24 +309,10 @@ async fn pkcs11_round_trip_and_binding() {
 #[tokio::test]
 async fn pkcs11_key_is_sensitive_and_not_extractable() {
     let _turn = hsm_turn().await;
-    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::object::{Attribute, AttributeType, ObjectClass};
-    use cryptoki::session::UserType;
     kek_env();
     let _b = Pkcs11Kek::connect(pkcs11_cfg("nx")).await.unwrap();
-    let module = kek_env().module.clone();
-    tokio::task::spawn_blocking(move || {
-        let ctx = Pkcs11::new(&module).unwrap();
-        // Already initialised by the backend in this process.
-        let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-        let slot = ctx
-            .get_slots_with_token()
-            .unwrap()
-            .into_iter()
-            .find(|s| ctx.get_token_info(*s).unwrap().label() == TOKEN)
-            .unwrap();
-        let s = ctx.open_ro_session(slot).unwrap();
-        let _ = s.login(UserType::User, Some(&cryptoki::types::AuthPin::from(PIN)));
+    on_token(|s| {
         let h = s
             .find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
@@ -359,8 +345,7 @@ async fn pkcs11_key_is_sensitive_and_not_extractable() {
         let v = s.get_attributes(h[0], &[AttributeType::Value]).unwrap();
         assert!(v.is_empty(), "CKA_VALUE returned");
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 /// Run `f` in a logged-in R/W session on [`TOKEN`] opened directly through cryptoki, as an
