@@ -695,14 +695,20 @@ _STUB_CACHE: dict = {}
 
 def stubs(proto_dir: str, stub_dir: str | None = None):
     """Generate (once, cached by proto content) and import the client for csi_provider.proto."""
-    proto = os.path.join(proto_dir, "csi_provider.proto")
+    return proto_stubs(proto_dir, "csi_provider", stub_dir)
+
+
+def proto_stubs(proto_dir: str, name: str, stub_dir: str | None = None):
+    """Generate (once, cached by proto content) and import the grpcio client for
+    `<proto_dir>/<name>.proto`: returns the `<name>_pb2` and `<name>_pb2_grpc` modules."""
+    proto = os.path.join(proto_dir, f"{name}.proto")
     with open(proto, "rb") as fh:
         digest = hashlib.sha256(fh.read()).hexdigest()[:16]
-    if digest in _STUB_CACHE:
-        return _STUB_CACHE[digest]
-    base = stub_dir or os.path.join(tempfile.gettempdir(), f"keyward-csi-stubs-{os.getuid()}")
+    if (name, digest) in _STUB_CACHE:
+        return _STUB_CACHE[(name, digest)]
+    base = stub_dir or os.path.join(tempfile.gettempdir(), f"keyward-{name}-stubs-{os.getuid()}")
     out = os.path.join(base, digest)
-    if not os.path.exists(os.path.join(out, "csi_provider_pb2_grpc.py")):
+    if not os.path.exists(os.path.join(out, f"{name}_pb2_grpc.py")):
         from grpc_tools import protoc
 
         os.makedirs(base, exist_ok=True)
@@ -716,11 +722,11 @@ def stubs(proto_dir: str, stub_dir: str | None = None):
             shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
     if out not in sys.path:
         sys.path.insert(0, out)
-    for name in ("csi_provider_pb2", "csi_provider_pb2_grpc"):
-        sys.modules.pop(name, None)
-    pb = importlib.import_module("csi_provider_pb2")
-    pb_grpc = importlib.import_module("csi_provider_pb2_grpc")
-    _STUB_CACHE[digest] = (pb, pb_grpc)
+    for mod in (f"{name}_pb2", f"{name}_pb2_grpc"):
+        sys.modules.pop(mod, None)
+    pb = importlib.import_module(f"{name}_pb2")
+    pb_grpc = importlib.import_module(f"{name}_pb2_grpc")
+    _STUB_CACHE[(name, digest)] = (pb, pb_grpc)
     return pb, pb_grpc
 
 

@@ -11,38 +11,14 @@ A refused call prints {"error": "<grpc code name>", "details": "..."} and exits 
 
 import argparse
 import base64
-import hashlib
-import importlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import uuid
 
 import grpc
 
-
-def stubs(proto_dir):
-    proto = os.path.join(proto_dir, "kms_v2.proto")
-    with open(proto, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest()[:16]
-    base = os.path.join(tempfile.gettempdir(), f"keyward-kms-stubs-{os.getuid()}")
-    out = os.path.join(base, digest)
-    if not os.path.exists(os.path.join(out, "kms_v2_pb2_grpc.py")):
-        from grpc_tools import protoc
-
-        os.makedirs(base, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=base, prefix=".gen-")
-        rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={tmp}", f"--grpc_python_out={tmp}", proto])
-        if rc != 0:
-            raise RuntimeError(f"grpc_tools.protoc failed on {proto} with {rc}")
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-    sys.path.insert(0, out)
-    return importlib.import_module("kms_v2_pb2"), importlib.import_module("kms_v2_pb2_grpc")
+from csi_driver import proto_stubs  # the same stub generator the driver stand-in uses
 
 
 def main():
@@ -57,7 +33,7 @@ def main():
     sub.add_parser("decrypt")
     args = ap.parse_args()
 
-    pb, pb_grpc = stubs(args.proto_dir)
+    pb, pb_grpc = proto_stubs(args.proto_dir, "kms_v2")
     # As kube-apiserver dials it (kmsv2/grpc_service.go NewGRPCService): unix socket,
     # authority "localhost", insecure, wait-for-ready.
     channel = grpc.insecure_channel(
