@@ -221,7 +221,13 @@ pub(crate) async fn handle(
     }
     let crd_before = crd_state(&inner, verb, &target);
     let fut = resource(&inner, &method, verb, target.clone(), &q, &headers, &body);
-    let r = match rbac::escalation_subject(&inner, &user) {
+    // Only writes can escalate; reads need no requester in scope.
+    let subject = if matches!(verb, "create" | "update" | "patch") {
+        rbac::escalation_subject(&inner, &user)
+    } else {
+        None
+    };
+    let r = match subject {
         Some(u) => rbac::REQUESTER.scope(u, fut).await,
         None => fut.await,
     };
