@@ -21,8 +21,10 @@ demo: setup
 	cargo build --release -p keyward --bin keyward
 	KEYWARD_PYTHON=$(CURDIR)/.venv/bin/python cargo run --release -p keyward-demo -- --keyward-bin $(CURDIR)/target/release/keyward $(DEMO_ARGS)
 
+# The CRD YAML from the Rust types, into crds/ and the chart (which applies them as templates).
 crds:
 	cargo run -p keyward -- crdgen
+	cp crds/*.yaml charts/keyward/files/crds/
 
 # Multi-stage build (Dockerfile); BuildKit for the cargo cache mounts.
 image:

@@ -79,7 +79,7 @@ async fn chart_renders_lints_validates_and_applies() {
         &[
             "apply",
             "-f",
-            repo.join("charts/keyward/crds").to_str().unwrap(),
+            repo.join("charts/keyward/files/crds").to_str().unwrap(),
         ],
     );
     kubectl(&s, &["create", "namespace", "keyward-system"]);

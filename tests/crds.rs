@@ -6,7 +6,7 @@ use std::path::Path;
 #[test]
 fn crds_directory_matches_generated_types() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/keyward/crds");
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/keyward/files/crds");
     let mut expected = Vec::new();
     for (file, yaml) in crds_yaml() {
         let on_disk = std::fs::read_to_string(dir.join(&file))
@@ -19,7 +19,7 @@ fn crds_directory_matches_generated_types() {
         let in_chart = std::fs::read_to_string(chart.join(&file)).unwrap_or_default();
         assert_eq!(
             in_chart, yaml,
-            "charts/keyward/crds/{file} is stale: copy crds/{file} there"
+            "charts/keyward/files/crds/{file} is stale: run `make crds`"
         );
         expected.push(file);
     }

@@ -102,13 +102,25 @@ enum AuditCmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    // KEYWARD_LOG_FORMAT (the chart's logFormat): `json` for log pipelines, `text` otherwise.
+    let json = match std::env::var("KEYWARD_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text" | "") | Err(_) => false,
+        Ok(other) => anyhow::bail!(
+            "KEYWARD_LOG_FORMAT={other:?} is not a log format: use text or json"
+        ),
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match cli.cmd {
         Cmd::Kek(KekCmd::Rotate { namespace, kek }) => {
             // Only the in-cluster root key needs the API; a KMS plugin's KEK (HSM, AWS KMS)

@@ -15,7 +15,9 @@
 - the kind e2e script prints SKIPPED and exits 0 without a Docker engine.
 
 With OUTDIR it writes there, for the Rust test: apply.yaml (the default rendering minus
-PodDisruptionBudget and NetworkPolicy, which the test API server does not serve) and args.json (every rendered
+PodDisruptionBudget, NetworkPolicy and the admission policy, which the test API server does not
+serve), admission-policy.yaml (the ValidatingAdmissionPolicy and the aggregated roles, whose
+CEL the Rust test evaluates) and args.json (every rendered
 command line, which the Rust test feeds to the real binary).
 """
 import base64
@@ -91,7 +93,22 @@ SETS = {
                                  "podSelector": {"matchLabels": {"app.kubernetes.io/component": "csi-provider"}}}],
     }},
     "netpol-off": {"networkPolicy": {"enabled": False}},
+    # The conventions people expect of a chart: names, labels, existing accounts, own RBAC,
+    # extra flags, JSON logs, monitoring objects, CRDs not kept.
+    "conventions": {
+        "nameOverride": "kw", "fullnameOverride": "vault-replacement", "logFormat": "json",
+        "controller": {"podLabels": {"team": "platform"}, "extraArgs": ["--pbkdf2-max-iterations=5000000"],
+                       "serviceAccount": {"create": False, "name": "kw-ctl"}},
+        "provider": {"podLabels": {"team": "platform"}, "extraArgs": ["--key-service-server-name=kw.example"],
+                     "serviceAccount": {"create": False, "name": "kw-provider"}},
+        "rbac": {"create": False, "aggregatedRoles": False, "admissionPolicy": False},
+        "crds": {"keep": False},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    },
+    "no-crds": {"crds": {"install": False}, "controller": {"serviceAccount": {"name": "ctl", "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/k"}}}},
 }
+# Kinds kubernetes-validate has no schema for (prometheus-operator's): checked field by field below.
+NO_SCHEMA = {"ServiceMonitor", "PrometheusRule"}
 
 
 def docs(rendered):
@@ -116,6 +133,8 @@ def one(ds, kind, name=None):
 
 
 def validate(d, where):
+    if d.get("kind") in NO_SCHEMA:
+        return True
     for v in K8S_VERSIONS:
         try:
             kubernetes_validate.validate(d, v, strict=True)
@@ -183,6 +202,87 @@ def can(ds, sa, verb, group, resource, namespace=None, name=None):
     return False
 
 
+def conventions_checks(name, values, ds, rendered, full, dep, dset, args, pargs):
+    """nameOverride/fullnameOverride, pod labels, service accounts, extra flags, log format,
+    CRDs as templates, aggregated roles, the admission policy and the monitoring objects."""
+    ctl, prov = values["controller"], values["provider"]
+    label_name = values["nameOverride"] or "keyward"
+    check(all(d["metadata"].get("labels", {}).get("app.kubernetes.io/name") == label_name for _, d in ds),
+          f"{name}: every object labelled app.kubernetes.io/name={label_name}")
+    named = [d["metadata"]["name"] for _, d in ds if d["kind"] not in ("CustomResourceDefinition",)
+             and d["metadata"]["name"] not in (ctl["serviceAccount"]["name"], prov["serviceAccount"]["name"])]
+    check(all(n.startswith(full + "-") for n in named) and all(len(n) <= 63 for n in named),
+          f"{name}: every object name starts with {full}- and fits 63 characters")
+    for comp, workload in (("controller", dep), ("provider", dset)):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        check(all(labels.get(k) == v for k, v in values[comp]["podLabels"].items())
+              and all(labels[k] == v for k, v in workload["spec"]["selector"]["matchLabels"].items()),
+              f"{name}: {comp} pods carry podLabels {values[comp]['podLabels']} and still match the selector")
+        env = {e["name"]: e.get("value") for e in workload["spec"]["template"]["spec"]["containers"][0]["env"]}
+        check(env.get("KEYWARD_LOG_FORMAT") == values["logFormat"], f"{name}: {comp} logs as {values['logFormat']}")
+    check(all(a in args for a in ctl["extraArgs"]) and all(a in pargs for a in prov["extraArgs"]),
+          f"{name}: extraArgs passed to both binaries")
+    ctl_sa = ctl["serviceAccount"]["name"] or f"{full}-controller"
+    prov_sa = prov["serviceAccount"]["name"] or f"{full}-csi-provider"
+    sas = {d["metadata"]["name"]: d for _, d in ds if d["kind"] == "ServiceAccount"}
+    check(dep["spec"]["template"]["spec"]["serviceAccountName"] == ctl_sa and dset["spec"]["template"]["spec"]["serviceAccountName"] == prov_sa
+          and f"--provider-service-account={NS}/{prov_sa}" in args,
+          f"{name}: pods run as {ctl_sa} / {prov_sa}, the key service answers {prov_sa}")
+    check((ctl_sa in sas) == ctl["serviceAccount"]["create"] and (prov_sa in sas) == prov["serviceAccount"]["create"]
+          and all(sas[ctl_sa]["metadata"].get("annotations", {}).get(k) == v for k, v in ctl["serviceAccount"]["annotations"].items()) if ctl_sa in sas else True,
+          f"{name}: ServiceAccounts created only when asked, with their annotations")
+    if values["rbac"]["create"]:
+        bound = {s["name"] for _, b in ds if b["kind"] in ("RoleBinding", "ClusterRoleBinding") for s in b["subjects"]}
+        check(bound == {ctl_sa}, f"{name}: RBAC bound to the controller account {ctl_sa} only ({bound})")
+    # CRDs: rendered from files/crds (identical to crds/), upgraded with the release.
+    crds = {d["metadata"]["name"]: d for _, d in ds if d["kind"] == "CustomResourceDefinition"}
+    if values["crds"]["install"]:
+        ok = sorted(crds) == sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "crds")))
+        for f in os.listdir(os.path.join(ROOT, "crds")):
+            want = yaml.safe_load(open(os.path.join(ROOT, "crds", f)))
+            got = copy.deepcopy(crds.get(f[:-5], {}))
+            meta = got.get("metadata", {})
+            keep = meta.get("annotations", {}).pop("helm.sh/resource-policy", None)
+            if not meta.get("annotations"):
+                meta.pop("annotations", None)
+            for k in list(meta.get("labels", {})):
+                if k.startswith("app.kubernetes.io/") or k == "helm.sh/chart":
+                    meta["labels"].pop(k)
+            if not meta.get("labels"):
+                meta.pop("labels", None)
+            ok = ok and got == want and (keep == "keep") == values["crds"]["keep"]
+        check(ok, f"{name}: the release renders exactly crds/ (labels added, keep={values['crds']['keep']})")
+    else:
+        check(not crds, f"{name}: crds.install=false renders no CRD")
+    agg = {d["metadata"]["name"] for _, d in ds if d["kind"] == "ClusterRole" and any(
+        k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in d["metadata"].get("labels", {}))}
+    want = {f"{full}-view", f"{full}-edit", f"{full}-key-admin"} if values["rbac"]["aggregatedRoles"] else set()
+    check(agg == want, f"{name}: aggregated roles {sorted(agg)}")
+    vaps = [d for _, d in ds if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    check(len(vaps) == (2 if values["rbac"]["admissionPolicy"] else 0), f"{name}: {len(vaps)} admission policy objects")
+    if vaps:
+        pol = one(ds, "ValidatingAdmissionPolicy")
+        binding = one(ds, "ValidatingAdmissionPolicyBinding")
+        exprs = " ".join(v["expression"] for v in pol["spec"]["validations"])
+        check(binding["spec"]["policyName"] == pol["metadata"]["name"] and binding["spec"]["validationActions"] == ["Deny"]
+              and pol["spec"]["failurePolicy"] == "Fail" and "check('compromise')" in exprs and "check('schedule-deletion')" in exprs
+              and pol["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["managedkeys"],
+              f"{name}: the admission policy denies compromise/schedule-deletion without their verbs, bound with Deny, fails closed")
+    sm = [d for _, d in ds if d["kind"] == "ServiceMonitor"]
+    smv = values["metrics"]["serviceMonitor"]
+    check(len(sm) == (1 if smv["enabled"] else 0), f"{name}: {len(sm)} ServiceMonitor")
+    if sm:
+        msvc = one(ds, "Service", f"{full}-controller-metrics")
+        sel = sm[0]["spec"]["selector"]["matchLabels"]
+        picked = [d["metadata"]["name"] for _, d in ds if d["kind"] == "Service" and all(d["metadata"]["labels"].get(k) == v for k, v in sel.items())]
+        ep = sm[0]["spec"]["endpoints"][0]
+        check(sm[0]["apiVersion"] == "monitoring.coreos.com/v1" and picked == [msvc["metadata"]["name"]]
+              and ep["port"] == "metrics" and ep["path"] == "/metrics" and ep["interval"] == smv["interval"]
+              and sm[0]["spec"]["namespaceSelector"]["matchNames"] == [NS]
+              and all(sm[0]["metadata"]["labels"].get(k) == v for k, v in smv["labels"].items()),
+              f"{name}: the ServiceMonitor selects exactly the metrics Service ({picked}), port metrics, every {smv['interval']}")
+
+
 # The validator is strict: an unknown field in a pod template is an error, not ignored.
 _probe = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "probe"}, "spec": {
     "selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
@@ -219,6 +319,7 @@ for name, extra in SETS.items():
     ok = all([validate(d, name) for _, d in ds])
     check(ok, f"{name}: {len(ds)} manifests ({', '.join(kinds)}) validate strictly against Kubernetes {', '.join(K8S_VERSIONS)}")
 
+    full = values["fullnameOverride"] or REL
     dep = one(ds, "Deployment")
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
@@ -266,10 +367,10 @@ for name, extra in SETS.items():
         check(not any(a.startswith("--audit") for a in args) and "audit-log" not in vols, f"{name}: no audit flags when audit is off")
 
     # Key service: Service in front of every controller replica, TLS from the chosen Secret.
-    svc = one(ds, "Service", f"{REL}-key-service")
+    svc = one(ds, "Service", f"{full}-key-service")
     check(svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"] and svc["spec"]["ports"][0]["port"] == values["keyService"]["port"],
           f"{name}: key-service Service selects the controller pods")
-    tls_secret = values["keyService"]["tls"]["secretName"] if not values["keyService"]["tls"]["generate"] else f"{REL}-key-service-tls"
+    tls_secret = values["keyService"]["tls"]["secretName"] if not values["keyService"]["tls"]["generate"] else f"{full}-key-service-tls"
     check(vols["tls"]["secret"]["secretName"] == tls_secret, f"{name}: controller serves TLS from Secret {tls_secret}")
 
     # Provider DaemonSet.
@@ -291,7 +392,7 @@ for name, extra in SETS.items():
     psc = pc["securityContext"]
     check(psc["capabilities"]["drop"] == ["ALL"] and psc["readOnlyRootFilesystem"] and not psc["allowPrivilegeEscalation"] and not psc["privileged"],
           f"{name}: provider drops all capabilities, read-only root fs, no escalation, not privileged (runs as uid {psc['runAsUser']})")
-    check(f"--key-service-url=https://{REL}-key-service.{NS}.svc:{values['keyService']['port']}" in pc["args"]
+    check(f"--key-service-url=https://{full}-key-service.{NS}.svc:{values['keyService']['port']}" in pc["args"]
           and f"--audience={values['keyService']['audience']}" in pc["args"], f"{name}: provider dials the key service over https")
     tok = pvols["token"]["projected"]["sources"][0]["serviceAccountToken"]
     pa = values["keyService"]["providerTokenAudience"]
@@ -305,7 +406,7 @@ for name, extra in SETS.items():
         cert = x509.load_pem_x509_certificate(data["tls.crt"])
         ca = x509.load_pem_x509_certificate(data["ca.crt"])
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-        check(f"{REL}-key-service.{NS}.svc" in sans and cert.issuer == ca.subject, f"{name}: generated certificate for {REL}-key-service.{NS}.svc signed by the generated CA")
+        check(f"{full}-key-service.{NS}.svc" in sans and cert.issuer == ca.subject, f"{name}: generated certificate for {full}-key-service.{NS}.svc signed by the generated CA")
         try:
             cert.verify_directly_issued_by(ca)
             check(True, f"{name}: certificate signature verifies against ca.crt")
@@ -319,9 +420,12 @@ for name, extra in SETS.items():
         check("checksum/key-service-tls" not in (dep["spec"]["template"]["metadata"].get("annotations") or {}), f"{name}: no TLS checksum for a user Secret")
 
     # Leader election and PDB.
-    role = one(ds, "Role")
-    lease_rules = [r for r in role["rules"] if "leases" in r["resources"]]
-    if values["controller"]["leaderElection"]:
+    roles = [d for _, d in ds if d["kind"] == "Role"]
+    lease_rules = [r for role in roles for r in role["rules"] if "leases" in r["resources"]]
+    if not values["rbac"]["create"]:
+        check(not [d for _, d in ds if d["kind"] in ("Role", "RoleBinding", "ClusterRoleBinding")],
+              f"{name}: rbac.create=false renders no controller Role or binding")
+    elif values["controller"]["leaderElection"]:
         check(any(r.get("resourceNames") == [values["controller"]["leaseName"]] for r in lease_rules), f"{name}: Lease access limited to {values['controller']['leaseName']}")
     else:
         check(not lease_rules, f"{name}: no Lease access without leader election")
@@ -367,6 +471,7 @@ for name, extra in SETS.items():
     check(bool(pdbs) == (values["controller"]["replicas"] > 1), f"{name}: PodDisruptionBudget {'present' if pdbs else 'absent'}")
     check(rendered.get(f"{REL}/templates/NOTES.txt", "").count("kubectl get mk") == 1, f"{name}: NOTES.txt tells the next steps")
 
+    conventions_checks(name, values, ds, rendered, full, dep, dset, args, pc["args"])
     all_args.append({"set": name, "controller": args, "provider": pc["args"],
                      "provider_probe": probes["livenessProbe"][1:], "provider_ready": probes["readinessProbe"][1:]})
 
@@ -396,6 +501,14 @@ BAD = [
     ({"networkPolicy": {"enabled": "yes"}}, "/networkPolicy/enabled"),
     ({"networkPolicy": {"metricsFrom": [{}]}}, "/networkPolicy/metricsFrom/0"),
     ({"networkPolicy": {"keyServiceExtraFrom": [{"podSelectr": {}}]}}, "podSelectr"),
+    ({"controller": {"podLabels": {"app.kubernetes.io/component": "x"}}}, "invalid propertyName 'app.kubernetes.io/component'"),
+    ({"provider": {"serviceAccount": {"create": False}}}, "/provider/serviceAccount/name"),
+    ({"controller": {"extraArgs": ["rm -rf /"]}}, "/controller/extraArgs/0"),
+    ({"logFormat": "xml"}, "/logFormat"),
+    ({"fullnameOverride": "x" * 41}, "/fullnameOverride"),
+    ({"crds": {"keep": "yes"}}, "/crds/keep"),
+    ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
+    ({"rbac": {"creat": True}}, "creat"),
 ]
 for bad, key in BAD:
     values = merge(defaults, bad)
@@ -439,14 +552,16 @@ for i, line in enumerate(lines):
 check(not uncommented, f"values.yaml: every setting is commented {uncommented if uncommented else ''}")
 
 # ---------------------------------------------------------------- CRDs
+CHART_CRDS = os.path.join(CHART, "files", "crds")
 for f in sorted(os.listdir(os.path.join(ROOT, "crds"))):
     a = open(os.path.join(ROOT, "crds", f), "rb").read()
-    b = open(os.path.join(CHART, "crds", f), "rb").read()
-    check(a == b, f"chart crds/{f} identical to crds/{f}")
-check(sorted(os.listdir(os.path.join(ROOT, "crds"))) == sorted(os.listdir(os.path.join(CHART, "crds"))), "chart has exactly the generated CRDs")
+    b = open(os.path.join(CHART_CRDS, f), "rb").read()
+    check(a == b, f"chart files/crds/{f} identical to crds/{f}")
+check(sorted(os.listdir(os.path.join(ROOT, "crds"))) == sorted(os.listdir(CHART_CRDS)), "chart has exactly the generated CRDs")
+check(not os.path.exists(os.path.join(CHART, "crds")), "no crds/ directory in the chart (Helm would install the CRDs twice and never upgrade them)")
 crd_schemas = {}
-for f in os.listdir(os.path.join(CHART, "crds")):
-    crd = yaml.safe_load(open(os.path.join(CHART, "crds", f)))
+for f in os.listdir(CHART_CRDS):
+    crd = yaml.safe_load(open(os.path.join(CHART_CRDS, f)))
     validate(crd, f"crds/{f}")
     for v in crd["spec"]["versions"]:
         crd_schemas[(crd["spec"]["group"] + "/" + v["name"], crd["spec"]["names"]["kind"])] = v["schema"]["openAPIV3Schema"]
@@ -490,7 +605,7 @@ ctl, prov = f"{REL}-controller", f"{REL}-csi-provider"
 probe = [("get", "", "secrets"), ("list", "", "secrets"), ("create", "", "pods"), ("get", "keyward.io", "managedkeys"),
          ("create", "authentication.k8s.io", "tokenreviews"), ("create", "", "serviceaccounts/token"), ("get", "", "configmaps")]
 check(not any(can(dds, prov, v, g, r, ns) for v, g, r in probe for ns in (None, "default", NS)), "provider: no API access at all (secrets, keys, token reviews, ...)")
-check(not [b for _, b in dds if b["kind"].endswith("Binding") and any(s["name"] == prov for s in b["subjects"])], "provider: bound to no Role or ClusterRole")
+check(not [b for _, b in dds if b["kind"] in ("RoleBinding", "ClusterRoleBinding") and any(s["name"] == prov for s in b["subjects"])], "provider: bound to no Role or ClusterRole")
 check(one(dds, "ServiceAccount", prov).get("automountServiceAccountToken") is False, "provider: its ServiceAccount does not automount a token")
 # The controller's Secret access, exactly as documented in rbac.yaml and docs/install.md: none
 # outside its own namespace (storage moved there), full management inside it.
@@ -507,17 +622,22 @@ check(not [rule for _, cr in dds if cr["kind"] == "ClusterRole" for rule in cr["
 # never their status and nothing else.
 agg = {d["metadata"]["name"]: d for _, d in dds if d["kind"] == "ClusterRole" and any(
     k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in d["metadata"].get("labels", {}))}
-edit, view = agg.get(f"{REL}-edit"), agg.get(f"{REL}-view")
-check(edit is not None and view is not None and len(agg) == 2, f"aggregated roles for edit/admin and view ({sorted(agg)})")
-if edit and view:
+edit, view, kadmin = agg.get(f"{REL}-edit"), agg.get(f"{REL}-view"), agg.get(f"{REL}-key-admin")
+check(edit is not None and view is not None and kadmin is not None and len(agg) == 3, f"aggregated roles for edit/admin, view and key-admin ({sorted(agg)})")
+if edit and view and kadmin:
     lab = lambda d: {k for k, v in d["metadata"]["labels"].items() if k.startswith("rbac.authorization.k8s.io/") and v == "true"}
     check(lab(edit) == {"rbac.authorization.k8s.io/aggregate-to-edit", "rbac.authorization.k8s.io/aggregate-to-admin"}
-          and lab(view) == {"rbac.authorization.k8s.io/aggregate-to-view"}, "aggregation labels: edit+admin, view")
-    res = {r for d in (edit, view) for rule in d["rules"] for r in rule["resources"]}
-    check(res == {"managedkeys", "rotationpolicies"} and all(rule["apiGroups"] == ["keyward.io"] for d in (edit, view) for rule in d["rules"]),
+          and lab(view) == {"rbac.authorization.k8s.io/aggregate-to-view"} and lab(kadmin) == {"rbac.authorization.k8s.io/aggregate-to-admin"},
+          "aggregation labels: edit+admin, view, key-admin into admin only")
+    res = {r for d in (edit, view, kadmin) for rule in d["rules"] for r in rule["resources"]}
+    check(res == {"managedkeys", "rotationpolicies"} and all(rule["apiGroups"] == ["keyward.io"] for d in (edit, view, kadmin) for rule in d["rules"]),
           f"aggregated roles cover keyward's kinds only, never status ({res})")
     check({v for rule in view["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}, "view: read only")
-    check(not [b for _, b in dds if b["kind"].endswith("Binding") and b["roleRef"]["name"] in agg], "aggregated roles are bound to nobody by the chart")
+    mk_verbs = lambda d: {v for rule in d["rules"] if "managedkeys" in rule["resources"] for v in rule["verbs"]}
+    irreversible = {"delete", "deletecollection", "compromise", "schedule-deletion"}
+    check(not mk_verbs(edit) & irreversible and mk_verbs(kadmin) == irreversible,
+          f"edit cannot delete, compromise or schedule deletion of a key; key-admin can ({sorted(mk_verbs(edit))} / {sorted(mk_verbs(kadmin))})")
+    check(not [b for _, b in dds if b["kind"] in ("RoleBinding", "ClusterRoleBinding") and b["roleRef"]["name"] in agg], "aggregated roles are bound to nobody by the chart")
 check(can(dds, ctl, "patch", "coordination.k8s.io", "leases", NS, "keyward-controller") and not can(dds, ctl, "patch", "coordination.k8s.io", "leases", "default", "keyward-controller")
       and not can(dds, ctl, "patch", "coordination.k8s.io", "leases", NS, "other"), "controller: only its own Lease, only in its namespace")
 check(can(dds, ctl, "create", "authentication.k8s.io", "tokenreviews") and can(dds, ctl, "create", "events.k8s.io", "events", "default")
@@ -548,7 +668,9 @@ if len(sys.argv) > 1:
     os.makedirs(sys.argv[1], exist_ok=True)
     _, dds, _ = rendered_sets["default"]
     with open(os.path.join(sys.argv[1], "apply.yaml"), "w") as f:
-        yaml.safe_dump_all([d for _, d in dds if d["kind"] not in ("PodDisruptionBudget", "NetworkPolicy")], f)
+        # Kinds the test API server does not serve (it enforces no admission policy either).
+        yaml.safe_dump_all([d for _, d in dds if d["kind"] not in ("PodDisruptionBudget", "NetworkPolicy", "ValidatingAdmissionPolicy",
+                                                                    "ValidatingAdmissionPolicyBinding")], f)
     with open(os.path.join(sys.argv[1], "args.json"), "w") as f:
         json.dump(all_args, f)
 

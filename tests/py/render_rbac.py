@@ -1,7 +1,10 @@
 """Render the chart's identities and RBAC (ServiceAccounts, ClusterRoles, Roles and their
 bindings) with the default values, as a JSON list on stdout, so tests can install exactly
 what `helm install` would and run the binaries under it:
-`.venv/bin/python tests/py/render_rbac.py [NAMESPACE]` (default keyward-system).
+`.venv/bin/python tests/py/render_rbac.py [NAMESPACE] [--admission]` (default keyward-system).
+With --admission it prints the ValidatingAdmissionPolicy and the ClusterRoles instead, for the
+test that evaluates the policy against the roles (the test API server enforces no admission
+policy).
 """
 import os
 import sys
@@ -14,7 +17,10 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 
-ns = sys.argv[1] if len(sys.argv) > 1 else "keyward-system"
+args = [a for a in sys.argv[1:] if a != "--admission"]
+if "--admission" in sys.argv:
+    KINDS = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ClusterRole"}
+ns = args[0] if args else "keyward-system"
 chart = helm.Chart.load(os.path.join(ROOT, "charts", "keyward"))
 rendered = chart.render(chart.values, name="keyward", namespace=ns, is_install=True)
 out = []

@@ -1,6 +1,21 @@
+{{/* The chart's name (app.kubernetes.io/name); nameOverride replaces it. */}}
+{{- define "keyward.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end }}
+
+{{/*
+Prefix of every object name: the release name (as before nameOverride/fullnameOverride existed,
+so upgrades keep their names), or fullnameOverride. Cut to 40 characters so the longest suffix
+("-object-version-key", "-controller-metrics") still fits the 63 of a label value and a
+Service name.
+*/}}
+{{- define "keyward.fullname" -}}
+{{- default .Release.Name .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end }}
+
 {{/* Common labels on every object. */}}
 {{- define "keyward.labels" -}}
-app.kubernetes.io/name: keyward
+app.kubernetes.io/name: {{ include "keyward.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
@@ -16,16 +31,35 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 
 {{/* Names shared by several templates. */}}
-{{- define "keyward.controllerName" -}}{{ .Release.Name }}-controller{{- end }}
-{{- define "keyward.providerName" -}}{{ .Release.Name }}-csi-provider{{- end }}
-{{- define "keyward.keyServiceName" -}}{{ .Release.Name }}-key-service{{- end }}
-{{- define "keyward.versionKeySecret" -}}{{ .Release.Name }}-object-version-key{{- end }}
+{{- define "keyward.controllerName" -}}{{ include "keyward.fullname" . }}-controller{{- end }}
+{{- define "keyward.providerName" -}}{{ include "keyward.fullname" . }}-csi-provider{{- end }}
+{{- define "keyward.keyServiceName" -}}{{ include "keyward.fullname" . }}-key-service{{- end }}
+{{- define "keyward.versionKeySecret" -}}{{ include "keyward.fullname" . }}-object-version-key{{- end }}
+
+{{/*
+Service account names. With create=false the chart binds its RBAC to an account you manage,
+which must then be named (the key service authenticates the provider by this exact name).
+*/}}
+{{- define "keyward.controllerServiceAccount" -}}
+{{- if .Values.controller.serviceAccount.create -}}
+{{ default (include "keyward.controllerName" .) .Values.controller.serviceAccount.name }}
+{{- else -}}
+{{ required "controller.serviceAccount.name is required when controller.serviceAccount.create is false" .Values.controller.serviceAccount.name }}
+{{- end -}}
+{{- end }}
+{{- define "keyward.providerServiceAccount" -}}
+{{- if .Values.provider.serviceAccount.create -}}
+{{ default (include "keyward.providerName" .) .Values.provider.serviceAccount.name }}
+{{- else -}}
+{{ required "provider.serviceAccount.name is required when provider.serviceAccount.create is false" .Values.provider.serviceAccount.name }}
+{{- end -}}
+{{- end }}
 {{- define "keyward.keyServiceHost" -}}{{ include "keyward.keyServiceName" . }}.{{ .Release.Namespace }}.svc{{- end }}
 
 {{/* The Secret with tls.crt, tls.key and ca.crt that the key service presents. */}}
 {{- define "keyward.tlsSecret" -}}
 {{- if .Values.keyService.tls.generate -}}
-{{ .Release.Name }}-key-service-tls
+{{ include "keyward.fullname" . }}-key-service-tls
 {{- else -}}
 {{ required "keyService.tls.secretName is required when keyService.tls.generate is false" .Values.keyService.tls.secretName }}
 {{- end -}}
@@ -50,7 +84,7 @@ fresh one.
 {{- else -}}
 {{- $host := include "keyward.keyServiceHost" . -}}
 {{- $days := int .Values.keyService.tls.validityDays -}}
-{{- $ca := genCA (printf "%s-key-service-ca" .Release.Name) $days -}}
+{{- $ca := genCA (printf "%s-key-service-ca" (include "keyward.fullname" .)) $days -}}
 {{- $sans := list $host (include "keyward.keyServiceName" .) (printf "%s.%s" (include "keyward.keyServiceName" .) .Release.Namespace) (printf "%s.cluster.local" $host) -}}
 {{- $cert := genSignedCert $host nil $sans $days $ca -}}
 {{- $_ := set $data "tls.crt" ($cert.Cert | b64enc) -}}
