@@ -45,8 +45,14 @@ fn verbs_for(objects: &[Json], role: &str) -> BTreeSet<String> {
         .filter(|o| o["metadata"]["labels"][&label] == "true" || o["metadata"]["name"] == role)
         .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
         .filter(|r| {
-            r["apiGroups"].as_array().unwrap().contains(&json!("keyward.io"))
-                && r["resources"].as_array().unwrap().contains(&json!("managedkeys"))
+            r["apiGroups"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("keyward.io"))
+                && r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("managedkeys"))
         })
         .flat_map(|r| r["verbs"].as_array().unwrap().clone())
         .map(|v| v.as_str().unwrap().to_owned())
@@ -74,11 +80,7 @@ fn with(m: &Value, k: &str, v: Value) -> Value {
 /// The `authorizer` variable: `.group().resource().namespace().name()` narrow the request,
 /// `.check(verb)` decides it against `verbs` (granted on keyward.io/managedkeys only) and
 /// `.allowed()` reads the decision.
-fn context(
-    object: &Json,
-    old: Option<&Json>,
-    verbs: &BTreeSet<String>,
-) -> Context<'static> {
+fn context(object: &Json, old: Option<&Json>, verbs: &BTreeSet<String>) -> Context<'static> {
     let mut ctx = Context::default();
     ctx.add_variable("object", object.clone()).unwrap();
     match old {
@@ -102,8 +104,7 @@ fn context(
             _ => false,
         };
         let on_keys = map_get(&this, "group") == Some(Value::String(Arc::new("keyward.io".into())))
-            && map_get(&this, "resource")
-                == Some(Value::String(Arc::new("managedkeys".into())));
+            && map_get(&this, "resource") == Some(Value::String(Arc::new("managedkeys".into())));
         Ok::<_, ExecutionError>(with(&this, "decision", Value::Bool(granted && on_keys)))
     });
     ctx.add_function("allowed", |This(this): This<Value>| {
@@ -138,7 +139,10 @@ fn admit(
         match p.execute(&ctx) {
             Ok(Value::Bool(true)) => {}
             Ok(Value::Bool(false)) => return Err(v["message"].as_str().unwrap().to_owned()),
-            other => panic!("validation {} did not evaluate to a bool: {other:?}", v["expression"]),
+            other => panic!(
+                "validation {} did not evaluate to a bool: {other:?}",
+                v["expression"]
+            ),
         }
     }
     Ok(())
@@ -190,7 +194,8 @@ fn irreversible_key_changes_need_the_key_admin_verbs() {
     assert_eq!(admit(policy, &compromised, Some(&active), &oncall), Ok(()));
     // A key that is already Compromised may still be edited (access, policy) by edit.
     let mut changed = compromised.clone();
-    changed["spec"]["access"] = json!({"serviceAccounts": [{"namespace": "team-a", "name": "app"}]});
+    changed["spec"]["access"] =
+        json!({"serviceAccounts": [{"namespace": "team-a", "name": "app"}]});
     assert_eq!(admit(policy, &changed, Some(&compromised), &edit), Ok(()));
 
     // Scheduling destruction: same rule (on update and create); keeping or cancelling a

@@ -118,3 +118,63 @@ async fn chart_renders_lints_validates_and_applies() {
     kubectl(&s, &["get", "rotationpolicy", "quarterly"]);
     kubectl(&s, &["get", "pod", "payments"]);
 }
+
+/// The chart's `logFormat` reaches the binaries as KEYWARD_LOG_FORMAT: `json` gives one JSON
+/// object per line (what log pipelines parse), `text` has no colour codes off a terminal, and
+/// an unknown format is refused at start naming the variable.
+#[test]
+fn log_format_json_text_and_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |format: &str| {
+        let socket = dir.path().join(format!("{format}.sock"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args([
+                "provider",
+                "--insecure-key-service",
+                "--key-service-url=http://127.0.0.1:1",
+            ])
+            .arg(format!("--socket={}", socket.display()))
+            .arg("--token-file=/dev/null")
+            .env("KEYWARD_LOG_FORMAT", format)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !socket.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let json = run("json");
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"] == "CSI provider listening"),
+        "{json}"
+    );
+    let text = run("text");
+    assert!(text.contains("CSI provider listening"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes off a terminal: {text:?}"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["provider-probe", "--socket=/nonexistent"])
+        .env("KEYWARD_LOG_FORMAT", "xml")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("KEYWARD_LOG_FORMAT=\"xml\" is not a log format: use text or json"),
+        "{err}"
+    );
+}

@@ -106,16 +106,18 @@ async fn main() -> anyhow::Result<()> {
     let json = match std::env::var("KEYWARD_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text" | "") | Err(_) => false,
-        Ok(other) => anyhow::bail!(
-            "KEYWARD_LOG_FORMAT={other:?} is not a log format: use text or json"
-        ),
+        Ok(other) => {
+            anyhow::bail!("KEYWARD_LOG_FORMAT={other:?} is not a log format: use text or json")
+        }
     };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into()),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // No colour codes in a log pipeline (kubectl logs, a collector): only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         logs.json().init();
     } else {
