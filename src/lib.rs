@@ -14,6 +14,7 @@ pub mod keys;
 pub mod keyservice;
 pub mod kms;
 pub mod lifecycle;
+pub mod plugin;
 pub mod proto;
 pub mod provider;
 pub mod rotation;

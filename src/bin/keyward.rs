@@ -38,6 +38,9 @@ enum Cmd {
     /// Serve the Kubernetes KMS v2 plugin API on a unix socket, so kube-apiserver encrypts
     /// Secrets at rest under a keyward KEK (a static pod beside the apiserver).
     KmsPlugin(keyward::kms::KmsPluginArgs),
+    /// The kubectl plugin's commands (`kubectl keyward ...` when this binary is installed as
+    /// `kubectl-keyward` on PATH).
+    Kubectl(KubectlCli),
     /// Run the CSI provider for the Secrets Store CSI Driver (a DaemonSet on every node).
     Provider(keyward::provider::ProviderArgs),
     /// Check a running provider: call `Version` on its socket as the CSI driver does; exit 0
@@ -53,6 +56,25 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         timeout_seconds: u64,
     },
+}
+
+/// `kubectl keyward`: operator commands on one ManagedKey, and the audit tools.
+#[derive(Parser)]
+#[command(name = "kubectl keyward", version)]
+struct KubectlCli {
+    #[command(flatten)]
+    global: keyward::plugin::Global,
+    #[command(subcommand)]
+    cmd: KubectlCmd,
+}
+
+#[derive(Subcommand)]
+enum KubectlCmd {
+    #[command(flatten)]
+    Key(keyward::plugin::Command),
+    /// Audit log tools (as `keyward audit`).
+    #[command(subcommand)]
+    Audit(AuditCmd),
 }
 
 #[derive(Subcommand)]
@@ -101,7 +123,18 @@ enum AuditCmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // Installed as `kubectl-keyward`, kubectl runs it for `kubectl keyward ...`.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let as_plugin = std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("kubectl-keyward"));
+    let cli = if as_plugin {
+        Cli {
+            cmd: Cmd::Kubectl(KubectlCli::parse()),
+        }
+    } else {
+        Cli::parse()
+    };
     // KEYWARD_LOG_FORMAT (the chart's logFormat): `json` for log pipelines, `text` otherwise.
     let json = match std::env::var("KEYWARD_LOG_FORMAT").as_deref() {
         Ok("json") => true,
@@ -140,61 +173,26 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Cmd::Controller(args) => keyward::controller::cli::run(*args).await?,
-        Cmd::Audit(AuditCmd::Verify {
-            files,
-            public_key,
-            anchor,
-            anchor_from_cluster,
-            namespace,
-        }) => {
-            let logs = keyward::audit::read_log_files(&files)?;
-            let pk = public_key
-                .as_deref()
-                .map(keyward::audit::load_public_key)
-                .transpose()?;
-            let anchor = match (anchor, anchor_from_cluster) {
-                (Some(path), _) => Some(keyward::audit::anchor::Anchor::parse(
-                    &std::fs::read_to_string(&path)?,
-                    &path.display().to_string(),
-                )?),
-                (None, Some(pod)) => {
-                    let client = kube::Client::try_default().await?;
-                    Some(keyward::audit::anchor::fetch(&client, &namespace, &pod).await?)
-                }
-                (None, None) => None,
-            };
-            match keyward::audit::verify_files(&logs, pk.as_ref(), anchor.as_ref()) {
-                Ok(s) => println!(
-                    "ok: {} records (seq {}..{}) in {} files, {} checkpoints{}, {} records after the last checkpoint, {} gap records ({} events lost to failed writes){}",
-                    s.records,
-                    s.first_seq,
-                    s.last_seq,
-                    logs.len(),
-                    s.checkpoints,
-                    if pk.is_some() {
-                        ""
-                    } else {
-                        " (signatures NOT checked: pass --public-key)"
-                    },
-                    s.unsigned_tail,
-                    s.gaps,
-                    s.lost,
-                    if s.anchored {
-                        ", anchor matched"
-                    } else {
-                        " (no anchor: a cut tail is not detectable; pass --anchor)"
-                    },
-                ),
-                Err(e) => {
-                    eprintln!("TAMPERED: {e}");
-                    std::process::exit(2);
+        Cmd::Kubectl(KubectlCli {
+            global,
+            cmd: KubectlCmd::Key(cmd),
+        }) => match keyward::plugin::run(&global, cmd).await {
+            Ok((text, yes)) => {
+                println!("{text}");
+                if !yes {
+                    std::process::exit(1);
                 }
             }
-        }
-        Cmd::Audit(AuditCmd::Keygen { prefix }) => {
-            let (sk, pk) = keyward::audit::generate_keypair(&prefix)?;
-            println!("wrote {} (secret) and {}", sk.display(), pk.display());
-        }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        },
+        Cmd::Kubectl(KubectlCli {
+            cmd: KubectlCmd::Audit(cmd),
+            ..
+        })
+        | Cmd::Audit(cmd) => audit(cmd).await?,
         Cmd::Report { output, namespace } => {
             use keyward::crd::{ManagedKey, RotationPolicy};
             let client = kube::Client::try_default().await?;
@@ -246,11 +244,74 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `keyward audit ...` and `kubectl keyward audit ...`.
+async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
+    match cmd {
+        AuditCmd::Verify {
+            files,
+            public_key,
+            anchor,
+            anchor_from_cluster,
+            namespace,
+        } => {
+            let logs = keyward::audit::read_log_files(&files)?;
+            let pk = public_key
+                .as_deref()
+                .map(keyward::audit::load_public_key)
+                .transpose()?;
+            let anchor = match (anchor, anchor_from_cluster) {
+                (Some(path), _) => Some(keyward::audit::anchor::Anchor::parse(
+                    &std::fs::read_to_string(&path)?,
+                    &path.display().to_string(),
+                )?),
+                (None, Some(pod)) => {
+                    let client = kube::Client::try_default().await?;
+                    Some(keyward::audit::anchor::fetch(&client, &namespace, &pod).await?)
+                }
+                (None, None) => None,
+            };
+            match keyward::audit::verify_files(&logs, pk.as_ref(), anchor.as_ref()) {
+                Ok(s) => println!(
+                    "ok: {} records (seq {}..{}) in {} files, {} checkpoints{}, {} records after the last checkpoint, {} gap records ({} events lost to failed writes){}",
+                    s.records,
+                    s.first_seq,
+                    s.last_seq,
+                    logs.len(),
+                    s.checkpoints,
+                    if pk.is_some() {
+                        ""
+                    } else {
+                        " (signatures NOT checked: pass --public-key)"
+                    },
+                    s.unsigned_tail,
+                    s.gaps,
+                    s.lost,
+                    if s.anchored {
+                        ", anchor matched"
+                    } else {
+                        " (no anchor: a cut tail is not detectable; pass --anchor)"
+                    },
+                ),
+                Err(e) => {
+                    eprintln!("TAMPERED: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        AuditCmd::Keygen { prefix } => {
+            let (sk, pk) = keyward::audit::generate_keypair(&prefix)?;
+            println!("wrote {} (secret) and {}", sk.display(), pk.display());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn command_line_definitions_are_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+        super::KubectlCli::command().debug_assert();
     }
 }
