@@ -5,7 +5,9 @@
 #   charts/keyward -> RotationPolicy + ManagedKey + SecretProviderClass + Pod ->
 #   1. the mounted file is the current key (fingerprint against .status),
 #   2. a rotation changes the mounted file to the new current key,
-#   3. a pod whose service account is not allowed never starts; its Events name the reason.
+#   3. a pod whose service account is not allowed never starts; its Events name the reason;
+#   4. (KEYWARD_E2E_KMS=1) Secrets encrypted at rest through `keyward kms-plugin`: the cluster
+#      comes from tests/e2e/kind-config-kms.yaml and tests/e2e/kms-step.sh checks etcd.
 # Logs and state are collected on failure; the cluster is deleted at the end.
 #
 # Needs docker (with a running engine), kind (>= v0.29.0 for the pinned node image), kubectl,
@@ -17,6 +19,8 @@
 #   CSI_DRIVER_VERSION=1.6.0        secrets-store-csi-driver chart version
 #   IMAGE=keyward:e2e               image tag built and loaded
 #   KEEP_CLUSTER=1                  keep the cluster afterwards (for debugging)
+#   KEYWARD_E2E_KMS=1               also turn on KMS v2 encryption at rest (default 1 when
+#                                   the script creates the cluster; never on an existing one)
 #   E2E_ARTIFACTS=DIR               where diagnostics go on failure (default: a temp dir)
 #   KEYWARD_E2E_EXISTING_CLUSTER=1  use the cluster KUBECONFIG points at instead of creating
 #                                   one (`make demo` does this); the CSI driver and keyward
@@ -30,6 +34,9 @@ IMAGE=${IMAGE:-keyward:e2e}
 NS=keyward-system
 APP_NS=default
 existing=${KEYWARD_E2E_EXISTING_CLUSTER:-}
+# Encryption at rest rewires the apiserver: only on a cluster this script creates.
+KMS=${KEYWARD_E2E_KMS:-1}
+[ -n "$existing" ] && KMS=0
 ARTIFACTS=${E2E_ARTIFACTS:-$(mktemp -d -t keyward-e2e.XXXXXX)}
 
 skip() { echo "SKIPPED: $*"; exit 0; }
@@ -99,9 +106,27 @@ until_ok() {
 # ---------------------------------------------------------------- cluster and installs
 if [ -z "$existing" ]; then
   export KUBECONFIG="$ARTIFACTS/kubeconfig"
-  step "kind cluster $CLUSTER (kind-config.yaml)"
+  kind_config=kind-config.yaml
+  if [ "$KMS" = 1 ]; then
+    # The KMS plugin's root key and the EncryptionConfiguration live on the host and are
+    # mounted into the control-plane node: never in the cluster whose Secrets they protect.
+    KMS_DIR="$ARTIFACTS/kms"
+    mkdir -p "$KMS_DIR"
+    (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$KMS_DIR/kek.hex")
+    cat >"$KMS_DIR/enc.yaml" <<'YAML'
+apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources: [secrets]
+    providers:
+      - identity: {}
+YAML
+    kind_config="$ARTIFACTS/kind-config-kms.yaml"
+    sed "s#__KMS_DIR__#$KMS_DIR#" tests/e2e/kind-config-kms.yaml >"$kind_config"
+  fi
+  step "kind cluster $CLUSTER ($kind_config)"
   kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
-  kind create cluster --name "$CLUSTER" --config kind-config.yaml --kubeconfig "$KUBECONFIG" \
+  kind create cluster --name "$CLUSTER" --config "$kind_config" --kubeconfig "$KUBECONFIG" \
     ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"} --wait 120s
 fi
 
@@ -221,6 +246,12 @@ started=$(kubectl -n "$APP_NS" get pod intruder -o jsonpath='{.status.containerS
 echo "ok: intruder is $phase; its Event says:"
 events | grep 'may not mount' | tail -n 1 | sed 's/^/    /'
 kubectl -n "$APP_NS" delete pod intruder --wait=false >/dev/null
+
+# ---------------------------------------------------------------- 4. encryption at rest
+if [ "$KMS" = 1 ]; then
+  # shellcheck source=tests/e2e/kms-step.sh
+  . tests/e2e/kms-step.sh
+fi
 
 echo
 echo "e2e: PASS"

