@@ -23,4 +23,10 @@ if ! cmp -s tests/py/requirements.txt "$stamp" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r tests/py/requirements.txt
   cp tests/py/requirements.txt "$stamp"
 fi
+# Mutation testing (`make mutants`, .ci/mutants-in-diff.sh): cargo-mutants from crates.io.
+MUTANTS_VERSION=27.1.0
+if ! cargo mutants --version 2>/dev/null | grep -q " $MUTANTS_VERSION"; then
+  echo "setup: installing cargo-mutants $MUTANTS_VERSION (about 3 minutes on 2 cores)"
+  cargo install -q cargo-mutants --version "$MUTANTS_VERSION" --locked
+fi
 echo "setup: ok"
