@@ -299,6 +299,12 @@ async fn two_replicas_only_the_leader_acts() {
         (ra > 0) != (rb > 0),
         "exactly one replica reconciles: a={ra} b={rb}"
     );
+    // keyward_leader: 1 on the replica that reconciles, 0 on the standby (the "no leader"
+    // alert sums it over replicas).
+    assert_eq!(
+        (ma.leader.get(), mb.leader.get()),
+        if ra > 0 { (1, 0) } else { (0, 1) }
+    );
     assert_eq!(w.versions_in_secret("k").await, vec![1]);
 }
 

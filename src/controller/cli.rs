@@ -296,6 +296,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         };
         run_leader_elected(ctx, lease, async move { stop.wait().await }, ready).await?;
     } else {
+        ctx.metrics.leader.set(1);
         super::run(ctx, async move { stop.wait().await }, None, ready).await;
     }
     // The controller returns only once the signal fired; let the other tasks finish with it.
@@ -359,6 +360,7 @@ pub async fn run_leader_elected(
             _ = stop.wait_for(|s| *s) => break,
         }
         tracing::info!(%identity, "leader: starting controller");
+        ctx.metrics.leader.set(1);
         let mut lost_rx = leader.clone();
         let mut stop2 = stop_rx.clone();
         let lost = async move {
@@ -368,6 +370,7 @@ pub async fn run_leader_elected(
             }
         };
         super::run(ctx.clone(), lost, None, ready.clone()).await;
+        ctx.metrics.leader.set(0);
         if *stop_rx.borrow() {
             break;
         }

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// KEK rewraps done (KEK rotation / migration).
     pub rewraps: Counter,
+    /// 1 while this replica reconciles (holds the Lease, or runs without leader election):
+    /// the sum over replicas is 1, and 0 means no key rotates (the "no leader" alert).
+    pub leader: Gauge,
     states: Mutex<HashMap<(String, String), (String, bool)>>,
 }
 
@@ -68,6 +71,7 @@ impl Default for Metrics {
             overdue_keys: Gauge::default(),
             reconcile_duration: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             rewraps: Counter::default(),
+            leader: Gauge::default(),
             states: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -101,6 +105,11 @@ impl Default for Metrics {
             "reconcile_duration_seconds",
             "Time per reconcile",
             m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica is the one reconciling ManagedKeys",
+            m.leader.clone(),
         );
         registry.register(
             "kek_rewraps",

@@ -31,25 +31,26 @@ pub struct ServeMetrics {
 }
 
 impl ServeMetrics {
-    /// Add the counters to a registry (the controller's `/metrics`).
+    /// Add the counters to the controller's registry (`/metrics`), which prefixes every name
+    /// with `keyward_`: exported as `keyward_key_service_*_total`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
-            "keyward_key_service_first_serves",
+            "key_service_first_serves",
             "Key versions served to a pod for the first time (each one is audited)",
             self.first_serves.clone(),
         );
         registry.register(
-            "keyward_key_service_repeat_serves",
+            "key_service_repeat_serves",
             "Key versions served again to a pod that already had them (re-mounts; not audited again)",
             self.repeat_serves.clone(),
         );
         registry.register(
-            "keyward_key_service_unauthenticated_refusals",
+            "key_service_unauthenticated_refusals",
             "Key-service requests refused before the caller was authenticated as the CSI provider (not audited)",
             self.unauthenticated_refusals.clone(),
         );
         registry.register(
-            "keyward_key_service_invalid_requests",
+            "key_service_invalid_requests",
             "Key-service requests refused because a field is too long, holds a control character or asks for too many keys",
             self.invalid_requests.clone(),
         );

@@ -29,6 +29,7 @@ import subprocess
 import sys
 
 import helm_python as helm
+import promql_parser
 import jsonschema
 import kubernetes_validate
 import yaml
@@ -103,7 +104,9 @@ SETS = {
                      "serviceAccount": {"create": False, "name": "kw-provider"}},
         "rbac": {"create": False, "aggregatedRoles": False, "admissionPolicy": False},
         "crds": {"keep": False},
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                    "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+                    "dashboard": {"enabled": True}},
     },
     "no-crds": {"crds": {"install": False}, "controller": {"serviceAccount": {"name": "ctl", "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/k"}}}},
 }
@@ -281,6 +284,18 @@ def conventions_checks(name, values, ds, rendered, full, dep, dset, args, pargs)
               and sm[0]["spec"]["namespaceSelector"]["matchNames"] == [NS]
               and all(sm[0]["metadata"]["labels"].get(k) == v for k, v in smv["labels"].items()),
               f"{name}: the ServiceMonitor selects exactly the metrics Service ({picked}), port metrics, every {smv['interval']}")
+    rules = [d for _, d in ds if d["kind"] == "PrometheusRule"]
+    check(len(rules) == (1 if values["metrics"]["prometheusRule"]["enabled"] else 0), f"{name}: {len(rules)} PrometheusRule")
+    if rules:
+        want = yaml.safe_load(open(os.path.join(CHART, "files", "prometheus-rules.yaml")))
+        check(rules[0]["spec"] == want and all(rules[0]["metadata"]["labels"].get(k) == v for k, v in values["metrics"]["prometheusRule"]["labels"].items()),
+              f"{name}: the PrometheusRule carries files/prometheus-rules.yaml unchanged, with its labels")
+    dash = [d for _, d in ds if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+    check(len(dash) == (1 if values["metrics"]["dashboard"]["enabled"] else 0), f"{name}: {len(dash)} dashboard ConfigMap")
+    if dash:
+        check(json.loads(dash[0]["data"]["keyward.json"]) == json.load(open(os.path.join(CHART, "files", "grafana-dashboard.json")))
+              and dash[0]["metadata"]["labels"].get("grafana_dashboard") == "1",
+              f"{name}: the dashboard ConfigMap holds files/grafana-dashboard.json, labelled for the Grafana sidecar")
 
 
 # The validator is strict: an unknown field in a pod template is an error, not ignored.
@@ -479,6 +494,28 @@ for name, extra in SETS.items():
 c1 = one(docs(render(defaults)), "Secret")["data"]["ca.crt"]
 c2 = one(docs(render(defaults)), "Secret")["data"]["ca.crt"]
 check(c1 != c2, "each fresh install generates its own CA")
+
+# ---------------------------------------------------------------- alerts and dashboard
+# Every expression parses as PromQL; every alert has a severity, a summary and a description.
+# (The story checks every metric they name against the real controller's /metrics.)
+alert_rules = [r for g in yaml.safe_load(open(os.path.join(CHART, "files", "prometheus-rules.yaml")))["groups"] for r in g["rules"]]
+dashboard = json.load(open(os.path.join(CHART, "files", "grafana-dashboard.json")))
+exprs = [(r["alert"], r["expr"]) for r in alert_rules] + [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p["targets"]]
+bad = []
+for what, e in exprs:
+    try:
+        promql_parser.parse(e)
+    except Exception as ex:  # noqa: BLE001
+        bad.append(f"{what}: {ex}")
+check(not bad and len(exprs) >= 10, f"{len(exprs)} PromQL expressions of the alerts and the dashboard parse {bad}")
+try:
+    promql_parser.parse("sum(rate(keyward_rotations_total[5m])")
+    check(False, "the PromQL parser accepted an unclosed parenthesis")
+except Exception:  # noqa: BLE001
+    pass
+check(all(r["labels"]["severity"] in ("warning", "critical") and r["annotations"].get("summary") and r["annotations"].get("description")
+          for r in alert_rules) and {r["alert"] for r in alert_rules} >= {"KeywardRotationOverdue", "KeywardAuditWriteFailures", "KeywardNoLeader", "KeywardMountRefusalsRising"},
+      f"alerts: {sorted(r['alert'] for r in alert_rules)} each with severity, summary and description")
 
 # ---------------------------------------------------------------- schema refuses bad values
 BAD = [

@@ -774,8 +774,80 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
         audit.contains("\"action\":\"mount\"") && audit.contains("\"outcome\":\"denied\""),
         "mounts served and refused are not in the audit log"
     );
+    w.say("metrics: the chart's alerts and dashboard name only metrics the controller exports");
+    let exposition = http_get(&format!("127.0.0.1:{metrics_port}"), "/metrics")?;
+    // Sample names, and the names a declared family exports once it has samples (a counter
+    // family without labels seen yet, such as reconcile errors, shows only its `# TYPE`).
+    let mut exported: std::collections::BTreeSet<String> = exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect();
+    for l in exposition.lines() {
+        let mut f = l.split(' ');
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (f.next(), f.next(), f.next(), f.next())
+        {
+            match kind {
+                "counter" => exported.insert(format!("{name}_total")),
+                "histogram" => exported.insert(format!("{name}_bucket")),
+                _ => exported.insert(name.to_owned()),
+            };
+        }
+    }
+    let root = repo_root();
+    let mut named = std::collections::BTreeSet::new();
+    for f in [
+        "charts/keyward/files/prometheus-rules.yaml",
+        "charts/keyward/files/grafana-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(f))?;
+        for (i, _) in text.match_indices("keyward_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            named.insert(name);
+        }
+    }
+    let missing: Vec<&String> = named
+        .iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    ensure!(
+        named.len() >= 8 && missing.is_empty(),
+        "the alerts or the dashboard name metrics /metrics does not export: {missing:?} (exported: {exported:?})"
+    );
+    ensure!(
+        exposition.lines().any(|l| l == "keyward_leader 1"),
+        "the leading controller does not report keyward_leader 1"
+    );
+    println!(
+        "{} metric names in the alerts and the dashboard, all exported; keyward_leader 1",
+        named.len()
+    );
     w.say("done: every step of the story worked");
     Ok(())
+}
+
+/// A plain HTTP/1.0 GET (the controller's metrics endpoint; no client library needed).
+fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP answer from {addr}{path}"))?;
+    ensure!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "GET {addr}{path}: {}",
+        head.lines().next().unwrap_or("")
+    );
+    Ok(body.to_owned())
 }
 
 /// Path of the repository root when run from the source tree (this crate lives in
