@@ -18,6 +18,7 @@ mod lifecycle;
 mod paging;
 mod patch;
 mod protobuf;
+mod protobuf_workloads;
 mod rbac;
 mod routes;
 mod schema;

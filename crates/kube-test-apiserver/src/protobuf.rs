@@ -1,14 +1,16 @@
 //! Just enough of the Kubernetes protobuf wire format to read what `kubectl create` sends for
 //! the simple built-ins tests create (Namespace, ServiceAccount, ConfigMap, Secret,
 //! TokenRequest, the rbac.authorization.k8s.io/v1 kinds and the authorization.k8s.io/v1
-//! access and rules reviews `kubectl auth can-i [--list]` sends). Anything else is answered with 415 so the
+//! access and rules reviews `kubectl auth can-i [--list]` sends; the workload kinds of
+//! `kubectl create deployment|service|job|cronjob|priorityclass|pdb|quota` and `kubectl run`
+//! in protobuf_workloads.rs). Anything else is answered with 415 so the
 //! client can send JSON.
 
 use serde_json::{Map, Value, json};
 
 const MAGIC: &[u8] = b"k8s\0";
 
-enum Field<'a> {
+pub(crate) enum Field<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
 }
@@ -26,7 +28,7 @@ fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
     None
 }
 
-fn fields(b: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
+pub(crate) fn fields(b: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
     let mut pos = 0;
     let mut out = Vec::new();
     while pos < b.len() {
@@ -54,7 +56,7 @@ fn fields(b: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
     Some(out)
 }
 
-fn string(f: &Field<'_>) -> Option<String> {
+pub(crate) fn string(f: &Field<'_>) -> Option<String> {
     match f {
         Field::Bytes(b) => String::from_utf8(b.to_vec()).ok(),
         Field::Varint(_) => None,
@@ -118,7 +120,7 @@ fn varint_field(fs: &[(u64, Field<'_>)], n: u64) -> Option<u64> {
     })
 }
 
-fn object_meta(b: &[u8]) -> Option<Value> {
+pub(crate) fn object_meta(b: &[u8]) -> Option<Value> {
     let fs = fields(b)?;
     let mut m = Map::new();
     for (n, key) in [(1, "name"), (2, "generateName"), (3, "namespace")] {
@@ -196,7 +198,7 @@ fn policy_rule(fs: &[(u64, Field<'_>)]) -> Value {
 
 /// LabelSelector (apimachinery meta/v1): matchLabels 1 (map), matchExpressions 2
 /// (LabelSelectorRequirement: key 1, operator 2, values 3).
-fn label_selector(fs: &[(u64, Field<'_>)]) -> Value {
+pub(crate) fn label_selector(fs: &[(u64, Field<'_>)]) -> Value {
     let mut s = json!({});
     if let Some(m) = string_map(fs, 1) {
         s["matchLabels"] = m;
@@ -380,6 +382,11 @@ pub fn decode(body: &[u8]) -> Option<Value> {
                 put_strings(&mut spec, s, &[(1, "namespace")]);
             }
             v["spec"] = spec;
+        }
+        // Deployment, Service, Pod, Job, CronJob, PriorityClass, PodDisruptionBudget,
+        // ResourceQuota: protobuf_workloads.rs.
+        k if crate::protobuf_workloads::handles(k) => {
+            crate::protobuf_workloads::decode_into(&mut v, k, &obj)?
         }
         _ => return None,
     }

@@ -51,7 +51,21 @@ impl ResType {
             namespaced,
             short_names: short.iter().map(|s| s.to_string()).collect(),
             categories: vec![],
-            status: matches!(plural, "namespaces" | "pods" | "customresourcedefinitions"),
+            // The built-ins with a status subresource (pkg/registry/*/storage in
+            // kubernetes/kubernetes: a StatusREST beside the REST of each of these).
+            status: matches!(
+                plural,
+                "namespaces"
+                    | "pods"
+                    | "services"
+                    | "customresourcedefinitions"
+                    | "deployments"
+                    | "daemonsets"
+                    | "jobs"
+                    | "cronjobs"
+                    | "poddisruptionbudgets"
+                    | "resourcequotas"
+            ),
             schemas: vec![],
             columns: vec![],
             create_only: false,
@@ -232,6 +246,32 @@ pub fn builtins() -> Vec<ResType> {
         ),
         ResType::builtin("apps", "v1", "deployments", "Deployment", true, &["deploy"]),
         ResType::builtin("apps", "v1", "daemonsets", "DaemonSet", true, &["ds"]),
+        ResType::builtin(
+            "",
+            "v1",
+            "resourcequotas",
+            "ResourceQuota",
+            true,
+            &["quota"],
+        ),
+        ResType::builtin("batch", "v1", "jobs", "Job", true, &[]),
+        ResType::builtin("batch", "v1", "cronjobs", "CronJob", true, &["cj"]),
+        ResType::builtin(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            true,
+            &["pdb"],
+        ),
+        ResType::builtin(
+            "scheduling.k8s.io",
+            "v1",
+            "priorityclasses",
+            "PriorityClass",
+            false,
+            &["pc"],
+        ),
     ];
     let mut tr = ResType::builtin(
         "authentication.k8s.io",

@@ -869,6 +869,166 @@ async fn kubectl_creates_secrets_and_binary_configmaps_over_protobuf() {
     );
 }
 
+/// The workload kinds kubectl's generators send as protobuf (`create deployment|service|job|
+/// cronjob|priorityclass|pdb|quota`, `run`) are decoded field by field and read back, typed,
+/// by kube-rs with what kubectl put in; `kubectl get` lists them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_creates_workloads_over_protobuf() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Service};
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let s = TestApiServer::start().await.unwrap();
+    let c = s.client().await;
+    for args in [
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx:1.27",
+            "--replicas=3",
+            "--port=8080",
+        ][..],
+        &["create", "service", "clusterip", "web", "--tcp=80:8080"],
+        &[
+            "run",
+            "one",
+            "--image=busybox:1.36",
+            "--labels=app=one",
+            "--env=MODE=test",
+            "--",
+            "sleep",
+            "60",
+        ],
+        &[
+            "create",
+            "job",
+            "migrate",
+            "--image=busybox:1.36",
+            "--",
+            "echo",
+            "done",
+        ],
+        &[
+            "create",
+            "cronjob",
+            "nightly",
+            "--image=busybox:1.36",
+            "--schedule=0 3 * * *",
+        ],
+        &[
+            "create",
+            "priorityclass",
+            "high",
+            "--value=1000",
+            "--description=important",
+        ],
+        &[
+            "create",
+            "poddisruptionbudget",
+            "web",
+            "--selector=app=web",
+            "--min-available=50%",
+        ],
+        &["create", "quota", "small", "--hard=pods=10,requests.cpu=2"],
+    ] {
+        let (ok, out) = kubectl(&s, args);
+        assert!(ok, "kubectl {args:?}: {out}");
+    }
+    let d = Api::<Deployment>::namespaced(c.clone(), "default")
+        .get("web")
+        .await
+        .unwrap();
+    let spec = d.spec;
+    assert_eq!(spec.replicas, Some(3));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.containers[0].image.as_deref(), Some("nginx:1.27"));
+    assert_eq!(
+        pod.containers[0].ports.as_ref().unwrap()[0].container_port,
+        8080
+    );
+    assert_eq!(spec.selector.match_labels.unwrap()["app"], "web");
+    let svc = Api::<Service>::namespaced(c.clone(), "default")
+        .get("web")
+        .await
+        .unwrap();
+    let sp = svc.spec.unwrap();
+    let port = &sp.ports.unwrap()[0];
+    assert_eq!(
+        (port.port, port.target_port.clone()),
+        (80, Some(IntOrString::Int(8080)))
+    );
+    assert_eq!(sp.type_.as_deref(), Some("ClusterIP"));
+    let p = Api::<Pod>::namespaced(c.clone(), "default")
+        .get("one")
+        .await
+        .unwrap();
+    let ps = p.spec.unwrap();
+    assert_eq!(
+        ps.containers[0].args.as_deref(),
+        Some(&["sleep".to_string(), "60".to_string()][..])
+    );
+    assert_eq!(
+        ps.containers[0].env.as_ref().unwrap()[0].value.as_deref(),
+        Some("test")
+    );
+    assert_eq!(p.metadata.labels.unwrap()["app"], "one");
+    let j = Api::<Job>::namespaced(c.clone(), "default")
+        .get("migrate")
+        .await
+        .unwrap();
+    let jc = &j.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(
+        jc.command.as_deref(),
+        Some(&["echo".to_string(), "done".to_string()][..])
+    );
+    let cj = Api::<CronJob>::namespaced(c.clone(), "default")
+        .get("nightly")
+        .await
+        .unwrap();
+    assert_eq!(cj.spec.schedule, "0 3 * * *");
+    let pc = Api::<PriorityClass>::all(c.clone())
+        .get("high")
+        .await
+        .unwrap();
+    assert_eq!(
+        (pc.value, pc.description.as_deref()),
+        (Some(1000), Some("important"))
+    );
+    let pdb = Api::<PodDisruptionBudget>::namespaced(c.clone(), "default")
+        .get("web")
+        .await
+        .unwrap();
+    assert_eq!(
+        pdb.spec.unwrap().min_available,
+        Some(IntOrString::String("50%".into()))
+    );
+    let q = Api::<ResourceQuota>::namespaced(c, "default")
+        .get("small")
+        .await
+        .unwrap();
+    let hard = q.spec.unwrap().hard.unwrap();
+    assert_eq!(
+        (hard["pods"].0.as_str(), hard["requests.cpu"].0.as_str()),
+        ("10", "2")
+    );
+    let (ok, out) = kubectl(&s, &["get", "deploy,svc,po,job,cj,pdb,quota", "-o", "name"]);
+    assert!(ok, "{out}");
+    for name in [
+        "deployment.apps/web",
+        "service/web",
+        "pod/one",
+        "job.batch/migrate",
+        "cronjob.batch/nightly",
+        "poddisruptionbudget.policy/web",
+        "resourcequota/small",
+    ] {
+        assert!(out.contains(name), "{name} missing from {out}");
+    }
+}
+
 /// With `controllers_delay`, the garbage collector and namespace controller act after the
 /// write, as in a real cluster: a background-deleted owner's dependent and a Terminating
 /// namespace's content are still there when the DELETE has been answered, and go once the
