@@ -282,11 +282,54 @@ mod tests {
         s.transition(2, KeyState::Suspended, t(200), "pause")
             .unwrap();
         let e = select(&s, G, Selector::Current, t(201)).unwrap_err();
-        assert!(e.to_string().contains("desiredState"), "{e}");
+        // The Suspended reason, not the generic "no version is Active" one (both name
+        // desiredState).
+        assert!(
+            e.to_string()
+                .contains("the key is Suspended; set spec.desiredState to Active"),
+            "{e}"
+        );
         // Still processes by number and through `all`, but `all` then has no current.
         assert!(select(&s, G, Selector::Number(2), t(201)).is_ok());
         let r = select(&s, G, Selector::All, t(201)).unwrap();
         assert_eq!((r.versions, r.current), (vec![2], None));
+    }
+
+    #[test]
+    fn a_numbered_version_is_current_only_when_it_is_the_active_one() {
+        let s = rotated();
+        let r = select(&s, G, Selector::Number(2), t(120)).unwrap();
+        assert_eq!((r.versions, r.current), (vec![2], Some(2)));
+        let r = select(&s, G, Selector::Number(1), t(120)).unwrap();
+        assert_eq!((r.versions, r.current), (vec![1], None));
+    }
+
+    #[test]
+    fn no_current_reasons_name_the_cause() {
+        let empty = StoredState::default();
+        let e = select(&empty, G, Selector::Current, t(0)).unwrap_err();
+        assert!(e.to_string().contains("no version exists yet"), "{e}");
+        let mut retired = rotated();
+        retired
+            .transition(2, KeyState::Deactivated, t(200), "retire")
+            .unwrap();
+        let e = select(&retired, G, Selector::Current, t(201)).unwrap_err();
+        assert!(e.to_string().contains("no version is Active"), "{e}");
+    }
+
+    /// The selector's text is what audit records and refusals name (`fail(name, &sel...)`).
+    #[test]
+    fn selectors_print_as_the_objects_parameter_spells_them() {
+        let shown: Vec<String> = [
+            Selector::Current,
+            Selector::Previous,
+            Selector::All,
+            Selector::Number(7),
+        ]
+        .iter()
+        .map(Selector::to_string)
+        .collect();
+        assert_eq!(shown, ["current", "previous", "all", "7"]);
     }
 
     #[test]
