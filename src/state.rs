@@ -147,6 +147,7 @@ impl StoredVersion {
             destroyed: self.destroyed.map(|t| t.to_string()),
             fingerprint: self.fingerprint.clone(),
             kek: self.kek.clone(),
+            kid: None,
             public_key: self.public_key.clone(),
             transitions: self.transitions[skip..]
                 .iter()

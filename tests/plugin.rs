@@ -110,6 +110,68 @@ async fn kubectl_keyward_commands_against_the_running_stack() {
     apply_key(&stack.client, "payments", "aes-256").await;
     wait(&keys, "payments", "v1", |k| current(k) == 1).await;
 
+    // kubectl get: Ready and the next rotation to the second; -o wide adds the details.
+    let kubeconfig = stack.server.kubeconfig_path().to_path_buf();
+    let get = |wide: bool| {
+        let mut c = std::process::Command::new("kubectl");
+        c.arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "mk", "payments"]);
+        if wide {
+            c.args(["-o", "wide"]);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8(o.stdout).unwrap();
+        let mut lines = text.lines();
+        let header = lines.next().unwrap().to_string();
+        let line = lines.next().unwrap().to_string();
+        // Cells by the header's column offsets (an empty cell prints as blanks).
+        let starts: Vec<usize> = (0..header.len())
+            .filter(|&i| {
+                header.as_bytes()[i] != b' ' && (i == 0 || header.as_bytes()[i - 1] == b' ')
+            })
+            .collect();
+        let row: Vec<String> = (0..starts.len())
+            .map(|k| {
+                let from = starts[k].min(line.len());
+                let to = starts
+                    .get(k + 1)
+                    .copied()
+                    .unwrap_or(line.len())
+                    .min(line.len());
+                line[from..to].trim().to_string()
+            })
+            .collect();
+        let head: Vec<String> = header.split_whitespace().map(String::from).collect();
+        (head, row)
+    };
+    let (head, row) = get(false);
+    assert_eq!(
+        head,
+        [
+            "NAME",
+            "READY",
+            "STATE",
+            "CURRENT",
+            "NEXT-ROTATION",
+            "LAST-ROTATION",
+            "AGE"
+        ]
+    );
+    assert_eq!(&row[..4], ["payments", "True", "Active", "1"], "{row:?}");
+    // No policy: no next rotation; the last rotation (first activation) is an age.
+    assert_eq!(row[4], "", "{row:?}");
+    assert!(row[5].ends_with('s') && row[5] != "<invalid>", "{row:?}");
+    let (head, row) = get(true);
+    assert_eq!(
+        &head[7..],
+        ["ALGORITHM", "VERSIONS", "POLICY", "KEK"],
+        "{head:?}"
+    );
+    assert_eq!(&row[7..10], ["aes-256", "1", ""], "{row:?}");
+    assert!(row[10].starts_with("local/"), "{row:?}");
+
     // status
     let s = kubectl_keyward(&stack, &bin_dir, &["status", "payments"]).await;
     assert_eq!(s.code, 0, "{}", s.stderr);
@@ -269,12 +331,12 @@ async fn kubectl_keyward_commands_against_the_running_stack() {
             .unwrap(),
     )
     .unwrap();
-    let public = |v: &serde_json::Value| -> Vec<(String, String)> {
+    let public = |v: &serde_json::Value| -> Vec<(String, String, String)> {
         v["keys"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|k| (k["x"].to_string(), k["y"].to_string()))
+            .map(|k| (k["kid"].to_string(), k["x"].to_string(), k["y"].to_string()))
             .collect()
     };
     assert_eq!(

@@ -178,6 +178,7 @@ mod tests {
                 destroyed: None,
                 fingerprint: "sha256:00".into(),
                 kek: None,
+                kid: None,
                 public_key: None,
                 transitions: vec![],
             }],

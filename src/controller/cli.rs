@@ -199,6 +199,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         );
     }
     ctx.concurrency = args.concurrency.max(1);
+    if !args.disable_key_service {
+        // The same key the key service loads (load_or_create is idempotent), so status names
+        // the kids pods receive.
+        ctx.version_ids = Some(
+            crate::keyservice::VersionIdKey::load_or_create(
+                &kube::Api::namespaced(client.clone(), &args.key_service.namespace),
+                &args.key_service.namespace,
+                &args.key_service.version_key_secret,
+                &ctx.keyring,
+            )
+            .await?,
+        );
+    }
     ctx.audit = audit;
     let ctx = Arc::new(ctx);
     // One signal for every task: SIGTERM/SIGINT, or a task that cannot go on (the key service

@@ -133,6 +133,10 @@ pub struct Context {
     /// Tests make it panic for one key to prove a panicking reconcile is caught and reported on
     /// that key while the others go on.
     pub reconcile_hook: Option<ReconcileHook>,
+    /// The key service's object-version key, so status can name each version's `kid` (the
+    /// opaque id pods receive in JWKs): `kubectl keyward jwks` then matches the mounted JWKS.
+    /// None when this process serves no keys.
+    pub version_ids: Option<crate::keyservice::VersionIdKey>,
 }
 
 /// See [`Context::reconcile_hook`].
@@ -163,6 +167,7 @@ impl Context {
             concurrency: 16,
             sweep_interval: Duration::from_secs(300),
             reconcile_hook: None,
+            version_ids: None,
             // A process-local MAC key: right for tests and single-process use; the controller
             // command replaces it with the shared key from the controller's namespace.
             storage: StorageLocation {

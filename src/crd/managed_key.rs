@@ -25,12 +25,19 @@ pub const RESTORE_ANNOTATION: &str = "keyward.io/restore-from-uid";
     status = "ManagedKeyStatus",
     shortname = "mk",
     category = "keyward",
-    printcolumn = r#"{"name":"Algorithm","type":"string","jsonPath":".spec.algorithm"}"#,
+    // Next-Rotation stays a string: a `date` column is printed as time since, and kubectl
+    // shows "<invalid>" for every future time (apimachinery duration.HumanDuration).
+    // Last-Rotation is in the past, so it reads as an age.
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Current","type":"integer","jsonPath":".status.currentVersion"}"#,
-    printcolumn = r#"{"name":"Versions","type":"integer","jsonPath":".status.versionCount"}"#,
     printcolumn = r#"{"name":"Next-Rotation","type":"string","jsonPath":".status.nextRotation"}"#,
+    printcolumn = r#"{"name":"Last-Rotation","type":"date","jsonPath":".status.lastRotation"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Algorithm","type":"string","priority":1,"jsonPath":".spec.algorithm"}"#,
+    printcolumn = r#"{"name":"Versions","type":"integer","priority":1,"jsonPath":".status.versionCount"}"#,
+    printcolumn = r#"{"name":"Policy","type":"string","priority":1,"jsonPath":".spec.policyRef.name"}"#,
+    printcolumn = r#"{"name":"KEK","type":"string","priority":1,"jsonPath":".status.kek"}"#,
     validation = r#"!has(self.spec.algorithm) || !has(oldSelf.spec) || !has(oldSelf.spec.algorithm) || self.spec.algorithm == oldSelf.spec.algorithm"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -258,6 +265,10 @@ pub struct KeyVersionStatus {
     /// KEK that wraps this version (`backend/id@version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kek: Option<String>,
+    /// The `kid` of this version's JWKs as pods receive them (also its object version in the
+    /// driver's pod status): an opaque id that reveals nothing about the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
     /// Public key (SPKI PEM) of an asymmetric version; public parts may be shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,

@@ -7,6 +7,13 @@ use crate::kek::Keyring;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
+/// The JWK `kid` of a version: the first 22 characters of its object version (88 bits of the
+/// HMAC; short enough for token headers). One definition for the provider's JWKs and the
+/// `kid` the controller records in status.
+pub fn jwk_kid(version_id: &str) -> String {
+    version_id.chars().take(22).collect()
+}
+
 /// The HMAC key for object versions.
 #[derive(Clone)]
 pub struct VersionIdKey(SecretBytes);
@@ -42,6 +49,11 @@ impl VersionIdKey {
             ],
         );
         hex::encode(&mac[..16])
+    }
+
+    /// The JWK `kid` pods receive for that version (see [`jwk_kid`]).
+    pub fn kid(&self, namespace: &str, name: &str, version: u32) -> String {
+        jwk_kid(&self.id(namespace, name, version))
     }
 
     /// Read the key from Secret `name` in `api`'s namespace (wrapped under the KEK), creating

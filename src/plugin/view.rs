@@ -227,7 +227,8 @@ fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
 }
 
 /// The JWKS of the versions that verify or encrypt today (PreActivation, Active, Suspended,
-/// Deactivated with a public key in status), newest first; `kid`s as the provider's.
+/// Deactivated with a public key in status), newest first; each `kid` is the one status
+/// records, which is the one pods receive.
 pub fn jwks(mk: &ManagedKey) -> Result<String, String> {
     let ns = mk.namespace().unwrap_or_default();
     let name = mk.name_any();
@@ -256,8 +257,13 @@ pub fn jwks(mk: &ManagedKey) -> Result<String, String> {
                 v.version
             )
         })?;
-        let kid = crate::keys::kid(&ns, &name, v.version);
-        let jwk = crate::keys::public_jwk_from_spki(alg, &der, &kid)
+        let kid = v.kid.as_deref().ok_or_else(|| {
+            format!(
+                "version {} of {ns}/{name} has no kid in status (its controller serves no keys, --disable-key-service)",
+                v.version
+            )
+        })?;
+        let jwk = crate::keys::public_jwk_from_spki(alg, &der, kid)
             .map_err(|e| format!("version {} of {ns}/{name}: {e}", v.version))?;
         let value: serde_json::Value =
             serde_json::from_str(&jwk).map_err(|e| format!("version {}: {e}", v.version))?;
@@ -298,6 +304,7 @@ mod tests {
             destroyed: None,
             fingerprint: format!("sha256:{n:032}"),
             kek: None,
+            kid: Some(format!("kid-{n}")),
             public_key,
             transitions: vec![],
         }
@@ -379,13 +386,7 @@ mod tests {
             .iter()
             .map(|k| k["kid"].as_str().unwrap())
             .collect();
-        assert_eq!(
-            kids,
-            [
-                crate::keys::kid("team-a", "k", 3),
-                crate::keys::kid("team-a", "k", 2)
-            ]
-        );
+        assert_eq!(kids, ["kid-3", "kid-2"]);
         assert!(
             set["keys"]
                 .as_array()

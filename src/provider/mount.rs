@@ -59,7 +59,7 @@ pub fn fetch_request(p: &MountParams) -> (FetchRequest, Vec<usize>) {
 
 /// JWK `kid`: the key service's opaque, stable version id (reveals nothing about the key).
 fn kid(_o: &ObjectSpec, version_id: &str) -> String {
-    version_id.chars().take(22).collect()
+    crate::keyservice::version_id::jwk_kid(version_id)
 }
 
 /// One JWKS file from every version of the answer, current first.

@@ -3,35 +3,75 @@
 use crate::types::ResType;
 use serde_json::{Value, json};
 
-/// Evaluate a simple JSONPath (`.a.b`, `.a[0].b`) against an object.
+/// Evaluate the JSONPath of a printer column against an object: `.a.b`, `.a[0].b`, and the
+/// filter `.a[?(@.k=="v")].b` (first match), as CRD columns use them. Upstream evaluates them
+/// with client-go's jsonpath and prints the first result
+/// (apiextensions-apiserver `pkg/registry/customresource/tableconvertor`, `ConvertToTable`).
 pub fn jsonpath<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     let mut cur = v;
-    for part in path
-        .trim_start_matches('.')
-        .split('.')
-        .filter(|p| !p.is_empty())
-    {
-        let (field, idx) = match part.split_once('[') {
-            Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
+    let mut rest = path.trim_start_matches('.');
+    while !rest.is_empty() {
+        // One segment: a field name, then optionally `[N]` or `[?(@.k=="v")]`.
+        let end = rest.find(['.', '[']).unwrap_or(rest.len());
+        let field = &rest[..end];
+        rest = &rest[end..];
         if !field.is_empty() {
             cur = cur.get(field)?;
         }
-        if let Some(i) = idx {
-            cur = cur.get(i)?;
+        if let Some(r) = rest.strip_prefix('[') {
+            let close = r.find(']')?;
+            let inner = &r[..close];
+            rest = &r[close + 1..];
+            if let Some(f) = inner.strip_prefix("?(@.").and_then(|f| f.strip_suffix(')')) {
+                let (k, want) = f.split_once("==")?;
+                let want = want.trim().trim_matches(|c| c == '"' || c == '\'');
+                cur = cur
+                    .as_array()?
+                    .iter()
+                    .find(|e| e.get(k.trim()).and_then(Value::as_str) == Some(want))?;
+            } else {
+                cur = cur.get(inner.parse::<usize>().ok()?)?;
+            }
         }
+        rest = rest.strip_prefix('.').unwrap_or(rest);
     }
     Some(cur)
 }
 
+/// A date cell: upstream's `duration.HumanDuration(time.Since(t))`
+/// (apimachinery `pkg/util/duration`), "<invalid>" for a time more than a second ahead.
 fn age(secs: i64) -> String {
+    if secs < -1 {
+        return "<invalid>".into();
+    }
     let s = secs.max(0);
-    match s {
-        0..120 => format!("{s}s"),
-        120..7200 => format!("{}m", s / 60),
-        7200..172_800 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
+    let (m, h) = (s / 60, s / 3600);
+    let d = h / 24;
+    let with = |big: i64, bu: &str, small: i64, su: &str| {
+        if small == 0 {
+            format!("{big}{bu}")
+        } else {
+            format!("{big}{bu}{small}{su}")
+        }
+    };
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        with(m, "m", s % 60, "s")
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        with(h, "h", m % 60, "m")
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 24 * 8 {
+        with(d, "d", h % 24, "h")
+    } else if h < 24 * 365 * 2 {
+        format!("{d}d")
+    } else if h < 24 * 365 * 8 {
+        with(d / 365, "y", d % 365, "d")
+    } else {
+        format!("{}y", d / 365)
     }
 }
 
@@ -70,4 +110,46 @@ pub fn table(rt: &ResType, version: &str, items: &[Value], rv: &str) -> Value {
         })
         .collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv}, "columnDefinitions": defs, "rows": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_as_upstream_human_duration() {
+        for (secs, want) in [
+            (-5, "<invalid>"),
+            (-1, "0s"),
+            (59, "59s"),
+            (119, "119s"),
+            (125, "2m5s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (30 * 3600, "30h"),
+            (3 * 86_400 + 7200, "3d2h"),
+            (40 * 86_400, "40d"),
+            (800 * 86_400, "2y70d"),
+            (9 * 365 * 86_400, "9y"),
+        ] {
+            assert_eq!(age(secs), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn jsonpath_filters_pick_the_first_match() {
+        let o = json!({"status": {"conditions": [
+            {"type": "Degraded", "status": "False"}, {"type": "Ready", "status": "True"}]},
+            "spec": {"list": [{"a": 1}, {"a": 2}]}});
+        assert_eq!(
+            jsonpath(&o, ".status.conditions[?(@.type==\"Ready\")].status"),
+            Some(&json!("True"))
+        );
+        assert_eq!(
+            jsonpath(&o, ".status.conditions[?(@.type==\"Gone\")].status"),
+            None
+        );
+        assert_eq!(jsonpath(&o, ".spec.list[1].a"), Some(&json!(2)));
+        assert_eq!(jsonpath(&o, ".spec.missing"), None);
+    }
 }

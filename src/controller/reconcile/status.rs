@@ -173,13 +173,24 @@ pub(super) fn project(
         current_version: current.map(|c| c.version),
         state: Some(state),
         version_count: st.version_count(),
-        versions: st.version_statuses(STATUS_TRANSITIONS),
-        next_rotation: plan.next_rotation.map(|t| t.to_string()),
+        versions: {
+            let mut vs = st.version_statuses(STATUS_TRANSITIONS);
+            if let Some(ids) = &ctx.version_ids {
+                let (ns, name) = (mk.namespace().unwrap_or_default(), mk.name_any());
+                for v in &mut vs {
+                    v.kid = Some(ids.kid(&ns, &name, v.version));
+                }
+            }
+            vs
+        },
+        // To the second: these are read by people (`kubectl get mk`), and the planner's
+        // sub-second precision only made the column unreadable.
+        next_rotation: plan.next_rotation.map(to_second),
         last_rotation: st
             .versions
             .iter()
             .rev()
-            .find_map(|v| v.activated.map(|t| t.to_string())),
+            .find_map(|v| v.activated.map(to_second)),
         last_rotate_request: st.last_rotate_request.clone(),
         pending_deletion: st.pending_deletion.map(|p| p.status()),
         kek: Some(ctx.keyring.describe()),
@@ -187,6 +198,13 @@ pub(super) fn project(
         observed_generation: generation,
         storage_generation: (st.generation > 0).then_some(st.generation),
     }
+}
+
+/// RFC 3339 at whole seconds (rounded down).
+fn to_second(t: jiff::Timestamp) -> String {
+    jiff::Timestamp::from_second(t.as_second())
+        .unwrap_or(t)
+        .to_string()
 }
 
 /// Write status when it changed (server-side apply, forced: the controller owns status).
