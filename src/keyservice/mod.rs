@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod limits;
+pub mod material_cache;
 pub mod select;
 pub mod served;
 pub mod service;
@@ -120,9 +121,43 @@ pub struct KeyServiceArgs {
         default_value = "keyward-object-version-key"
     )]
     pub version_key_secret: String,
+    /// Seconds an unwrapped key version is reused before the KEK is asked again (one KEK call
+    /// per version per this period instead of one per Mount; 0 turns the cache off).
+    #[arg(
+        long = "material-cache-ttl-seconds",
+        env = "KEYWARD_MATERIAL_CACHE_TTL_SECONDS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(0..=86_400)
+    )]
+    pub material_cache_ttl_seconds: u64,
+    /// Most key versions the material cache holds.
+    #[arg(
+        long = "material-cache-max-entries",
+        env = "KEYWARD_MATERIAL_CACHE_MAX_ENTRIES",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000)
+    )]
+    pub material_cache_max_entries: u64,
+    /// Most material bytes the material cache holds.
+    #[arg(
+        long = "material-cache-max-bytes",
+        env = "KEYWARD_MATERIAL_CACHE_MAX_BYTES",
+        default_value_t = 16 * 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(4096..=1 << 30)
+    )]
+    pub material_cache_max_bytes: u64,
 }
 
 impl KeyServiceArgs {
+    /// The material cache bounds these flags give.
+    pub fn material_cache(&self) -> material_cache::Limits {
+        material_cache::Limits {
+            ttl: Duration::from_secs(self.material_cache_ttl_seconds),
+            max_entries: usize::try_from(self.material_cache_max_entries).unwrap_or(usize::MAX),
+            max_bytes: usize::try_from(self.material_cache_max_bytes).unwrap_or(usize::MAX),
+        }
+    }
+
     /// Defaults, as if no flag were given (for tests and embedding).
     pub fn defaults() -> Self {
         #[derive(clap::Parser)]
@@ -221,7 +256,8 @@ pub async fn build(
         keyring,
         version_key,
         settings,
-    ))
+    )
+    .with_material_cache(args.material_cache()))
 }
 
 /// Largest HTTP/2 header list the key service accepts (the caller's bearer token rides there).

@@ -5,7 +5,10 @@
 //! when full, the oldest entries are forgotten, so a very long-running pod may be recorded
 //! again (never less than once per replica, version and pod).
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashSet, VecDeque};
@@ -28,6 +31,25 @@ pub struct ServeMetrics {
     /// Requests from the provider refused because a field is out of bounds (see
     /// `keyservice::limits`).
     pub invalid_requests: Counter,
+    /// Versions whose material came from the unwrapped-material cache (no KEK call).
+    pub material_cache_hits: Counter,
+    /// Versions that had to be unwrapped (a KEK call each).
+    pub material_cache_misses: Counter,
+    /// Versions held by the material cache.
+    pub material_cache_entries: Gauge,
+    /// Material bytes held by the material cache.
+    pub material_cache_bytes: Gauge,
+    /// KEK unwrap calls of the key service by primary backend kind and outcome.
+    pub kek_unwraps: Family<KekCallLabels, Counter>,
+}
+
+/// Labels of `keyward_key_service_kek_unwraps_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KekCallLabels {
+    /// Backend kind (`local`, `passphrase`, `pkcs11`, `awskms`).
+    pub backend: String,
+    /// `ok` or `error`.
+    pub outcome: String,
 }
 
 impl ServeMetrics {
@@ -53,6 +75,31 @@ impl ServeMetrics {
             "key_service_invalid_requests",
             "Key-service requests refused because a field is too long, holds a control character or asks for too many keys",
             self.invalid_requests.clone(),
+        );
+        registry.register(
+            "key_service_material_cache_hits",
+            "Key versions served from the unwrapped-material cache, without a KEK call",
+            self.material_cache_hits.clone(),
+        );
+        registry.register(
+            "key_service_material_cache_misses",
+            "Key versions unwrapped with the KEK because the material cache did not hold them",
+            self.material_cache_misses.clone(),
+        );
+        registry.register(
+            "key_service_material_cache_entries",
+            "Key versions held by the unwrapped-material cache",
+            self.material_cache_entries.clone(),
+        );
+        registry.register(
+            "key_service_material_cache_bytes",
+            "Material bytes held by the unwrapped-material cache",
+            self.material_cache_bytes.clone(),
+        );
+        registry.register(
+            "key_service_kek_unwraps",
+            "KEK unwrap calls made by the key service, by backend and outcome",
+            self.kek_unwraps.clone(),
         );
     }
 }

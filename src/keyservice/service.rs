@@ -162,6 +162,8 @@ pub struct KeyService<R: TokenReviewer> {
     audit: Arc<crate::audit::Audit>,
     served: Arc<super::ServedMemory>,
     metrics: super::ServeMetrics,
+    /// Unwrapped material by version: one KEK call per version, not per Mount.
+    materials: super::material_cache::MaterialCache,
     /// ManagedKey lookups in flight across all requests (API-server load stays bounded however
     /// many Mounts arrive at once).
     lookups: Arc<tokio::sync::Semaphore>,
@@ -337,6 +339,7 @@ impl<R: TokenReviewer> KeyService<R> {
                 super::ServeMetrics::default(),
             )),
             metrics: super::ServeMetrics::default(),
+            materials: super::material_cache::MaterialCache::new(Default::default()),
             lookups: Arc::new(tokio::sync::Semaphore::new(limits::MAX_LOOKUPS_IN_FLIGHT)),
         }
     }
@@ -348,6 +351,67 @@ impl<R: TokenReviewer> KeyService<R> {
             metrics.clone(),
         ));
         self.metrics = metrics;
+        self
+    }
+
+    /// The material of `version`: from the cache when this exact envelope of this version in
+    /// this state was unwrapped under the current primary KEK within the TTL, else unwrapped
+    /// (one KEK call), checked against the recorded fingerprint and cached.
+    async fn material(
+        &self,
+        rec: &KeyRecord,
+        meta: &crate::state::StoredVersion,
+        ns: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Arc<Zeroizing<Vec<u8>>>, FetchError> {
+        let envelope = rec.stored.envelopes.get(&version).map(Vec::as_slice);
+        let entry = envelope.map(|env| {
+            super::material_cache::EntryKey::new(
+                &rec.key.metadata.uid.clone().unwrap_or_default(),
+                version,
+                meta.state.as_str(),
+                &meta.fingerprint,
+                env,
+                self.keyring.describe(),
+            )
+        });
+        if let Some(m) = entry.as_ref().and_then(|k| self.materials.get(k)) {
+            self.metrics.material_cache_hits.inc();
+            return Ok(m);
+        }
+        self.metrics.material_cache_misses.inc();
+        let unwrapped =
+            storage::unwrap_version(&self.keyring, &rec.stored, ns, name, version).await;
+        let outcome = if unwrapped.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .kek_unwraps
+            .get_or_create(&super::served::KekCallLabels {
+                backend: self.keyring.primary().kind().into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        let m = unwrapped.map_err(|e: StorageError| {
+            FetchError::Internal(format!("{e} (check the key service's KEK configuration)"))
+        })?;
+        if !meta.fingerprint.is_empty() && fingerprint(&m) != meta.fingerprint {
+            return Err(FetchError::Internal(format!(
+                "version {version} of {ns}/{name}: material does not match the recorded fingerprint"
+            )));
+        }
+        let m = Arc::new(Zeroizing::new(m.expose().to_vec()));
+        if let Some(k) = entry {
+            self.materials.insert(k, m.clone());
+            let st = self.materials.stats();
+            self.metrics.material_cache_entries.set(st.entries as i64);
+            self.metrics.material_cache_bytes.set(st.bytes as i64);
+        }
+        Ok(m)
+    }
+
+    /// Bound (or, with a zero TTL, turn off) the unwrapped-material cache.
+    pub fn with_material_cache(mut self, limits: super::material_cache::Limits) -> Self {
+        self.materials = super::material_cache::MaterialCache::new(limits);
         self
     }
 
@@ -617,36 +681,22 @@ impl<R: TokenReviewer> KeyService<R> {
                 let material = match unwrapped.get(&(name, *v)) {
                     Some(m) => m.clone(),
                     None => {
-                        let m = storage::unwrap_version(&self.keyring, &rec.stored, ns, name, *v)
+                        let m = self
+                            .material(rec, meta, ns, name, *v)
                             .await
-                            .map_err(|e: StorageError| {
-                                fail(
-                                    name,
-                                    &v.to_string(),
-                                    FetchError::Internal(format!(
-                                        "{e} (check the key service's KEK configuration)"
-                                    )),
-                                )
-                            })?;
-                        let fp = fingerprint(&m);
-                        if !meta.fingerprint.is_empty() && fp != meta.fingerprint {
-                            return Err(fail(
-                                name,
-                                &v.to_string(),
-                                FetchError::Internal(format!(
-                                    "version {v} of {ns}/{name}: material does not match the recorded fingerprint"
-                                )),
-                            ));
-                        }
+                            .map_err(|e| fail(name, &v.to_string(), e))?;
                         let b = if public_only {
-                            let der = crate::keys::public_spki_der(algorithm, &m)
-                                .map_err(|e| {
-                                    fail(name, &v.to_string(), FetchError::Internal(e.to_string()))
-                                })?
-                                .unwrap_or_default();
+                            let der = crate::keys::public_spki_der(
+                                algorithm,
+                                &crate::crypto::SecretBytes::from_slice(&m),
+                            )
+                            .map_err(|e| {
+                                fail(name, &v.to_string(), FetchError::Internal(e.to_string()))
+                            })?
+                            .unwrap_or_default();
                             bytes::Bytes::from(der)
                         } else {
-                            bytes::Bytes::from_owner(Zeroizing::new(m.expose().to_vec()))
+                            bytes::Bytes::from_owner(Zeroizing::new(m.to_vec()))
                         };
                         unwrapped.insert((name, *v), b.clone());
                         b
