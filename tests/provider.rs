@@ -78,6 +78,74 @@ async fn allowed_pod_gets_the_current_key() {
     assert!(r.error.is_none());
 }
 
+/// A key shared across namespaces, as the CRD documents: a pod of team-a mounts
+/// `team-b/shared` only while team-b's key lists team-a's service account in its own
+/// `spec.access`; the file has the bytes of team-b's key (its envelope bound to team-b), and
+/// the audit names the key's namespace and the pod's.
+#[tokio::test]
+async fn cross_namespace_grants_are_served_only_as_the_key_grants() {
+    let e = env().await;
+    e.put_key(
+        "team-b",
+        "shared",
+        &[("team-b", "app"), (NS, SA)],
+        KeyBuilder::default().with(Active, 10),
+    )
+    .await;
+    e.put_key(
+        "team-b",
+        "private",
+        &[("team-b", "app")],
+        KeyBuilder::default().with(Active, 10),
+    )
+    .await;
+    // Granted: team-b's bytes, at the path the key names.
+    let r = e
+        .mount(&ok_attrs("- key: team-b/shared\n- key: db"))
+        .await
+        .unwrap();
+    let by_path: std::collections::HashMap<&str, &[u8]> = r
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), &f.contents[..]))
+        .collect();
+    assert_eq!(
+        by_path["team-b/shared"],
+        &material("team-b", "shared", 1)[..]
+    );
+    assert_eq!(by_path["db"], &material(NS, "db", 1)[..]);
+    // Not granted: refused naming the fix on team-b's key.
+    refused_mount(
+        &e,
+        "- key: team-b/private",
+        Code::PermissionDenied,
+        "service account team-a/web may not mount ManagedKey team-b/private; add {namespace: team-a, name: web}",
+    )
+    .await;
+    refused_mount(
+        &e,
+        "- key: team-b/missing",
+        Code::NotFound,
+        "team-b/missing",
+    )
+    .await;
+    // The grant removed while mounted: the next Mount (a republish) is refused.
+    e.edit("team-b", "shared", |rec| {
+        rec.key
+            .spec
+            .access
+            .service_accounts
+            .retain(|s| s.namespace != NS)
+    });
+    refused_mount(
+        &e,
+        "- key: team-b/shared",
+        Code::PermissionDenied,
+        "may not mount ManagedKey team-b/shared",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn authorisation_matrix() {
     let e = env().await;
@@ -131,8 +199,8 @@ async fn authorisation_matrix() {
             "b-0",
             Some("tok-team-b"),
             "- key: team-a/db",
-            Code::InvalidArgument,
-            "another namespace",
+            Code::PermissionDenied,
+            "service account team-b/intruder may not mount ManagedKey team-a/db",
         ),
         // Claims in attributes must match the verified token.
         (
@@ -437,9 +505,9 @@ async fn every_bad_input_is_refused_and_nothing_is_returned() {
             "team-a/missing",
         ),
         (
-            "- key: other-ns/db",
+            "- key: Other-NS/db",
             Code::InvalidArgument,
-            "another namespace",
+            "must be a namespace",
         ),
         ("- key: [db", Code::InvalidArgument, "not a valid YAML"),
         (

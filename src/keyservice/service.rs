@@ -50,7 +50,7 @@ pub enum FetchError {
     KeyName(#[from] KeyNameError),
     /// The ManagedKey does not exist.
     #[error(
-        "ManagedKey {0} not found; create it in the pod's namespace or fix `key` in the objects parameter"
+        "ManagedKey {0} not found; create it, or fix `key` in the objects parameter (`name` for the pod's namespace, `namespace/name` for another)"
     )]
     KeyNotFound(String),
     /// The pod's service account is not allowed.
@@ -173,21 +173,35 @@ pub struct KeyService<R: TokenReviewer> {
 /// names the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyNameError {
-    /// `namespace/name`: keys are only ever read from the pod's own namespace.
+    /// `namespace/name` whose namespace part is not a DNS label.
     #[error(
-        "key {0:?} names another namespace; only ManagedKeys in the pod's own namespace can be mounted: use the bare name"
+        "key {0:?}: the part before '/' must be a namespace (a DNS label); write `name` for a key of the pod's namespace or `namespace/name` for a key shared from another"
     )]
-    OtherNamespace(String),
+    Namespace(String),
     /// Not a DNS subdomain.
     #[error("key {0:?} is not a valid ManagedKey name (lowercase letters, digits, '-' and '.')")]
     Invalid(String),
 }
 
-/// Validate a ManagedKey name (a DNS subdomain); the error names the fix.
-pub fn check_key_name(name: &str) -> Result<(), KeyNameError> {
-    if name.contains('/') {
-        return Err(KeyNameError::OtherNamespace(name.into()));
-    }
+/// The namespace and name a requested `key` refers to: `name` is in the pod's namespace,
+/// `namespace/name` in another one (served only when that key's own `spec.access` names the
+/// pod's namespace and service account).
+pub fn key_ref<'a>(pod_namespace: &'a str, key: &'a str) -> (&'a str, &'a str) {
+    key.split_once('/').unwrap_or((pod_namespace, key))
+}
+
+/// Validate a requested key: a ManagedKey name (a DNS subdomain), optionally after a namespace
+/// and '/'; the error names the fix.
+pub fn check_key_name(key: &str) -> Result<(), KeyNameError> {
+    let name = match key.split_once('/') {
+        Some((ns, name)) => {
+            if limits::check_namespace(ns).is_err() {
+                return Err(KeyNameError::Namespace(key.into()));
+            }
+            name
+        }
+        None => key,
+    };
     let ok = !name.is_empty()
         && name.len() <= 253
         && name
@@ -198,7 +212,7 @@ pub fn check_key_name(name: &str) -> Result<(), KeyNameError> {
     if ok {
         Ok(())
     } else {
-        Err(KeyNameError::Invalid(name.into()))
+        Err(KeyNameError::Invalid(key.into()))
     }
 }
 
@@ -237,7 +251,10 @@ impl AuditCtx<'_> {
         self.sink.append_only(crate::audit::AuditEvent {
             actor,
             action: "mount".into(),
-            key: format!("{}/{key}", self.req.pod_namespace),
+            key: {
+                let (ns, name) = key_ref(&self.req.pod_namespace, key);
+                format!("{ns}/{name}")
+            },
             version,
             outcome: outcome.into(),
             reason,
@@ -588,9 +605,15 @@ impl<R: TokenReviewer> KeyService<R> {
         let mut names: Vec<&str> = req.keys.iter().map(|k| k.key.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        let ns = pod.namespace.as_str();
+        let pod_ns = pod.namespace.as_str();
         // Futures are lazy: `buffered` starts at most N of them at once.
-        let lookups: Vec<_> = names.iter().map(|n| self.lookup(ns, n)).collect();
+        let lookups: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let (ns, name) = key_ref(pod_ns, n);
+                self.lookup(ns, name)
+            })
+            .collect();
         let loaded: Vec<Result<Option<KeyRecord>, SourceError>> = futures::stream::iter(lookups)
             .buffered(limits::MAX_CONCURRENT_LOOKUPS)
             .collect()
@@ -605,7 +628,10 @@ impl<R: TokenReviewer> KeyService<R> {
                     return Err(fail(
                         name,
                         "*",
-                        FetchError::KeyNotFound(format!("{ns}/{name}")),
+                        FetchError::KeyNotFound({
+                            let (ns, name) = key_ref(pod_ns, name);
+                            format!("{ns}/{name}")
+                        }),
                     ));
                 }
                 Err(e @ SourceError::Kube { .. }) => {
@@ -616,12 +642,14 @@ impl<R: TokenReviewer> KeyService<R> {
         }
         let now = jiff::Timestamp::now();
         // Unwrapped material, shared between objects naming the same version.
-        let mut unwrapped: HashMap<(&str, u32), bytes::Bytes> = HashMap::new();
+        let mut unwrapped: HashMap<(&str, &str, u32), bytes::Bytes> = HashMap::new();
         let mut out = Vec::with_capacity(req.keys.len());
         for k in &req.keys {
-            let name = k.key.as_str();
+            let requested = k.key.as_str();
+            // The key's own namespace and name: the pod's namespace, or the one `ns/name` names.
+            let (ns, name) = key_ref(pod_ns, requested);
             let sel = selector(&k.selector);
-            let rec = &records[name];
+            let rec = &records[requested];
             let grants: Vec<bool> = rec
                 .key
                 .spec
@@ -637,7 +665,7 @@ impl<R: TokenReviewer> KeyService<R> {
             let algorithm = rec.key.spec.algorithm;
             if public_only && algorithm.is_symmetric() {
                 return Err(fail(
-                    name,
+                    requested,
                     &sel.to_string(),
                     FetchError::PublicOnlySymmetric {
                         key: format!("{ns}/{name}"),
@@ -647,7 +675,7 @@ impl<R: TokenReviewer> KeyService<R> {
             }
             if !allowed {
                 return Err(fail(
-                    name,
+                    requested,
                     &sel.to_string(),
                     FetchError::Denied {
                         key: format!("{ns}/{name}"),
@@ -659,7 +687,7 @@ impl<R: TokenReviewer> KeyService<R> {
             }
             let selection = select(&rec.stored.state, rec.grace, sel, now).map_err(|source| {
                 fail(
-                    name,
+                    requested,
                     &sel.to_string(),
                     FetchError::NotServable {
                         key: format!("{ns}/{name}"),
@@ -671,34 +699,38 @@ impl<R: TokenReviewer> KeyService<R> {
             for v in &selection.versions {
                 let Some(meta) = rec.stored.state.versions.iter().find(|x| x.version == *v) else {
                     return Err(fail(
-                        name,
+                        requested,
                         &v.to_string(),
                         FetchError::Internal(format!(
                             "version {v} of {ns}/{name} was selected but is not stored"
                         )),
                     ));
                 };
-                let material = match unwrapped.get(&(name, *v)) {
+                let material = match unwrapped.get(&(ns, name, *v)) {
                     Some(m) => m.clone(),
                     None => {
                         let m = self
                             .material(rec, meta, ns, name, *v)
                             .await
-                            .map_err(|e| fail(name, &v.to_string(), e))?;
+                            .map_err(|e| fail(requested, &v.to_string(), e))?;
                         let b = if public_only {
                             let der = crate::keys::public_spki_der(
                                 algorithm,
                                 &crate::crypto::SecretBytes::from_slice(&m),
                             )
                             .map_err(|e| {
-                                fail(name, &v.to_string(), FetchError::Internal(e.to_string()))
+                                fail(
+                                    requested,
+                                    &v.to_string(),
+                                    FetchError::Internal(e.to_string()),
+                                )
                             })?
                             .unwrap_or_default();
                             bytes::Bytes::from(der)
                         } else {
                             bytes::Bytes::from_owner(Zeroizing::new(m.to_vec()))
                         };
-                        unwrapped.insert((name, *v), b.clone());
+                        unwrapped.insert((ns, name, *v), b.clone());
                         b
                     }
                 };
@@ -711,10 +743,11 @@ impl<R: TokenReviewer> KeyService<R> {
                 });
             }
             audit
-                .served(name, &selection.versions)
+                .served(requested, &selection.versions)
                 .map_err(|e| FetchError::Unavailable(e.to_string()))?;
             out.push(KeyResult {
-                key: name.into(),
+                // As requested (`name` or `namespace/name`): the provider matches on it.
+                key: requested.into(),
                 algorithm: rec.key.spec.algorithm.as_str().into(),
                 versions,
                 current: selection.current.unwrap_or(0),
@@ -733,22 +766,43 @@ mod tests {
     #[test]
     fn key_names_are_checked_naming_the_fix() {
         assert_eq!(check_key_name("db.v2-key"), Ok(()));
-        assert_eq!(
-            check_key_name("team-b/db"),
-            Err(KeyNameError::OtherNamespace("team-b/db".into()))
-        );
-        for bad in ["", "Db", "-db", "db-", "d_b", &"a".repeat(254)] {
+        // Another namespace's key: served only if that key's access names the pod.
+        assert_eq!(check_key_name("team-b/db"), Ok(()));
+        assert_eq!(key_ref("team-a", "team-b/db"), ("team-b", "db"));
+        assert_eq!(key_ref("team-a", "db"), ("team-a", "db"));
+        for bad_ns in [
+            "Team-B/db",
+            "/db",
+            "team_b/db",
+            &format!("{}/db", "n".repeat(64)),
+        ] {
+            assert_eq!(
+                check_key_name(bad_ns),
+                Err(KeyNameError::Namespace(bad_ns.into())),
+                "{bad_ns}"
+            );
+        }
+        for bad in [
+            "",
+            "Db",
+            "-db",
+            "db-",
+            "d_b",
+            &"a".repeat(254),
+            "a/b/c",
+            "team-b/",
+        ] {
             assert_eq!(
                 check_key_name(bad),
                 Err(KeyNameError::Invalid(bad.into())),
                 "{bad}"
             );
         }
-        let e = FetchError::from(check_key_name("team-b/db").unwrap_err());
+        let e = FetchError::from(check_key_name("Team/db").unwrap_err());
         assert_eq!(e.reason(), "invalid_argument");
         let s = tonic::Status::from(e);
         assert_eq!(s.code(), Code::InvalidArgument);
-        assert!(s.message().contains("use the bare name"), "{}", s.message());
+        assert!(s.message().contains("`namespace/name`"), "{}", s.message());
     }
 
     /// A public-only grant on a symmetric key is the key owner's to fix, not a server fault.

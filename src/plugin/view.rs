@@ -143,8 +143,9 @@ impl fmt::Display for CanMount {
     }
 }
 
-/// Whether `sa_ns/sa` may mount the current version of `mk`, by the key service's rules: the
-/// pod's own namespace only, a grant in `spec.access`, and a current version to serve.
+/// Whether `sa_ns/sa` may mount the current version of `mk`, by the key service's rules: a
+/// grant in the key's own `spec.access` (a pod of another namespace names the key as
+/// `namespace/name`), and a current version to serve.
 pub fn can_mount(mk: &ManagedKey, sa_ns: &str, sa: &str) -> CanMount {
     let ns = mk.namespace().unwrap_or_default();
     let name = mk.name_any();
@@ -152,11 +153,6 @@ pub fn can_mount(mk: &ManagedKey, sa_ns: &str, sa: &str) -> CanMount {
         allowed: false,
         reason,
     };
-    if sa_ns != ns {
-        return no(format!(
-            "a pod in namespace {sa_ns} asks the key service for keys of its own namespace only; ManagedKey {ns}/{name} is not one"
-        ));
-    }
     let grants: Vec<bool> = mk
         .spec
         .access
@@ -196,14 +192,19 @@ pub fn can_mount(mk: &ManagedKey, sa_ns: &str, sa: &str) -> CanMount {
         Some(v) => CanMount {
             allowed: true,
             reason: format!(
-                "{sa_ns}/{sa} may mount {ns}/{name}{}; current version {} ({})",
+                "{sa_ns}/{sa} may mount {ns}/{name}{}; current version {} ({}){}",
                 if public_only {
                     " (public parts only)"
                 } else {
                     ""
                 },
                 v.version,
-                v.fingerprint
+                v.fingerprint,
+                if sa_ns == ns {
+                    String::new()
+                } else {
+                    format!("; its pods name it `key: {ns}/{name}`")
+                }
             ),
         },
         None => no(format!(
@@ -335,13 +336,13 @@ mod tests {
             other.reason.contains("add {namespace: team-a, name: web}"),
             "{other}"
         );
-        // Another namespace is refused even with a grant naming it (the key service looks up
-        // keys in the pod's namespace only).
+        // Another namespace, granted by the key itself: allowed, naming how to ask for it.
         let elsewhere = can_mount(&mk, "team-b", "app");
         assert!(
-            !elsewhere.allowed && elsewhere.reason.contains("own namespace"),
+            elsewhere.allowed && elsewhere.reason.contains("`key: team-a/k`"),
             "{elsewhere}"
         );
+        assert!(!can_mount(&mk, "team-b", "other").allowed);
         // Granted but nothing to serve.
         let suspended = key(
             json!({"desiredState": "Suspended", "access": spec["access"]}),

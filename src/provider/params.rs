@@ -123,7 +123,7 @@ pub enum ParamError {
     /// An entry without `key`.
     #[error("objects[{0}]: `key` (a ManagedKey name) is required")]
     MissingKey(usize),
-    /// An entry whose `key` is not a ManagedKey name of the pod's namespace.
+    /// An entry whose `key` is neither a ManagedKey name nor `namespace/name`.
     #[error("objects[{index}]: {source}")]
     KeyName {
         /// Position in `objects`.
@@ -909,7 +909,7 @@ mod tests {
             ("- key: [unclosed", "not a valid YAML"),
             ("", "lists no object"),
             ("[]", "lists no object"),
-            ("- key: other-ns/db", "another namespace"),
+            ("- key: Other-NS/db", "must be a namespace"),
             ("- key: Db_Bad", "not a valid ManagedKey name"),
             ("- version: current", "`key`"),
             ("- key: db\n  format: pkcs12", "unknown format"),
