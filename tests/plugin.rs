@@ -11,7 +11,7 @@ use keyward::controller::SystemClock;
 use keyward::crd::ManagedKey;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ struct Out {
 }
 
 /// `kubectl keyward ARGS` with the plugin on PATH and the server's kubeconfig.
-async fn kubectl_keyward(stack: &Stack, bin_dir: &PathBuf, args: &[&str]) -> Out {
+async fn kubectl_keyward(stack: &Stack, bin_dir: &Path, args: &[&str]) -> Out {
     let path = format!(
         "{}:{}",
         bin_dir.display(),
