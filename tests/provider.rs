@@ -122,11 +122,13 @@ async fn cross_namespace_grants_are_served_only_as_the_key_grants() {
         "service account team-a/web may not mount ManagedKey team-b/private; add {namespace: team-a, name: web}",
     )
     .await;
+    // A missing key of another namespace is answered exactly like one not granted (no
+    // probing which keys exist there).
     refused_mount(
         &e,
         "- key: team-b/missing",
-        Code::NotFound,
-        "team-b/missing",
+        Code::PermissionDenied,
+        "service account team-a/web may not mount ManagedKey team-b/missing",
     )
     .await;
     // The grant removed while mounted: the next Mount (a republish) is refused.

@@ -625,14 +625,20 @@ impl<R: TokenReviewer> KeyService<R> {
                     records.insert(name, rec);
                 }
                 Ok(None) => {
-                    return Err(fail(
-                        name,
-                        "*",
-                        FetchError::KeyNotFound({
-                            let (ns, name) = key_ref(pod_ns, name);
-                            format!("{ns}/{name}")
-                        }),
-                    ));
+                    let (kns, kname) = key_ref(pod_ns, name);
+                    // Another namespace's missing key is answered like one not granted: a pod
+                    // must not learn which keys exist in namespaces it has no grant from.
+                    let e = if kns == pod_ns {
+                        FetchError::KeyNotFound(format!("{kns}/{kname}"))
+                    } else {
+                        FetchError::Denied {
+                            key: format!("{kns}/{kname}"),
+                            sa: pod.sa(),
+                            ns: pod.namespace.clone(),
+                            name: pod.service_account.clone(),
+                        }
+                    };
+                    return Err(fail(name, "*", e));
                 }
                 Err(e @ SourceError::Kube { .. }) => {
                     return Err(fail(name, "*", FetchError::Unavailable(e.to_string())));
