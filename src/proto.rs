@@ -76,6 +76,8 @@ pub mod keyservice {
                 .field("algorithm", &self.algorithm)
                 .field("versions", &self.versions)
                 .field("current", &self.current)
+                .field("next", &self.next)
+                .field("public_only", &self.public_only)
                 .finish()
         }
     }

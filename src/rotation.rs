@@ -50,6 +50,19 @@ pub enum PolicyError {
     /// retainVersions outside 1..=MAX_RETAIN_VERSIONS.
     #[error("spec.retainVersions: must be 1 to {MAX_RETAIN_VERSIONS}, got {0}")]
     RetainVersions(u32),
+    /// prePublish not shorter than the period or expiry it stages for: the next version
+    /// would exist before the current one is even due, or expire before it is used.
+    #[error(
+        "spec.prePublish: {pre_publish} must be shorter than spec.{field} ({limit}); shorten prePublish or remove it"
+    )]
+    PrePublishTooLong {
+        /// The value given.
+        pre_publish: Duration,
+        /// The field it must stay below.
+        field: &'static str,
+        /// That field's value.
+        limit: Duration,
+    },
 }
 
 /// Highest `retainVersions`: well below the smallest [`material_limit`], so retention alone
@@ -104,6 +117,8 @@ pub struct Policy {
     pub expire_after: Option<Duration>,
     /// Warn this long before a due rotation or expiry.
     pub notify_before: Option<Duration>,
+    /// Create the next version this long before it becomes Active (staged rotation).
+    pub pre_publish: Option<Duration>,
     /// Versions kept with material, current included.
     pub retain_versions: u32,
     /// Previous version stays served this long after rotation.
@@ -119,6 +134,7 @@ impl Default for Policy {
             schedule: None,
             expire_after: None,
             notify_before: None,
+            pre_publish: None,
             retain_versions: 3,
             grace: DEFAULT_GRACE,
             deletion_window: DEFAULT_WINDOW,
@@ -172,15 +188,51 @@ impl Policy {
                 field: "gracePeriod",
                 source,
             })?;
+        let expire_after = dur("expireAfter", &spec.expire_after)?;
+        let pre_publish = dur("prePublish", &spec.pre_publish)?;
+        if let Some(pre) = pre_publish {
+            for (field, limit) in [("rotationPeriod", period), ("expireAfter", expire_after)] {
+                if let Some(limit) = limit
+                    && pre >= limit
+                {
+                    return Err(PolicyError::PrePublishTooLong {
+                        pre_publish: pre,
+                        field,
+                        limit,
+                    });
+                }
+            }
+        }
         Ok(Self {
             period,
             schedule,
-            expire_after: dur("expireAfter", &spec.expire_after)?,
+            expire_after,
             notify_before: dur("notifyBeforeExpiry", &spec.notify_before_expiry)?,
+            pre_publish,
             retain_versions: spec.retain_versions,
             grace,
             deletion_window: Duration::from_days(spec.deletion_window_days as i64),
         })
+    }
+
+    /// When the Active version (activated at `activated`, expiring at `expires`) rotates:
+    /// whichever of period, schedule and its own expiry comes first.
+    pub fn due(&self, activated: Timestamp, expires: Option<Timestamp>) -> Option<Timestamp> {
+        match (self.due_after(activated), expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When a version expires: as stored at its creation, or sooner under the policy's
+    /// expireAfter as it reads now (a policy that gains or shortens expireAfter applies to
+    /// existing versions too).
+    pub fn expiry_of(&self, v: &crate::state::StoredVersion) -> Option<Timestamp> {
+        let by_policy = self.expire_after.map(|e| after(v.created, e));
+        match (v.expires, by_policy) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// When a version activated at `activated` is due for rotation.
@@ -224,6 +276,8 @@ pub enum Cause {
     DeletionWindowEnded,
     /// Outside retainVersions after grace and deletion window.
     Retention,
+    /// Created ahead of its activation (RotationPolicy prePublish).
+    PrePublish,
 }
 
 impl Cause {
@@ -241,6 +295,7 @@ impl Cause {
             Cause::ReplacesCompromised => "replaces compromised versions",
             Cause::DeletionWindowEnded => "deletion window ended",
             Cause::Retention => "outside retainVersions after grace period and deletion window",
+            Cause::PrePublish => "pre-published ahead of its rotation (prePublish)",
         }
     }
 
@@ -514,6 +569,9 @@ impl Planner<'_, '_> {
                         self.transition(s, KeyState::Active, Cause::Resumed)?;
                     } else if self.state.versions.is_empty() {
                         self.create_active(Cause::FirstVersion)?;
+                    } else if let Some(next) = self.staged() {
+                        // Pre-published while the key was Deactivated: readers already hold it.
+                        self.transition(next, KeyState::Active, Cause::NoActiveVersion)?;
                     } else {
                         self.create_active(Cause::NoActiveVersion)?;
                     }
@@ -533,12 +591,7 @@ impl Planner<'_, '_> {
         };
         // The clock runs from the first activation: suspending does not extend a key's life.
         let activated = cur.first_activated().unwrap_or(now);
-        let expiry = |created: Timestamp| policy.expire_after.map(|e| after(created, e));
-        let earliest = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let mut due = earliest(policy.due_after(activated), expiry(cur.created));
+        let mut due = policy.due(activated, policy.expiry_of(&cur));
         let requested = self.input.rotate_request.filter(|r| {
             !r.is_empty()
                 && r.len() <= MAX_ROTATE_REQUEST
@@ -551,10 +604,12 @@ impl Planner<'_, '_> {
         } else {
             None
         };
-        // At the material limit the current version stays (and a rotate-now request stays
-        // unhandled) until retention destroys the oldest.
+        // A pre-published version becomes Active (it already holds material); otherwise a new
+        // one is made, and at the material limit the current version stays (and a rotate-now
+        // request stays unhandled) until retention destroys the oldest.
+        let staged = self.staged();
         let cause = match cause {
-            Some(c) if self.room(c)? => Some(c),
+            Some(c) if staged.is_some() || self.room(c)? => Some(c),
             _ => None,
         };
         if let Some(cause) = cause {
@@ -562,8 +617,12 @@ impl Planner<'_, '_> {
                 self.push(Action::MarkRotateRequest(r.to_string()))?;
             }
             self.transition(cur.version, KeyState::Deactivated, cause)?;
-            self.create_active(cause)?;
-            due = earliest(policy.due_after(now), expiry(now));
+            match staged {
+                Some(next) => self.transition(next, KeyState::Active, cause)?,
+                None => self.create_active(cause)?,
+            }
+            let expires = self.state.active().and_then(|v| policy.expiry_of(v));
+            due = policy.due(now, expires);
         }
         self.plan.next_rotation = due;
         if let Some(d) = due {
@@ -573,9 +632,33 @@ impl Planner<'_, '_> {
                     self.requeue(warn);
                 }
             }
+            if let Some(p) = policy.pre_publish
+                && self.staged().is_none()
+                && self.state.active().is_some()
+            {
+                let publish_at = before(d, p);
+                if now >= publish_at {
+                    if self.room(Cause::PrePublish)? {
+                        let v = self.next_version;
+                        self.push(Action::CreateVersion { version: v })?;
+                    }
+                } else {
+                    self.requeue(publish_at);
+                }
+            }
             self.requeue(d);
         }
         Ok(())
+    }
+
+    /// The pre-published next version, if one waits in PreActivation.
+    fn staged(&self) -> Option<u32> {
+        self.state
+            .versions
+            .iter()
+            .rev()
+            .find(|v| v.state == KeyState::PreActivation)
+            .map(|v| v.version)
     }
 
     fn retire(&mut self, policy: &Policy) -> Result<(), StateError> {

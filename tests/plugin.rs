@@ -166,11 +166,11 @@ async fn kubectl_keyward_commands_against_the_running_stack() {
     let (head, row) = get(true);
     assert_eq!(
         &head[7..],
-        ["ALGORITHM", "VERSIONS", "POLICY", "KEK"],
+        ["ALGORITHM", "NEXT", "VERSIONS", "POLICY", "KEK"],
         "{head:?}"
     );
-    assert_eq!(&row[7..10], ["aes-256", "1", ""], "{row:?}");
-    assert!(row[10].starts_with("local/"), "{row:?}");
+    assert_eq!(&row[7..11], ["aes-256", "", "1", ""], "{row:?}");
+    assert!(row[11].starts_with("local/"), "{row:?}");
 
     // status
     let s = kubectl_keyward(&stack, &bin_dir, &["status", "payments"]).await;

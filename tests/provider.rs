@@ -460,13 +460,13 @@ async fn compromised_destroyed_suspended_and_pending_deletion_are_not_served() {
         "no Active version",
     )
     .await;
-    refused_mount(
-        &e,
-        "- key: new\n  version: 1",
-        Code::FailedPrecondition,
-        "PreActivation",
-    )
-    .await;
+    // A PreActivation version is a pre-published next one (staged rotation): readers get it
+    // by number (and in `all`), never as current.
+    let staged = e
+        .mount(&ok_attrs("- key: new\n  version: 1"))
+        .await
+        .unwrap();
+    assert_eq!(staged.files.len(), 1, "{:?}", staged.files.len());
     own_key(&e, "paused", KeyBuilder::default().with(Suspended, 5)).await;
     refused_mount(&e, "- key: paused", Code::FailedPrecondition, "Suspended").await;
 

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod clock;
 pub mod metrics;
+pub mod policy_status;
 pub mod reconcile;
 
 use crate::crd::{ManagedKey, RotationPolicy};
@@ -194,6 +195,7 @@ pub async fn run(
     let controller = Controller::new(keys, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency));
     let store = controller.store();
+    let key_cache = store.clone();
     let mut controller = controller
         .watches(
             secrets,
@@ -244,6 +246,42 @@ pub async fn run(
         controller = controller
             .reconcile_all_on(tokio_stream::wrappers::UnboundedReceiverStream::new(replan));
     }
+    // RotationPolicy status (Valid, key count): keys are counted from the key controller's
+    // cache; a key event re-counts the policies of its namespace (a key moving from policy A
+    // to B changes both), debounced so a burst of key changes costs one status write.
+    let policy_controller = Controller::new(
+        Api::<RotationPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(
+        kube::runtime::controller::Config::default()
+            .concurrency(2)
+            .debounce(Duration::from_secs(1)),
+    );
+    let policy_cache = policy_controller.store();
+    let policy_controller = policy_controller
+        .watches(
+            Api::<ManagedKey>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+            move |mk: ManagedKey| {
+                let ns = mk.namespace();
+                policy_cache
+                    .state()
+                    .into_iter()
+                    .filter(|rp| rp.namespace() == ns)
+                    .map(|rp| ObjectRef::from_obj(&*rp))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .run(
+            policy_status::reconcile,
+            policy_status::error_policy,
+            Arc::new(policy_status::PolicyContext {
+                ctx: ctx.clone(),
+                keys: key_cache,
+            }),
+        )
+        .for_each(|_| async {});
     ready.store(true, Ordering::SeqCst);
     let sweeper = sweep_loop(ctx.clone(), sweep_now);
     let controller = controller
@@ -253,11 +291,13 @@ pub async fn run(
                 tracing::debug!(error = %e, "controller event");
             }
         });
-    // The controller ends on shutdown; the sweeper ends with it (it holds no partial write:
-    // each sweep step is one idempotent API call).
+    // The controller ends on shutdown; the sweeper (each sweep step is one idempotent API
+    // call) and the policy-status controller (a dropped status write is repeated by the next
+    // leader) end with it.
     tokio::select! {
         _ = controller => {}
         _ = sweeper => {}
+        _ = policy_controller => {}
     }
 }
 

@@ -35,6 +35,7 @@ pub const RESTORE_ANNOTATION: &str = "keyward.io/restore-from-uid";
     printcolumn = r#"{"name":"Last-Rotation","type":"date","jsonPath":".status.lastRotation"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Algorithm","type":"string","priority":1,"jsonPath":".spec.algorithm"}"#,
+    printcolumn = r#"{"name":"Next","type":"integer","priority":1,"jsonPath":".status.nextVersion"}"#,
     printcolumn = r#"{"name":"Versions","type":"integer","priority":1,"jsonPath":".status.versionCount"}"#,
     printcolumn = r#"{"name":"Policy","type":"string","priority":1,"jsonPath":".spec.policyRef.name"}"#,
     printcolumn = r#"{"name":"KEK","type":"string","priority":1,"jsonPath":".status.kek"}"#,
@@ -201,6 +202,14 @@ pub struct ManagedKeyStatus {
     /// Every version, newest first.
     #[serde(default)]
     pub versions: Vec<KeyVersionStatus>,
+    /// The pre-published version that becomes current at the next rotation (RotationPolicy
+    /// prePublish): readers receive it with `version: all` and in JWKS already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_version: Option<u32>,
+    /// Versions whose expiry warning (a Warning Event at notifyBeforeExpiry) was sent: each
+    /// version is announced once, across controller restarts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expiry_notified: Vec<u32>,
     /// When the next rotation is due (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation: Option<String>,

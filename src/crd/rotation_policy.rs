@@ -15,10 +15,14 @@ pub const MAX_GCM_USAGE_LIMIT: u64 = (1 << 32) - 1;
     namespaced,
     shortname = "rp",
     category = "keyward",
+    status = "RotationPolicyStatus",
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
+    printcolumn = r#"{"name":"Keys","type":"integer","jsonPath":".status.keys"}"#,
     printcolumn = r#"{"name":"Period","type":"string","jsonPath":".spec.rotationPeriod"}"#,
     printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
     printcolumn = r#"{"name":"Retain","type":"integer","jsonPath":".spec.retainVersions"}"#,
     printcolumn = r#"{"name":"Grace","type":"string","jsonPath":".spec.gracePeriod"}"#,
+    printcolumn = r#"{"name":"Pre-Publish","type":"string","priority":1,"jsonPath":".spec.prePublish"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = r#"has(self.spec.rotationPeriod) || has(self.spec.schedule)"#
 )]
@@ -41,6 +45,13 @@ pub struct RotationPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::duration::optional_schema")]
     pub notify_before_expiry: Option<String>,
+    /// Staged rotation: create the next version this long before it becomes Active. Until then
+    /// it is PreActivation and published to readers (`version: all`, JWKS, the `.next` file)
+    /// but never served as `current`, so verifiers and decrypters hold it before anyone signs or
+    /// encrypts with it. Shorter than rotationPeriod and expireAfter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::duration::optional_schema")]
+    pub pre_publish: Option<String>,
     /// Versions to keep with material (current included); older ones are destroyed after the
     /// grace period and deletion window.
     #[serde(default = "default_retain")]
@@ -61,6 +72,22 @@ pub struct RotationPolicySpec {
     pub gcm_usage_limit: Option<u64>,
 }
 
+/// What the controller observed of a policy: whether keys can use it, and how many do.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationPolicyStatus {
+    /// ManagedKeys of this namespace whose spec.policyRef names this policy.
+    #[serde(default)]
+    pub keys: u32,
+    /// `Valid`: True when the spec parses and is consistent; False names the field and the
+    /// fix (keys that reference an invalid policy fall back to the defaults and say so).
+    #[serde(default)]
+    pub conditions: Vec<super::Condition>,
+    /// Generation this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
 fn default_retain() -> u32 {
     3
 }
@@ -78,6 +105,7 @@ impl Default for RotationPolicySpec {
             schedule: None,
             expire_after: None,
             notify_before_expiry: None,
+            pre_publish: None,
             retain_versions: default_retain(),
             grace_period: default_grace(),
             deletion_window_days: default_window(),

@@ -14,7 +14,7 @@ pub enum Selector {
     /// The newest Deactivated version still within the grace period.
     Previous,
     /// The Active version plus every other servable version (Suspended, Deactivated within
-    /// grace).
+    /// grace) and the pre-published next version.
     All,
     /// One version by number, if its state permits processing.
     Number(u32),
@@ -38,6 +38,8 @@ pub struct Selection {
     pub versions: Vec<u32>,
     /// The Active version among them, if any.
     pub current: Option<u32>,
+    /// The pre-published next version among them (PreActivation, staged rotation), if any.
+    pub next: Option<u32>,
 }
 
 /// Why nothing is served.
@@ -87,6 +89,13 @@ pub fn servable(v: &StoredVersion, now: Timestamp) -> bool {
     v.state.permits(Use::Process, false) && !v.expired(now)
 }
 
+/// Whether a version is the pre-published next one: PreActivation with material and not
+/// expired. Handed to readers (`all`, a number) so they hold it before it is used; never
+/// `current`.
+pub fn published(v: &StoredVersion, now: Timestamp) -> bool {
+    v.state == KeyState::PreActivation && !v.expired(now)
+}
+
 /// Pick the versions `sel` resolves to.
 pub fn select(
     state: &StoredState,
@@ -111,6 +120,7 @@ pub fn select(
             Ok(Selection {
                 versions: vec![v],
                 current: Some(v),
+                next: None,
             })
         }
         Selector::Previous => {
@@ -121,6 +131,7 @@ pub fn select(
             Ok(Selection {
                 versions: vec![v.version],
                 current: None,
+                next: None,
             })
         }
         Selector::Number(n) => {
@@ -129,7 +140,8 @@ pub fn select(
                 .iter()
                 .find(|v| v.version == n)
                 .ok_or(SelectError::NoSuchVersion(n))?;
-            if !servable(v, now) {
+            let next = published(v, now);
+            if !servable(v, now) && !next {
                 return Err(SelectError::NotServable {
                     version: n,
                     state: if v.expired(now) {
@@ -142,6 +154,7 @@ pub fn select(
             Ok(Selection {
                 versions: vec![n],
                 current: (current == Some(n)).then_some(n),
+                next: next.then_some(n),
             })
         }
         Selector::All => {
@@ -149,9 +162,10 @@ pub fn select(
                 .versions
                 .iter()
                 .filter(|v| {
-                    servable(v, now)
+                    (servable(v, now)
                         && (matches!(v.state, KeyState::Active | KeyState::Suspended)
-                            || v.in_grace(grace, now))
+                            || v.in_grace(grace, now)))
+                        || published(v, now)
                 })
                 .map(|v| v.version)
                 .collect();
@@ -160,7 +174,17 @@ pub fn select(
             if versions.is_empty() {
                 return Err(SelectError::NothingServable);
             }
-            Ok(Selection { versions, current })
+            let next = state
+                .versions
+                .iter()
+                .rev()
+                .find(|v| published(v, now))
+                .map(|v| v.version);
+            Ok(Selection {
+                versions,
+                current,
+                next,
+            })
         }
     }
 }
@@ -264,11 +288,24 @@ mod tests {
             select(&s, G, Selector::All, t(131)).unwrap().versions,
             vec![2]
         );
-        s.add_version(3, t(140), "fp3".into(), Some("k".into()), None);
-        let e = select(&s, G, Selector::Number(3), t(141)).unwrap_err();
-        assert!(e.to_string().contains("PreActivation"), "{e}");
+        // A pre-published version (PreActivation): handed to readers by number and in
+        // `all`, marked next, never current; not once expired.
+        s.add_version(3, t(140), "fp3".into(), Some("k".into()), Some(t(200)));
+        let by_number = select(&s, G, Selector::Number(3), t(141)).unwrap();
+        assert_eq!((by_number.current, by_number.next), (None, Some(3)));
+        let all = select(&s, G, Selector::All, t(141)).unwrap();
         assert_eq!(
-            select(&s, G, Selector::All, t(141)).unwrap().versions,
+            (all.versions, all.current, all.next),
+            (vec![2, 3], Some(2), Some(3))
+        );
+        assert_eq!(
+            select(&s, G, Selector::Current, t(141)).unwrap().versions,
+            vec![2]
+        );
+        let e = select(&s, G, Selector::Number(3), t(200)).unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+        assert_eq!(
+            select(&s, G, Selector::All, t(200)).unwrap().versions,
             vec![2]
         );
         s.transition(1, KeyState::Destroyed, t(150), "gone")

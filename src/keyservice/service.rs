@@ -757,6 +757,7 @@ impl<R: TokenReviewer> KeyService<R> {
                 algorithm: rec.key.spec.algorithm.as_str().into(),
                 versions,
                 current: selection.current.unwrap_or(0),
+                next: selection.next.unwrap_or(0),
                 public_only,
             });
         }

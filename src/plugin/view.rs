@@ -68,7 +68,11 @@ pub fn status(mk: &ManagedKey, now: Timestamp) -> String {
         );
     }
     if let Some(n) = &st.next_rotation {
-        let _ = writeln!(o, "Next rotation:   {}", relative(n, now));
+        let staged = st
+            .next_version
+            .map(|v| format!(" (version {v} pre-published, activates then)"))
+            .unwrap_or_default();
+        let _ = writeln!(o, "Next rotation:   {}{staged}", relative(n, now));
     }
     if let Some(l) = &st.last_rotation {
         let _ = writeln!(o, "Last rotation:   {}", relative(l, now));
@@ -414,8 +418,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Active (current version 2)"), "{text}");
-        assert!(text.contains("2026-11-25T01:00:00Z (in 1d1h)"), "{text}");
+        assert!(text.contains("2026-11-25T01:00:00Z (in 1d1h)\n"), "{text}");
         assert!(text.contains("  team-a/app\n"), "{text}");
+        let mut staged = mk.clone();
+        staged.status.as_mut().unwrap().next_version = Some(3);
+        assert!(
+            status(&staged, now).contains("(in 1d1h) (version 3 pre-published, activates then)\n"),
+            "{}",
+            status(&staged, now)
+        );
         assert!(status(&key(json!({}), None), now).contains("none yet"));
         assert_eq!(
             relative("2026-11-23T23:55:00Z", now),

@@ -62,10 +62,18 @@ fn kid(_o: &ObjectSpec, version_id: &str) -> String {
     crate::keyservice::version_id::jwk_kid(version_id)
 }
 
-/// One JWKS file from every version of the answer, current first.
+/// One JWKS file from every version of the answer: current first, then the pre-published
+/// next one, then older ones, newest first (verifiers that try keys in order find the signing
+/// key first; JWKS has no standard member for "next", so the order marks it).
 fn jwks_file(o: &ObjectSpec, r: &KeyResult) -> Result<(File, ObjectVersion), MountError> {
     let mut order: Vec<&crate::proto::keyservice::ServedVersion> = r.versions.iter().collect();
-    order.sort_by_key(|v| (v.version != r.current, std::cmp::Reverse(v.version)));
+    order.sort_by_key(|v| {
+        (
+            v.version != r.current,
+            v.version != r.next,
+            std::cmp::Reverse(v.version),
+        )
+    });
     let keys = order
         .iter()
         .map(|v| {
@@ -180,6 +188,10 @@ pub fn build_response(
                 if r.current != 0 {
                     push(o.file_name.clone(), r.current)?;
                 }
+                // Staged rotation: the version that becomes current next, under a fixed name.
+                if r.next != 0 {
+                    push(format!("{}.next", o.file_name), r.next)?;
+                }
             }
             _ => push(o.file_name.clone(), r.versions[0].version)?,
         }
@@ -250,6 +262,7 @@ mod tests {
             algorithm: "aes-256".into(),
             versions,
             current,
+            next: 0,
         }
     }
 
@@ -324,6 +337,38 @@ mod tests {
             ]
         );
         assert_eq!(p.objects[1].format, Format::Hex);
+    }
+
+    /// Staged rotation: `all` writes the pre-published version as `<file>.next` besides its
+    /// numbered file (the JWKS order is proven with PyJWT in tests/staged_rotation.rs).
+    #[test]
+    fn the_pre_published_version_is_marked_next() {
+        let mut staged = sv(3, 3);
+        staged.state = "PreActivation".into();
+        let resp = FetchResponse {
+            keys: vec![KeyResult {
+                next: 3,
+                ..answer("a", vec![sv(1, 1), sv(2, 2), staged], 2)
+            }],
+        };
+        let p = params("- key: a\n  version: all\n  format: hex");
+        let (req, map) = fetch_request(&p);
+        let r = build_response(&p, &map, &resp, req.keys.len()).unwrap();
+        let got: Vec<(&str, &[u8])> = r
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), &f.contents[..]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a.v1", &b"01010101"[..]),
+                ("a.v2", &b"02020202"[..]),
+                ("a.v3", &b"03030303"[..]),
+                ("a", &b"02020202"[..]),
+                ("a.next", &b"03030303"[..]),
+            ]
+        );
     }
 
     #[test]

@@ -443,9 +443,13 @@ proptest! {
         grace_h in 0i64..100,
         window_d in 7u32..31,
         steps in prop::collection::vec((1i64..400, any::<bool>()), 1..60),
+        pre_permille in prop::option::of(1i64..1000),
     ) {
+        // prePublish strictly below the period, in whole minutes.
+        let pre_m = pre_permille.map(|x| (period_h * 60 * x / 1000).max(1));
         let p = Policy::from_spec(&RotationPolicySpec {
             rotation_period: Some(format!("{period_h}h")),
+            pre_publish: pre_m.map(|m| format!("{m}m")),
             retain_versions: retain,
             grace_period: format!("{grace_h}h"),
             deletion_window_days: window_d,
@@ -465,6 +469,18 @@ proptest! {
 
             // Never two Active versions, and always one.
             prop_assert_eq!(st.versions.iter().filter(|v| v.state == KeyState::Active).count(), 1);
+            // At most one staged version, only with prePublish, and always the newest; it
+            // exists whenever the rotation is within prePublish (nothing blocks at this size).
+            let staged: Vec<u32> = st.in_states(&[KeyState::PreActivation]);
+            prop_assert!(staged.len() <= 1, "{:?}", staged);
+            if let Some(s) = staged.first() {
+                prop_assert!(pre_m.is_some());
+                prop_assert_eq!(*s, st.max_version());
+            }
+            if let (Some(m), Some(due)) = (pre_m, plan1.next_rotation) {
+                let publish_at = due - SignedDuration::from_mins(m);
+                prop_assert_eq!(now >= publish_at, staged.len() == 1, "due {} now {}", due, now);
+            }
             // The current version is never older than the period.
             let act: Timestamp = st.active().unwrap().activated.unwrap();
             prop_assert!(now.duration_since(act) < SignedDuration::from_hours(period_h));
@@ -682,4 +698,163 @@ fn a_schedule_that_never_fires_has_no_due_time() {
         "{:?}",
         started.elapsed()
     );
+}
+
+fn staged_policy(period: &str, pre: &str) -> Policy {
+    Policy::from_spec(&RotationPolicySpec {
+        rotation_period: Some(period.into()),
+        pre_publish: Some(pre.into()),
+        retain_versions: 2,
+        grace_period: "1d".into(),
+        deletion_window_days: 7,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// prePublish creates the next version that long before the rotation, in PreActivation, and
+/// the rotation activates that same version (no new material at the rotation).
+#[test]
+fn staged_rotation_publishes_the_next_version_ahead() {
+    let spec = ManagedKeySpec::default();
+    let p = staged_policy("30d", "2d");
+    let mut st = StoredState::default();
+    let first = step(&spec, Some(&p), &mut st, None, t(0));
+    assert_eq!(states(&st), vec![(1, KeyState::Active)]);
+    // The next look is when the pre-publication starts.
+    assert_eq!(first.requeue_at, Some(t(28 * DAY)));
+    assert!(
+        step(&spec, Some(&p), &mut st, None, t(28 * DAY - 1))
+            .actions
+            .is_empty()
+    );
+    let publish = step(&spec, Some(&p), &mut st, None, t(28 * DAY));
+    assert_eq!(publish.actions, vec![Action::CreateVersion { version: 2 }]);
+    assert_eq!(
+        states(&st),
+        vec![(1, KeyState::Active), (2, KeyState::PreActivation)]
+    );
+    assert_eq!(publish.next_rotation, Some(t(30 * DAY)));
+    assert_eq!(publish.requeue_at, Some(t(30 * DAY)));
+    // Idempotent: re-planning during pre-publication creates nothing more.
+    assert!(
+        step(&spec, Some(&p), &mut st, None, t(29 * DAY))
+            .actions
+            .is_empty()
+    );
+    let rotate = step(&spec, Some(&p), &mut st, None, t(30 * DAY));
+    assert_eq!(
+        rotate.actions,
+        vec![
+            Action::Transition {
+                version: 1,
+                to: KeyState::Deactivated,
+                cause: Cause::PeriodElapsed
+            },
+            Action::Transition {
+                version: 2,
+                to: KeyState::Active,
+                cause: Cause::PeriodElapsed
+            },
+        ]
+    );
+    assert_eq!(
+        states(&st),
+        vec![(1, KeyState::Deactivated), (2, KeyState::Active)]
+    );
+    // The period runs from activation, not from the pre-published creation.
+    assert_eq!(rotate.next_rotation, Some(t(60 * DAY)));
+    assert_eq!(
+        rotate.requeue_at,
+        Some(t(31 * DAY)),
+        "grace end comes first"
+    );
+}
+
+/// rotate-now with a pre-published version activates it; a compromise compromises it too and
+/// replaces everything with fresh material.
+#[test]
+fn staged_version_under_rotate_now_and_compromise() {
+    let mut spec = ManagedKeySpec::default();
+    let p = staged_policy("30d", "2d");
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    step(&spec, Some(&p), &mut st, None, t(28 * DAY));
+    let plan = step(&spec, Some(&p), &mut st, Some("r1"), t(28 * DAY + 5));
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateVersion { .. })),
+        "{:?}",
+        plan.actions
+    );
+    assert_eq!(
+        states(&st),
+        vec![(1, KeyState::Deactivated), (2, KeyState::Active)]
+    );
+    // The next pre-publication, then a compromise.
+    step(&spec, Some(&p), &mut st, None, t(56 * DAY + 5));
+    assert_eq!(st.versions.last().unwrap().state, KeyState::PreActivation);
+    spec.desired_state = DesiredState::Compromised;
+    step(&spec, Some(&p), &mut st, None, t(57 * DAY));
+    let s = states(&st);
+    assert_eq!(s[s.len() - 1], (4, KeyState::Active), "{s:?}");
+    assert_eq!(s[s.len() - 2], (3, KeyState::Compromised), "{s:?}");
+}
+
+/// With expireAfter, the staged version's expiry runs from its creation, and prePublish must
+/// be shorter than both the period and the expiry.
+#[test]
+fn pre_publish_is_validated_against_period_and_expiry() {
+    let base = RotationPolicySpec {
+        rotation_period: Some("30d".into()),
+        ..Default::default()
+    };
+    for (spec, field) in [
+        (
+            RotationPolicySpec {
+                pre_publish: Some("30d".into()),
+                ..base.clone()
+            },
+            "rotationPeriod",
+        ),
+        (
+            RotationPolicySpec {
+                pre_publish: Some("5d".into()),
+                expire_after: Some("5d".into()),
+                ..base.clone()
+            },
+            "expireAfter",
+        ),
+    ] {
+        let e = Policy::from_spec(&spec).unwrap_err();
+        assert!(
+            matches!(e, PolicyError::PrePublishTooLong { field: f, .. } if f == field),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("spec.prePublish:"), "{e}");
+    }
+    let e = Policy::from_spec(&RotationPolicySpec {
+        pre_publish: Some("0s".into()),
+        ..base.clone()
+    })
+    .unwrap_err();
+    assert_eq!(e, PolicyError::Zero("prePublish"));
+    // Accepted and planned: the staged version expires 10d after it was made (t 28d).
+    let p = Policy::from_spec(&RotationPolicySpec {
+        pre_publish: Some("2d".into()),
+        expire_after: Some("10d".into()),
+        ..base
+    })
+    .unwrap();
+    let spec = ManagedKeySpec::default();
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    // Expiry (10d) comes before the period: pre-publish at 8d, rotate at 10d.
+    step(&spec, Some(&p), &mut st, None, t(8 * DAY));
+    assert_eq!(st.versions.len(), 2);
+    let r = step(&spec, Some(&p), &mut st, None, t(10 * DAY));
+    assert_eq!(st.active().unwrap().version, 2);
+    assert_eq!(r.next_rotation, Some(t(18 * DAY)), "expires 10d after 8d");
 }

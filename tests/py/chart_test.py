@@ -514,7 +514,7 @@ try:
 except Exception:  # noqa: BLE001
     pass
 check(all(r["labels"]["severity"] in ("warning", "critical") and r["annotations"].get("summary") and r["annotations"].get("description")
-          for r in alert_rules) and {r["alert"] for r in alert_rules} >= {"KeywardRotationOverdue", "KeywardAuditWriteFailures", "KeywardNoLeader", "KeywardMountRefusalsRising"},
+          for r in alert_rules) and {r["alert"] for r in alert_rules} >= {"KeywardRotationOverdue", "KeywardKeyExpiringSoon", "KeywardAuditWriteFailures", "KeywardNoLeader", "KeywardMountRefusalsRising"},
       f"alerts: {sorted(r['alert'] for r in alert_rules)} each with severity, summary and description")
 
 # ---------------------------------------------------------------- schema refuses bad values

@@ -253,25 +253,56 @@ async fn apply(mk: &ManagedKey, ctx: &Context) -> Result<Action, Error> {
             .await?;
         return Ok(Action::await_change());
     }
+    let expiries = status::expiries(&stored.state, policy.as_ref(), now);
     let notify_before = policy.as_ref().and_then(|p| p.notify_before);
     let st = status::project(
         mk,
         &stored.state,
         &plan,
         policy_problem,
-        notify_before,
+        (notify_before, &expiries),
         ctx,
         now,
     );
     report::rotation_due(ctx, mk, &st).await;
     report::version_limit(ctx, mk, &st).await;
+    report::expiring(ctx, mk, &st, &expiries).await;
     status::write(ctx, mk, &st).await?;
-    let secs = plan
-        .next_rotation
-        .map(|t| t.duration_since(now).as_secs_f64());
-    ctx.metrics
-        .observe_key(&ns, &name, st.state.as_deref().unwrap_or("Unknown"), secs);
-    Ok(Action::requeue(requeue_after(&plan, ctx, now)))
+    ctx.metrics.observe_key(
+        &ns,
+        &name,
+        &crate::controller::metrics::KeyObservation {
+            state: st.state.clone().unwrap_or_else(|| "Unknown".into()),
+            next_rotation: plan.next_rotation,
+            expiry: expiries.first().map(|(_, at)| *at),
+            last_rotation: stored
+                .state
+                .versions
+                .iter()
+                .filter_map(|v| v.activated)
+                .max(),
+            expiring_soon: st.true_condition("ExpiringSoon").is_some(),
+            overdue: plan.next_rotation.is_some_and(|t| t <= now),
+        },
+    );
+    let requeue = requeue_after(&plan, ctx, now);
+    // Look again when the next expiry notice is due (the planner knows rotations only).
+    let notice = notify_before.and_then(|n| {
+        expiries
+            .iter()
+            .map(|(_, at)| crate::duration::before(*at, n))
+            .filter(|t| *t > now)
+            .min()
+    });
+    let requeue = match notice {
+        Some(t) => requeue.min(
+            Duration::try_from(t.duration_since(now))
+                .unwrap_or(requeue)
+                .max(Duration::from_millis(500)),
+        ),
+        None => requeue,
+    };
+    Ok(Action::requeue(requeue))
 }
 
 fn requeue_after(plan: &Plan, ctx: &Context, now: Timestamp) -> Duration {

@@ -164,7 +164,6 @@ pub(super) fn rewrapped(ctx: &Context, mk: &ManagedKey, count: usize) {
     );
 }
 
-/// The RotationDue condition turned True: one Warning Event per notice period.
 /// A Warning Event when the key reaches its material limit (once, when Degraded turns to
 /// that reason), so the owner sees rotations stopped without reading status.
 pub(super) async fn version_limit(ctx: &Context, mk: &ManagedKey, new: &ManagedKeyStatus) {
@@ -188,6 +187,41 @@ pub(super) async fn version_limit(ctx: &Context, mk: &ManagedKey, new: &ManagedK
     }
 }
 
+/// One Warning Event per version when it enters its notifyBeforeExpiry window (the versions
+/// new in `status.expiryNotified`; the list survives restarts, so no version is announced
+/// twice). `expiries` are (version, expiry) soonest first.
+pub(super) async fn expiring(
+    ctx: &Context,
+    mk: &ManagedKey,
+    new: &ManagedKeyStatus,
+    expiries: &[(u32, jiff::Timestamp)],
+) {
+    let before: &[u32] = mk
+        .status
+        .as_ref()
+        .map_or(&[], |s| s.expiry_notified.as_slice());
+    for v in new.expiry_notified.iter().filter(|v| !before.contains(v)) {
+        let at = expiries
+            .iter()
+            .find(|(x, _)| x == v)
+            .map_or_else(String::new, |(_, at)| {
+                format!(" at {}", super::status::to_second(*at))
+            });
+        publish(
+            ctx,
+            mk,
+            EventType::Warning,
+            "KeyExpiringSoon",
+            "Notify",
+            format!(
+                "version {v} expires{at} (notifyBeforeExpiry); after that it is never served, so re-encrypt or re-sign what it protects"
+            ),
+        )
+        .await;
+    }
+}
+
+/// The RotationDue condition turned True: one Warning Event per notice period.
 pub(super) async fn rotation_due(ctx: &Context, mk: &ManagedKey, new: &ManagedKeyStatus) {
     let was_due = mk
         .status
@@ -348,6 +382,33 @@ pub(super) async fn actions(
                     "MaterialDestroyed",
                     "Destroy",
                     format!("version {version} material erased"),
+                )
+                .await;
+            }
+            PlanAction::CreateVersion { version }
+                if !actions.iter().any(
+                    |a| matches!(a, PlanAction::Transition { version: v, .. } if v == version),
+                ) =>
+            {
+                // Staged rotation: made now, Active at the rotation (reported then).
+                audit(
+                    ctx,
+                    &key,
+                    "pre-publish",
+                    *version,
+                    Cause::PrePublish.as_str(),
+                );
+                publish(
+                    ctx,
+                    mk,
+                    EventType::Normal,
+                    "KeyPrePublished",
+                    "Rotate",
+                    format!(
+                        "version {version} created in PreActivation ({}); readers of version all and JWKS receive it now, it becomes current at the next rotation; fingerprint {}",
+                        Cause::PrePublish,
+                        fp(*version)
+                    ),
                 )
                 .await;
             }

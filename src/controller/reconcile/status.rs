@@ -5,9 +5,8 @@ use super::super::{Context, Error};
 use super::MANAGER;
 use super::report::{audit, key_of, publish};
 use crate::crd::{Condition, ManagedKey, ManagedKeyStatus};
-use crate::duration::Duration;
 use crate::lifecycle::KeyState;
-use crate::rotation::{Plan, VersionLimit};
+use crate::rotation::{Plan, Policy, VersionLimit};
 use crate::state::StoredState;
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -79,7 +78,7 @@ pub(super) fn project(
     st: &StoredState,
     plan: &Plan,
     policy_problem: Option<(&'static str, String)>,
-    notify_before: Option<Duration>,
+    (notify_before, expiry): (Option<crate::duration::Duration>, &[(u32, Timestamp)]),
     ctx: &Context,
     now: Timestamp,
 ) -> ManagedKeyStatus {
@@ -158,6 +157,57 @@ pub(super) fn project(
             now,
         ));
     }
+    let expiring: Vec<(u32, Timestamp)> = match notify_before {
+        Some(n) => expiry
+            .iter()
+            .copied()
+            .filter(|(_, at)| crate::duration::before(*at, n) <= now)
+            .collect(),
+        None => Vec::new(),
+    };
+    if let Some((v, at)) = expiry.first()
+        && st.pending_deletion.is_none()
+    {
+        let (soon, reason, message) = if expiring.is_empty() {
+            (
+                false,
+                "NotExpiring",
+                format!("the next expiry is version {v} at {}", to_second(*at)),
+            )
+        } else {
+            let list = expiring
+                .iter()
+                .map(|(v, at)| format!("version {v} at {}", to_second(*at)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                true,
+                "VersionsExpiring",
+                format!(
+                    "expiring within notifyBeforeExpiry: {list}; an expired version is never served again, so data it protects must be re-encrypted or re-signed before then"
+                ),
+            )
+        };
+        conditions.push(condition(
+            old,
+            "ExpiringSoon",
+            soon,
+            reason,
+            message,
+            generation,
+            now,
+        ));
+    }
+    // Each version is announced once: remembered while it still holds material.
+    let mut expiry_notified: Vec<u32> = old
+        .map(|s| s.expiry_notified.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| st.version(*v).is_some_and(|x| x.state.has_material()))
+        .chain(expiring.iter().map(|(v, _)| *v))
+        .collect();
+    expiry_notified.sort_unstable();
+    expiry_notified.dedup();
     if let Some(pd) = &st.pending_deletion {
         conditions.push(condition(
             old,
@@ -183,6 +233,13 @@ pub(super) fn project(
             }
             vs
         },
+        next_version: st
+            .versions
+            .iter()
+            .rev()
+            .find(|v| v.state == KeyState::PreActivation)
+            .map(|v| v.version),
+        expiry_notified,
         // To the second: these are read by people (`kubectl get mk`), and the planner's
         // sub-second precision only made the column unreadable.
         next_rotation: plan.next_rotation.map(to_second),
@@ -200,8 +257,39 @@ pub(super) fn project(
     }
 }
 
+/// Upcoming expiries of versions that still serve or decrypt (not Compromised, not yet
+/// destroyed), soonest first: as stored at creation, or sooner under the policy's expireAfter.
+pub(super) fn expiries(
+    st: &StoredState,
+    policy: Option<&Policy>,
+    now: Timestamp,
+) -> Vec<(u32, Timestamp)> {
+    let mut out: Vec<(u32, Timestamp)> = st
+        .versions
+        .iter()
+        .filter(|v| {
+            matches!(
+                v.state,
+                KeyState::PreActivation
+                    | KeyState::Active
+                    | KeyState::Suspended
+                    | KeyState::Deactivated
+            )
+        })
+        .filter_map(|v| {
+            let at = match policy {
+                Some(p) => p.expiry_of(v),
+                None => v.expires,
+            }?;
+            (at > now).then_some((v.version, at))
+        })
+        .collect();
+    out.sort_by_key(|(v, at)| (*at, *v));
+    out
+}
+
 /// RFC 3339 at whole seconds (rounded down).
-fn to_second(t: jiff::Timestamp) -> String {
+pub(super) fn to_second(t: jiff::Timestamp) -> String {
     jiff::Timestamp::from_second(t.as_second())
         .unwrap_or(t)
         .to_string()
