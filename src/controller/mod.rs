@@ -247,8 +247,10 @@ pub async fn run(
             .reconcile_all_on(tokio_stream::wrappers::UnboundedReceiverStream::new(replan));
     }
     // RotationPolicy status (Valid, key count): keys are counted from the key controller's
-    // cache; a key event re-counts the policies of its namespace (a key moving from policy A
-    // to B changes both), debounced so a burst of key changes costs one status write.
+    // cache. A key event re-counts only the policy it references, debounced so a burst of key
+    // changes costs one status write; the policy a key stopped referencing is re-counted at its
+    // periodic requeue (`max_requeue`). Triggering every policy of the namespace instead would
+    // let a tenant with many policies multiply the work of every key event.
     let policy_controller = Controller::new(
         Api::<RotationPolicy>::all(client.clone()),
         watcher::Config::default(),
@@ -257,31 +259,27 @@ pub async fn run(
         kube::runtime::controller::Config::default()
             .concurrency(2)
             .debounce(Duration::from_secs(1)),
-    );
-    let policy_cache = policy_controller.store();
-    let policy_controller = policy_controller
-        .watches(
-            Api::<ManagedKey>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-            move |mk: ManagedKey| {
-                let ns = mk.namespace();
-                policy_cache
-                    .state()
-                    .into_iter()
-                    .filter(|rp| rp.namespace() == ns)
-                    .map(|rp| ObjectRef::from_obj(&*rp))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .run(
-            policy_status::reconcile,
-            policy_status::error_policy,
-            Arc::new(policy_status::PolicyContext {
-                ctx: ctx.clone(),
-                keys: key_cache,
-            }),
-        )
-        .for_each(|_| async {});
+    )
+    .watches(
+        Api::<ManagedKey>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+        |mk: ManagedKey| {
+            let ns = mk.namespace()?;
+            mk.spec
+                .policy_ref
+                .as_ref()
+                .map(|r| ObjectRef::<RotationPolicy>::new(&r.name).within(&ns))
+        },
+    )
+    .run(
+        policy_status::reconcile,
+        policy_status::error_policy,
+        Arc::new(policy_status::PolicyContext {
+            ctx: ctx.clone(),
+            keys: key_cache,
+        }),
+    )
+    .for_each(|_| async {});
     ready.store(true, Ordering::SeqCst);
     let sweeper = sweep_loop(ctx.clone(), sweep_now);
     let controller = controller

@@ -175,11 +175,16 @@ pub(super) fn project(
                 format!("the next expiry is version {v} at {}", to_second(*at)),
             )
         } else {
-            let list = expiring
+            // At most 8 named (a key may hold 256 versions); the count says how many more.
+            let mut list = expiring
                 .iter()
+                .take(8)
                 .map(|(v, at)| format!("version {v} at {}", to_second(*at)))
                 .collect::<Vec<_>>()
                 .join(", ");
+            if expiring.len() > 8 {
+                list.push_str(&format!(" and {} more", expiring.len() - 8));
+            }
             (
                 true,
                 "VersionsExpiring",
