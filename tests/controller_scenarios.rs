@@ -527,7 +527,7 @@ fn spki_der(pem: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edited_or_rolled_back_storage_is_refused_and_reported() {
     use k8s_openapi::api::events::v1::Event;
-    use keyward::keyservice::{ApiKeySource, KeySource};
+    use keyward::keyservice::{ApiKeySource, KeySource, WatchKeySource};
     let mut w = world().await;
     w.start();
     w.apply(POLICY).await;
@@ -553,6 +553,10 @@ async fn edited_or_rolled_back_storage_is_refused_and_reported() {
     w.wait("k", "v2", |k| current(k) == 2).await;
     let source = ApiKeySource::new(w.controller.clone(), w.storage.clone());
     assert!(source.get("default", "k").await.unwrap().is_some());
+    // The default key source: watches of keys, policies and storage Secrets.
+    let watched = WatchKeySource::start(w.controller.clone(), w.storage.clone());
+    assert!(watched.wait_synced(Duration::from_secs(10)).await);
+    assert!(watched.get("default", "k").await.unwrap().is_some());
     let latest = secrets.get(&name).await.unwrap();
 
     // Roll back to the copy holding only version 1.
@@ -586,6 +590,15 @@ async fn edited_or_rolled_back_storage_is_refused_and_reported() {
         .err()
         .expect("the key service refuses to serve it");
     assert!(e.to_string().contains("integrity"), "{e}");
+    // The watch-backed source refuses it as well: the cached rolled-back copy is older than
+    // the recorded generation, and the direct read it then makes finds the same copy.
+    let e = watched
+        .get("default", "k")
+        .await
+        .err()
+        .expect("the watch-backed key service refuses to serve it");
+    assert!(e.to_string().contains("rolled-back"), "{e}");
+    assert!(watched.fallback_reads() >= 1);
     // Nothing was planned on it: no version 3 appeared, the controller did not crash.
     w.advance(SignedDuration::from_hours(24 * 31));
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -612,6 +625,21 @@ async fn edited_or_rolled_back_storage_is_refused_and_reported() {
             degraded(k).is_some_and(|m| m.contains("MAC does not match"))
         })
         .await;
+    // The cached copy is authenticated on every lookup, as a direct read is.
+    let mut refused = String::new();
+    for _ in 0..100 {
+        match watched.get("default", "k").await {
+            Err(e) if e.to_string().contains("MAC does not match") => {
+                refused = e.to_string();
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "the edited copy was not refused from the cache"
+    );
     assert!(
         !k.status
             .unwrap()
@@ -674,7 +702,9 @@ async fn a_253_character_name_gets_versions() {
 /// refused, and nothing is used that the chart does not grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_rbac_grants_the_controller_exactly_what_it_uses() {
-    use keyward::keyservice::{ApiKeySource, KeySource, KubeTokenReviewer, TokenReviewer};
+    use keyward::keyservice::{
+        ApiKeySource, KeySource, KubeTokenReviewer, TokenReviewer, WatchKeySource,
+    };
     let mut w = world().await;
     w.use_root_key_secret().await;
     // One replica, leader-elected through the chart's Lease.
@@ -708,6 +738,10 @@ async fn chart_rbac_grants_the_controller_exactly_what_it_uses() {
     // The key service: reads a key and its storage, reviews a pod's token.
     let source = ApiKeySource::new(w.controller.clone(), w.storage.clone());
     assert!(source.get("default", "k").await.unwrap().is_some());
+    // The default key source: watches of keys, policies and storage Secrets.
+    let watched = WatchKeySource::start(w.controller.clone(), w.storage.clone());
+    assert!(watched.wait_synced(Duration::from_secs(10)).await);
+    assert!(watched.get("default", "k").await.unwrap().is_some());
     w.server.add_token(
         "pod-token",
         kube_test_apiserver::TokenIdentity {

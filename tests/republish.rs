@@ -173,12 +173,21 @@ async fn republish_rounds_audit_changes_not_mounts() {
 
     // Changes: every pod receives version 1 in round 1 and version 2 in the round after the
     // rotation; each is one audit record and one rewritten file per pod. Nothing else is.
-    for &(round, _, api, _, audit, files) in &rows {
+    for &(round, _, api, tr, audit, files) in &rows {
         let change = round == 1 || round == ROTATE_AFTER + 1;
         let want = if change { PODS as u64 } else { 0 };
         assert_eq!(audit, want, "round {round}: audit records");
         assert_eq!(files, want, "round {round}: files rewritten");
-        assert!(api > 0, "round {round}: no API reads counted");
+        // The key service answers from its watch caches: apart from TokenReviews (cached
+        // 10 s), a round of 200 Mounts makes no API request. (Round 1 and the round after the
+        // rotation may still see the controller's own writes of that change.)
+        if !change && round > 2 {
+            assert_eq!(
+                api - tr,
+                0,
+                "round {round}: API requests besides TokenReviews"
+            );
+        }
     }
     let mounts = (PODS * ROUNDS) as u64;
     assert_eq!(

@@ -11,6 +11,7 @@ pub mod served;
 pub mod service;
 pub mod source;
 pub mod version_id;
+pub mod watch;
 
 pub use auth::{AuthError, CachingReviewer, Identity, KubeTokenReviewer, TokenReviewer};
 pub use select::{SelectError, Selection, Selector};
@@ -18,6 +19,7 @@ pub use served::{ServeMetrics, ServedMemory};
 pub use service::{AUDIT_TARGET, FetchError, KeyService, Settings};
 pub use source::{ApiKeySource, KeyRecord, KeySource, SourceError};
 pub use version_id::{VersionIdError, VersionIdKey};
+pub use watch::WatchKeySource;
 
 use crate::kek::Keyring;
 use crate::proto::keyservice::key_service_server::{self, KeyServiceServer};
@@ -146,6 +148,15 @@ pub struct KeyServiceArgs {
         value_parser = clap::value_parser!(u64).range(4096..=1 << 30)
     )]
     pub material_cache_max_bytes: u64,
+    /// Where Mounts read keys: `watch` (caches kept by watches; no API read per Mount, refused
+    /// as unavailable while a watch is not in sync) or `api` (GETs per key per Mount).
+    #[arg(
+        long = "key-source",
+        env = "KEYWARD_KEY_SOURCE",
+        default_value = "watch",
+        value_parser = ["watch", "api"]
+    )]
+    pub key_source: String,
 }
 
 impl KeyServiceArgs {
@@ -238,6 +249,18 @@ pub async fn build(
     storage: crate::storage::StorageLocation,
 ) -> Result<KeyService<KubeTokenReviewer>, KeyServiceError> {
     let settings = args.settings()?;
+    let source: Arc<dyn KeySource> = if args.key_source == "api" {
+        Arc::new(ApiKeySource::new(client.clone(), storage))
+    } else {
+        let w = WatchKeySource::start(client.clone(), storage);
+        // Serving starts at once; lookups are refused as unavailable until the caches list.
+        if !w.wait_synced(Duration::from_secs(30)).await {
+            tracing::warn!(
+                "key-service caches not in sync after 30 s; Mounts are refused until they are"
+            );
+        }
+        w
+    };
     let secrets = kube::Api::namespaced(client.clone(), &args.namespace);
     let version_key = VersionIdKey::load_or_create(
         &secrets,
@@ -252,7 +275,7 @@ pub async fn build(
             Duration::from_secs(args.token_cache_seconds),
             65_536,
         ),
-        Arc::new(ApiKeySource::new(client, storage)),
+        source,
         keyring,
         version_key,
         settings,

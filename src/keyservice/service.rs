@@ -640,7 +640,7 @@ impl<R: TokenReviewer> KeyService<R> {
                     };
                     return Err(fail(name, "*", e));
                 }
-                Err(e @ SourceError::Kube { .. }) => {
+                Err(e @ (SourceError::Kube { .. } | SourceError::Unavailable(_))) => {
                     return Err(fail(name, "*", FetchError::Unavailable(e.to_string())));
                 }
                 Err(e) => return Err(fail(name, "*", FetchError::Internal(e.to_string()))),

@@ -38,6 +38,10 @@ pub enum SourceError {
     /// Storage Secret unreadable.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The source cannot answer with current data now (a watch cache not yet synced, or one
+    /// whose watch failed): refused rather than answered from possibly stale data.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Direct reads from the API server: one GET of the ManagedKey, its storage Secret and its
