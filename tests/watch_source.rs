@@ -181,4 +181,47 @@ async fn mounts_read_no_api_and_revocations_apply_within_one_event() {
         stack.source.fallback_reads()
     );
     assert!(revoked < Duration::from_secs(1) && deleted < Duration::from_secs(1));
+
+    // Serving metrics, as /metrics exports them: every Fetch above counted once by outcome
+    // and gRPC code, and in the latency histogram; TokenReviews by outcome and cache hits.
+    let mut registry = prometheus_client::registry::Registry::with_prefix("keyward");
+    stack.serve_metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let fetches = value("keyward_key_service_fetches_total{");
+    assert!(
+        value("keyward_key_service_fetches_total{outcome=\"ok\",code=\"Ok\"}") >= 200.0,
+        "{text}"
+    );
+    for (outcome, code) in [
+        ("access_denied", "PermissionDenied"),
+        ("unavailable", "Unavailable"),
+    ] {
+        assert!(
+            value(&format!(
+                "keyward_key_service_fetches_total{{outcome=\"{outcome}\",code=\"{code}\"}}"
+            )) >= 1.0,
+            "{outcome}: {text}"
+        );
+    }
+    assert_eq!(
+        value("keyward_key_service_fetch_duration_seconds_count"),
+        fetches,
+        "{text}"
+    );
+    assert!(
+        value("keyward_key_service_token_cache_hits_total") >= 200.0,
+        "{text}"
+    );
+    let reviews = value("keyward_key_service_token_reviews_total{outcome=\"ok\"}");
+    assert!(
+        (1.0..20.0).contains(&reviews),
+        "{reviews} TokenReviews: {text}"
+    );
 }

@@ -146,6 +146,7 @@ pub struct CachingReviewer<R> {
     ttl: Duration,
     max_entries: usize,
     entries: Mutex<HashMap<CacheKey, (Identity, Instant)>>,
+    metrics: super::ServeMetrics,
 }
 
 impl<R: TokenReviewer> CachingReviewer<R> {
@@ -156,7 +157,34 @@ impl<R: TokenReviewer> CachingReviewer<R> {
             ttl,
             max_entries,
             entries: Mutex::new(HashMap::new()),
+            metrics: super::ServeMetrics::default(),
         }
+    }
+
+    /// Count reviews and cache hits in `metrics` (the key service's).
+    pub fn set_metrics(&mut self, metrics: super::ServeMetrics) {
+        self.metrics = metrics;
+    }
+
+    /// One TokenReview, counted by outcome.
+    async fn review_counted(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        let r = self.inner.review(token, audience).await;
+        let outcome = match &r {
+            Ok(_) => "ok",
+            Err(AuthError::Api(_)) => "error",
+            Err(_) => "rejected",
+        };
+        self.metrics
+            .token_reviews
+            .get_or_create(&super::served::OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+        r
     }
 
     /// Verify, using the cache; `hint` (e.g. the driver's expirationTimestamp) can only
@@ -168,7 +196,7 @@ impl<R: TokenReviewer> CachingReviewer<R> {
         hint: Option<SystemTime>,
     ) -> Result<Identity, AuthError> {
         if self.ttl.is_zero() {
-            return self.inner.review(token, audience).await;
+            return self.review_counted(token, audience).await;
         }
         let key: CacheKey = (
             Sha256::digest(token.as_bytes()).into(),
@@ -178,9 +206,10 @@ impl<R: TokenReviewer> CachingReviewer<R> {
         if let Some((id, until)) = self.entries.lock().expect("cache lock").get(&key)
             && *until > now
         {
+            self.metrics.token_cache_hits.inc();
             return Ok(id.clone());
         }
-        let id = self.inner.review(token, audience).await?;
+        let id = self.review_counted(token, audience).await?;
         let mut until = now + self.ttl;
         for exp in [jwt_expiry(token), hint].into_iter().flatten() {
             let left = exp

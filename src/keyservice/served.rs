@@ -9,6 +9,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashSet, VecDeque};
@@ -41,6 +42,42 @@ pub struct ServeMetrics {
     pub material_cache_bytes: Gauge,
     /// KEK unwrap calls of the key service by primary backend kind and outcome.
     pub kek_unwraps: Family<KekCallLabels, Counter>,
+    /// Fetch requests (one per Mount) by outcome and the gRPC code answered.
+    pub fetches: Family<FetchLabels, Counter>,
+    /// Time to answer a Fetch, TokenReviews and KEK calls included.
+    pub fetch_duration: Latency,
+    /// TokenReviews sent to the API server (cache misses), by outcome.
+    pub token_reviews: Family<OutcomeLabels, Counter>,
+    /// Token verifications answered from the TokenReview cache.
+    pub token_cache_hits: Counter,
+}
+
+/// Labels of `keyward_key_service_fetches_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    /// `ok`, or the refusal's reason (`access_denied`, `unavailable`, ...: the audit log's).
+    pub outcome: String,
+    /// The gRPC code the provider received (`OK`, `PermissionDenied`, ...).
+    pub code: String,
+}
+
+/// Labels with one `outcome`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok`, `rejected` (the API server said no) or `error` (it could not be asked).
+    pub outcome: String,
+}
+
+/// A latency histogram with buckets from 0.5 ms to 10 s (the provider's default deadline).
+#[derive(Clone, Debug)]
+pub struct Latency(pub Histogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self(Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]))
+    }
 }
 
 /// Labels of `keyward_key_service_kek_unwraps_total`.
@@ -100,6 +137,26 @@ impl ServeMetrics {
             "key_service_kek_unwraps",
             "KEK unwrap calls made by the key service, by backend and outcome",
             self.kek_unwraps.clone(),
+        );
+        registry.register(
+            "key_service_fetches",
+            "Fetch requests (one per Mount) by outcome and gRPC code",
+            self.fetches.clone(),
+        );
+        registry.register(
+            "key_service_fetch_duration_seconds",
+            "Time to answer a Fetch, TokenReviews and KEK calls included",
+            self.fetch_duration.0.clone(),
+        );
+        registry.register(
+            "key_service_token_reviews",
+            "TokenReviews sent to the API server (token cache misses), by outcome",
+            self.token_reviews.clone(),
+        );
+        registry.register(
+            "key_service_token_cache_hits",
+            "Token verifications answered from the TokenReview cache",
+            self.token_cache_hits.clone(),
         );
     }
 }

@@ -114,30 +114,37 @@ impl FetchError {
     }
 }
 
-impl From<FetchError> for tonic::Status {
-    fn from(e: FetchError) -> Self {
-        let msg = e.to_string();
-        match e {
+impl FetchError {
+    /// The gRPC code the provider receives for this refusal.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
             FetchError::CallerUnauthenticated(_) | FetchError::PodUnauthenticated(_) => {
-                tonic::Status::unauthenticated(msg)
+                Code::Unauthenticated
             }
             FetchError::CallerNotProvider(_)
             | FetchError::IdentityMismatch(_)
-            | FetchError::Denied { .. } => tonic::Status::permission_denied(msg),
+            | FetchError::Denied { .. } => Code::PermissionDenied,
             FetchError::InvalidArgument(_) | FetchError::KeyName(_) | FetchError::Request(_) => {
-                tonic::Status::invalid_argument(msg)
+                Code::InvalidArgument
             }
-            FetchError::KeyNotFound(_) => tonic::Status::not_found(msg),
-            FetchError::NotServable {
+            FetchError::KeyNotFound(_)
+            | FetchError::NotServable {
                 source: SelectError::NoSuchVersion(_),
                 ..
-            } => tonic::Status::not_found(msg),
+            } => Code::NotFound,
             FetchError::NotServable { .. } | FetchError::PublicOnlySymmetric { .. } => {
-                tonic::Status::failed_precondition(msg)
+                Code::FailedPrecondition
             }
-            FetchError::Internal(_) => tonic::Status::internal(msg),
-            FetchError::Unavailable(_) => tonic::Status::unavailable(msg),
+            FetchError::Internal(_) => Code::Internal,
+            FetchError::Unavailable(_) => Code::Unavailable,
         }
+    }
+}
+
+impl From<FetchError> for tonic::Status {
+    fn from(e: FetchError) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
     }
 }
 
@@ -367,6 +374,7 @@ impl<R: TokenReviewer> KeyService<R> {
             super::served::DEFAULT_CAPACITY,
             metrics.clone(),
         ));
+        self.reviewer.set_metrics(metrics.clone());
         self.metrics = metrics;
         self
     }
@@ -443,6 +451,34 @@ impl<R: TokenReviewer> KeyService<R> {
     /// provider and every field is within [`limits`]; refusals before that are counted and
     /// logged with bounded, escaped fields only.
     pub async fn fetch(
+        &self,
+        caller_token: Option<&str>,
+        req: &FetchRequest,
+        pod_token_expiry: Option<SystemTime>,
+    ) -> Result<FetchResponse, FetchError> {
+        let started = std::time::Instant::now();
+        let r = self
+            .fetch_uncounted(caller_token, req, pod_token_expiry)
+            .await;
+        self.metrics
+            .fetch_duration
+            .0
+            .observe(started.elapsed().as_secs_f64());
+        let (outcome, code) = match &r {
+            Ok(_) => ("ok", tonic::Code::Ok),
+            Err(e) => (e.reason(), e.code()),
+        };
+        self.metrics
+            .fetches
+            .get_or_create(&super::served::FetchLabels {
+                outcome: outcome.into(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        r
+    }
+
+    async fn fetch_uncounted(
         &self,
         caller_token: Option<&str>,
         req: &FetchRequest,

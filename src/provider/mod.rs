@@ -5,6 +5,7 @@
 pub mod client;
 pub mod error;
 pub mod format;
+pub mod metrics;
 pub mod mount;
 pub mod params;
 pub mod paths;
@@ -83,6 +84,7 @@ impl Fetcher for KeyServiceClient {
 pub struct Provider {
     fetcher: Arc<dyn Fetcher>,
     audience: String,
+    metrics: Arc<metrics::ProviderMetrics>,
 }
 
 impl Provider {
@@ -91,7 +93,14 @@ impl Provider {
         Self {
             fetcher,
             audience: audience.into(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Count Mounts in `metrics` (served by `--metrics-listen`).
+    pub fn with_metrics(mut self, metrics: Arc<metrics::ProviderMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Handle one Mount.
@@ -105,11 +114,12 @@ impl Provider {
         )?;
         let (fetch, map) = mount::fetch_request(&p);
         let n = fetch.keys.len();
-        let resp = self
-            .fetcher
-            .fetch(fetch)
-            .await
-            .map_err(MountError::KeyService)?;
+        let started = std::time::Instant::now();
+        let resp = self.fetcher.fetch(fetch).await;
+        self.metrics
+            .fetch_duration
+            .observe(started.elapsed().as_secs_f64());
+        let resp = resp.map_err(MountError::KeyService)?;
         mount::build_response(&p, &map, &resp, n)
     }
 }
@@ -132,7 +142,8 @@ impl CsiDriverProvider for Provider {
         request: Request<MountRequest>,
     ) -> Result<Response<MountResponse>, Status> {
         let req = request.into_inner();
-        match Provider::mount(self, &req).await {
+        let started = std::time::Instant::now();
+        let r = match Provider::mount(self, &req).await {
             Ok(r) => {
                 tracing::debug!(files = r.files.len(), "mount served");
                 Ok(Response::new(r))
@@ -142,7 +153,10 @@ impl CsiDriverProvider for Provider {
                 tracing::warn!(code = ?s.code(), error = %s.message(), "mount refused");
                 Err(s)
             }
-        }
+        };
+        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.metrics.mount(code, started.elapsed().as_secs_f64());
+        r
     }
 }
 
@@ -187,6 +201,9 @@ pub struct ProviderArgs {
     /// Deadline for one key-service call, in seconds.
     #[arg(long, default_value_t = 10)]
     pub fetch_timeout_seconds: u64,
+    /// Serve `/metrics` and `/healthz` on this address (e.g. `0.0.0.0:8081`); off when unset.
+    #[arg(long, env = "KEYWARD_PROVIDER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn read(path: &Path, flag: &'static str) -> Result<Vec<u8>, ProviderError> {
@@ -289,7 +306,24 @@ pub async fn serve(
 /// `keyward provider`: run until SIGTERM/SIGINT.
 pub async fn run(args: ProviderArgs) -> Result<(), ProviderError> {
     let client = args.client()?;
-    let provider = Provider::new(Arc::new(client), args.audience.clone());
+    let metrics = Arc::new(metrics::ProviderMetrics::default());
+    let provider =
+        Provider::new(Arc::new(client), args.audience.clone()).with_metrics(metrics.clone());
     let shutdown = crate::shutdown::Shutdown::on_signals();
+    if let Some(addr) = args.metrics_listen {
+        let s = shutdown.clone();
+        let listener =
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| ProviderError::Socket {
+                    path: PathBuf::from(addr.to_string()),
+                    detail: format!("--metrics-listen: {e}"),
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, metrics, async move { s.wait().await }).await {
+                tracing::error!(error = %e, "provider metrics endpoint stopped");
+            }
+        });
+    }
     serve(&args.socket, provider, async move { shutdown.wait().await }).await
 }

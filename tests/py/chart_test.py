@@ -77,7 +77,7 @@ SETS = {
     },
     "awskms": {"kek": {"backend": "awskms", "awskms": {"keyId": "alias/keyward", "region": "eu-west-1", "credentialsSecretName": "aws"}}},
     "awskms-endpoint": {"kek": {"backend": "awskms", "awskms": {"keyId": "alias/keyward", "region": "us-east-1", "endpointUrl": "http://moto:5000"}}},
-    "custom-socket-dir": {"provider": {"socketDir": "/etc/kubernetes/secrets-store-csi-providers"}},
+    "custom-socket-dir": {"provider": {"socketDir": "/etc/kubernetes/secrets-store-csi-providers", "metricsPort": 0}},
     "own-tls": {"keyService": {"tls": {"generate": False, "secretName": "my-tls"}}},
     "single-replica": {"controller": {"replicas": 1, "leaderElection": False, "concurrency": 4}},
     "audit-signed": {"audit": {"signingKeySecretName": "audit-key", "checkpointEvery": 10}},
@@ -111,7 +111,7 @@ SETS = {
     "no-crds": {"crds": {"install": False}, "controller": {"serviceAccount": {"name": "ctl", "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/k"}}}},
 }
 # Kinds kubernetes-validate has no schema for (prometheus-operator's): checked field by field below.
-NO_SCHEMA = {"ServiceMonitor", "PrometheusRule"}
+NO_SCHEMA = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 def docs(rendered):
@@ -284,6 +284,22 @@ def conventions_checks(name, values, ds, rendered, full, dep, dset, args, pargs)
               and sm[0]["spec"]["namespaceSelector"]["matchNames"] == [NS]
               and all(sm[0]["metadata"]["labels"].get(k) == v for k, v in smv["labels"].items()),
               f"{name}: the ServiceMonitor selects exactly the metrics Service ({picked}), port metrics, every {smv['interval']}")
+    # The providers' metrics: a port named metrics on the DaemonSet's container, the flag, and
+    # a PodMonitor selecting exactly the provider pods when monitoring is on.
+    pport = values["provider"]["metricsPort"]
+    pds = one(ds, "DaemonSet")
+    pc = pds["spec"]["template"]["spec"]["containers"][0]
+    check(([p["containerPort"] for p in pc.get("ports", []) if p["name"] == "metrics"] == ([pport] if pport else []))
+          and ((f"--metrics-listen=0.0.0.0:{pport}" in pc["args"]) == bool(pport)),
+          f"{name}: provider metrics port {pport} and --metrics-listen agree")
+    pm = [d for _, d in ds if d["kind"] == "PodMonitor"]
+    check(len(pm) == (1 if smv["enabled"] and pport else 0), f"{name}: {len(pm)} PodMonitor")
+    if pm:
+        sel = pm[0]["spec"]["selector"]["matchLabels"]
+        pod_labels = pds["spec"]["template"]["metadata"]["labels"]
+        check(all(pod_labels.get(k) == v for k, v in sel.items()) and sel.get("app.kubernetes.io/component") == "csi-provider"
+              and pm[0]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics",
+              f"{name}: the PodMonitor selects the provider pods' metrics port")
     rules = [d for _, d in ds if d["kind"] == "PrometheusRule"]
     check(len(rules) == (1 if values["metrics"]["prometheusRule"]["enabled"] else 0), f"{name}: {len(rules)} PrometheusRule")
     if rules:
@@ -526,6 +542,7 @@ BAD = [
     ({"surprise": 1}, "surprise"),
     ({"controller": {"replica": 2}}, "replica"),
     ({"provider": {"socketDir": "relative/dir"}}, "/provider/socketDir"),
+    ({"provider": {"metricsPort": 70000}}, "/provider/metricsPort"),
     ({"keyService": {"tokenCacheSeconds": -1}}, "/keyService/tokenCacheSeconds"),
     ({"keyService": {"port": 70000}}, "/keyService/port"),
     ({"keyService": {"tls": {"generate": False}}}, "/keyService/tls/secretName"),

@@ -372,6 +372,7 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     let tls = write_tls(w.dir.path())?;
     let ks_port = free_port();
     let metrics_port = free_port();
+    let provider_metrics_port = free_port();
     w.controller_args = vec![
         "--namespace".into(),
         "keyward-system".into(),
@@ -421,6 +422,8 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
         .arg(&tls.ca)
         .arg("--token-file")
         .arg(&token_file)
+        .arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{provider_metrics_port}"))
         .env("RUST_LOG", "info");
     w.procs.push(Proc::spawn("provider", cmd)?);
 
@@ -826,6 +829,31 @@ async fn steps(w: &mut World) -> anyhow::Result<()> {
     println!(
         "{} metric names in the alerts and the dashboard, all exported; keyward_leader 1",
         named.len()
+    );
+    // Serving metrics on both sides: the key service's Fetches by outcome and code, and the
+    // provider's Mounts by the code the driver received (the story had both kinds).
+    let sum = |text: &str, prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let provider = http_get(&format!("127.0.0.1:{provider_metrics_port}"), "/metrics")?;
+    let (mounted, refused) = (
+        sum(&provider, "keyward_provider_mounts_total{code=\"Ok\"}"),
+        sum(&provider, "keyward_provider_mounts_total{")
+            - sum(&provider, "keyward_provider_mounts_total{code=\"Ok\"}"),
+    );
+    let fetched_ok = sum(
+        &exposition,
+        "keyward_key_service_fetches_total{outcome=\"ok\",code=\"Ok\"}",
+    );
+    ensure!(
+        mounted >= 5.0 && refused >= 1.0 && fetched_ok >= 1.0,
+        "serving metrics missing: provider Ok {mounted}, refused {refused}, key service ok {fetched_ok}"
+    );
+    println!(
+        "provider /metrics: {mounted} Mounts answered OK, {refused} refused; key service: {fetched_ok} Fetches ok on this replica"
     );
     w.say("done: every step of the story worked");
     Ok(())
