@@ -113,6 +113,15 @@ async fn run(n: usize) -> (f64, f64) {
     }
     let secs = started.elapsed().as_secs_f64();
     peak = peak.max(peak_rss_mib(pid).unwrap_or(0.0));
+    // API requests per key (the bench's own polling LISTs and the creation excluded).
+    let counts = server.request_counts();
+    let mut per: Vec<String> = counts
+        .iter()
+        .filter(|((verb, res), _)| !(res == "managedkeys" && (verb == "create" || verb == "list")))
+        .map(|((verb, res), c)| format!("{verb} {res} {:.2}", *c as f64 / n as f64))
+        .collect();
+    per.sort();
+    println!("requests per key: {}", per.join(", "));
     let _ = child.kill();
     let _ = child.wait();
     (secs, peak)
