@@ -179,6 +179,9 @@ impl Context {
     }
 }
 
+/// (namespace, name) of a policy -> (uid, generation) last acted on.
+type SeenPolicies = std::collections::HashMap<(String, String), (Option<String>, Option<i64>)>;
+
 /// Policies whose last acted-on generation the controller remembers (see [`run`]).
 const MAX_POLICIES_REMEMBERED: usize = 10_000;
 
@@ -202,9 +205,7 @@ pub async fn run(
     // Per policy (namespace, name): the (uid, generation) last acted on, see the policy watch
     // below. Bounded: past MAX_POLICIES_REMEMBERED entries (names of deleted policies stay)
     // it is cleared, which costs one re-plan of each policy's keys at most.
-    let seen_generations: std::sync::Mutex<
-        std::collections::HashMap<(String, String), (Option<String>, Option<i64>)>,
-    > = std::sync::Mutex::default();
+    let seen_generations: std::sync::Mutex<SeenPolicies> = std::sync::Mutex::default();
     let mut controller = controller
         .watches(
             secrets,
