@@ -278,6 +278,9 @@ pub enum Cause {
     Retention,
     /// Created ahead of its activation (RotationPolicy prePublish).
     PrePublish,
+    /// A pre-published version whose expiry came before its activation (e.g. the key was
+    /// suspended meanwhile): never activated, its material destroyed.
+    ExpiredBeforeActivation,
 }
 
 impl Cause {
@@ -296,6 +299,7 @@ impl Cause {
             Cause::DeletionWindowEnded => "deletion window ended",
             Cause::Retention => "outside retainVersions after grace period and deletion window",
             Cause::PrePublish => "pre-published ahead of its rotation (prePublish)",
+            Cause::ExpiredBeforeActivation => "expired before it was activated",
         }
     }
 
@@ -604,6 +608,14 @@ impl Planner<'_, '_> {
         } else {
             None
         };
+        // A pre-published version that expired while waiting is never activated (it would be
+        // an Active version nobody may be served): destroyed, and a fresh one takes its place.
+        if let Some(s) = self.staged()
+            && let Some(v) = self.state.version(s)
+            && policy.expiry_of(v).is_some_and(|e| e <= now)
+        {
+            self.destroy(s, Cause::ExpiredBeforeActivation)?;
+        }
         // A pre-published version becomes Active (it already holds material); otherwise a new
         // one is made, and at the material limit the current version stays (and a rotate-now
         // request stays unhandled) until retention destroys the oldest.

@@ -858,3 +858,45 @@ fn pre_publish_is_validated_against_period_and_expiry() {
     assert_eq!(st.active().unwrap().version, 2);
     assert_eq!(r.next_rotation, Some(t(18 * DAY)), "expires 10d after 8d");
 }
+
+/// A staged version that expires while the key is suspended is destroyed, never activated; on
+/// resume and rotation a fresh version takes its place.
+#[test]
+fn a_staged_version_that_expired_is_destroyed_not_activated() {
+    let mut spec = ManagedKeySpec::default();
+    let p = Policy::from_spec(&RotationPolicySpec {
+        rotation_period: Some("30d".into()),
+        pre_publish: Some("2d".into()),
+        expire_after: Some("40d".into()),
+        retain_versions: 2,
+        grace_period: "1d".into(),
+        deletion_window_days: 7,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    step(&spec, Some(&p), &mut st, None, t(28 * DAY));
+    assert_eq!(st.version(2).unwrap().state, KeyState::PreActivation);
+    spec.desired_state = DesiredState::Suspended;
+    step(&spec, Some(&p), &mut st, None, t(29 * DAY));
+    // Resumed after version 2 expired (created at 28d, expireAfter 40d).
+    spec.desired_state = DesiredState::Active;
+    let plan = step(&spec, Some(&p), &mut st, None, t(70 * DAY));
+    assert!(
+        plan.actions.contains(&Action::Transition {
+            version: 2,
+            to: KeyState::Destroyed,
+            cause: Cause::ExpiredBeforeActivation
+        }),
+        "{:?}",
+        plan.actions
+    );
+    assert_eq!(st.version(2).unwrap().state, KeyState::Destroyed);
+    let active = st.active().unwrap();
+    assert!(active.version > 2, "{:?}", states(&st));
+    assert!(
+        p.expiry_of(active).is_none_or(|e| e > t(70 * DAY)),
+        "the active version is not expired"
+    );
+}
