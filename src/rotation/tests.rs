@@ -893,10 +893,42 @@ fn a_staged_version_that_expired_is_destroyed_not_activated() {
         plan.actions
     );
     assert_eq!(st.version(2).unwrap().state, KeyState::Destroyed);
+    let last = st.version(2).unwrap().transitions.last().unwrap();
+    assert_eq!(
+        last.reason, "expired before it was activated",
+        "the history says why the version never became Active"
+    );
     let active = st.active().unwrap();
     assert!(active.version > 2, "{:?}", states(&st));
     assert!(
         p.expiry_of(active).is_none_or(|e| e > t(70 * DAY)),
         "the active version is not expired"
     );
+}
+
+/// Every cause has its own words: the transition history and Events are read by people, and
+/// two causes printing alike (or nothing) would hide why a version changed.
+#[test]
+fn cause_texts_are_distinct_and_readable() {
+    let all = [
+        Cause::FirstVersion,
+        Cause::NoActiveVersion,
+        Cause::Resumed,
+        Cause::RotateNow,
+        Cause::PeriodElapsed,
+        Cause::DesiredSuspended,
+        Cause::DesiredDeactivated,
+        Cause::DesiredCompromised,
+        Cause::ReplacesCompromised,
+        Cause::DeletionWindowEnded,
+        Cause::Retention,
+        Cause::PrePublish,
+        Cause::ExpiredBeforeActivation,
+    ];
+    let texts: std::collections::BTreeSet<&str> = all.iter().map(|c| c.as_str()).collect();
+    assert_eq!(texts.len(), all.len(), "{texts:?}");
+    for c in all {
+        assert!(c.as_str().len() >= 6, "{c:?}: {:?}", c.as_str());
+        assert_eq!(c.to_string(), c.as_str());
+    }
 }
