@@ -141,15 +141,17 @@ async fn mounts_read_no_api_and_revocations_apply_within_one_event() {
     })
     .await;
 
-    // Lost watch: the ManagedKey watch and its re-lists fail for a while. Lookups are refused
-    // as Unavailable (never answered from a cache that may have missed a revocation), then
-    // served again once the watch has listed.
+    // Lost watch: the ManagedKey watch and its re-lists fail until the refusal is seen.
+    // Lookups are refused as Unavailable (never answered from a cache that may have missed a
+    // revocation), then served again once the watch has listed. (The faults stay until
+    // cleared: the controller's own watches of the same resource take faults from the same
+    // pool, so a fixed count could be used up before the key service's watch asks.)
     for verb in ["watch", "list"] {
         stack.server.inject_fault(Fault {
             verb: Some(verb.into()),
             resource: Some("managedkeys".into()),
             name: None,
-            times: 2,
+            times: usize::MAX,
             kind: FaultKind::Status(500),
             delay_ms: 0,
         });
@@ -162,6 +164,7 @@ async fn mounts_read_no_api_and_revocations_apply_within_one_event() {
         |r| matches!(r, Err(FetchError::Unavailable(_))),
     )
     .await;
+    stack.server.clear_faults();
     let recovered = until(&stack, "recovery", Duration::from_secs(15), |r| {
         r.as_ref().is_ok_and(|r| r.keys[0].current == 2)
     })

@@ -53,6 +53,13 @@ pub enum SelectError {
         /// When material goes.
         destroy_at: String,
     },
+    /// The ManagedKey is being deleted (its deletionTimestamp is set; the controller's
+    /// finalizer may still be at work): a deletion takes effect at once, not when the
+    /// controller gets to it.
+    #[error(
+        "is being deleted; nothing is served. Its versions stay restorable for the deletion window (docs/controller.md, Deletion)"
+    )]
+    Deleted,
     /// No Active version (Suspended, Deactivated, Compromised or not yet created).
     #[error("has no Active version to serve as current ({why})")]
     NoCurrent {

@@ -727,6 +727,16 @@ impl<R: TokenReviewer> KeyService<R> {
                     },
                 ));
             }
+            if rec.key.metadata.deletion_timestamp.is_some() {
+                return Err(fail(
+                    requested,
+                    &sel.to_string(),
+                    FetchError::NotServable {
+                        key: format!("{ns}/{name}"),
+                        source: SelectError::Deleted,
+                    },
+                ));
+            }
             let selection = select(&rec.stored.state, rec.grace, sel, now).map_err(|source| {
                 fail(
                     requested,

@@ -224,6 +224,11 @@ impl TestApiServer {
         self.inner.faults.lock().expect("lock").push(fault);
     }
 
+    /// Remove every injected fault not yet used up.
+    pub fn clear_faults(&self) {
+        self.inner.faults.lock().expect("lock").clear();
+    }
+
     /// End every open watch stream (clients must resume).
     pub fn close_watches(&self) {
         self.inner.close_watches.send_modify(|g| *g += 1);
