@@ -5,6 +5,7 @@
 //! delivered to the pods allowed to have them through the Secrets Store CSI Driver.
 
 pub mod audit;
+pub mod backup;
 pub mod controller;
 pub mod crd;
 pub mod crypto;

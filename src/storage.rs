@@ -48,6 +48,8 @@ pub const RESTORED_FROM_ANNOTATION: &str = "keyward.io/restored-from-uid";
 pub const ORPHAN_DEADLINE_ANNOTATION: &str = "keyward.io/remove-after";
 /// Secret holding the wrapped state MAC key, in the controller's namespace.
 pub const MAC_KEY_SECRET: &str = "keyward-state-mac-key";
+/// Secret type of [`MAC_KEY_SECRET`].
+pub const MAC_KEY_TYPE: &str = "keyward.io/state-mac-key";
 const FORMAT: &[u8] = b"keyward-storage-v2";
 const STATE_ENTRY: &str = "state.json";
 const MAC_ENTRY: &str = "state.mac";
@@ -131,11 +133,16 @@ impl StateMacKey {
                 &api,
                 namespace,
                 MAC_KEY_SECRET,
-                "keyward.io/state-mac-key",
+                MAC_KEY_TYPE,
                 keyring,
             )
             .await?,
         ))
+    }
+
+    /// The tag of a backup file's body (domain-separated from storage tags).
+    pub fn backup_tag(&self, body: &[u8]) -> [u8; 32] {
+        hmac_sha256(self.0.expose(), &[b"keyward-backup-v1", body])
     }
 
     fn tag(

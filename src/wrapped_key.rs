@@ -36,6 +36,77 @@ pub enum WrappedKeyError {
     Kek(#[from] KekError),
 }
 
+/// The 32-byte key `secret` holds, unwrapped as Secret `namespace/name` (the wrap is bound
+/// to both: a copy under another name or namespace does not unwrap).
+pub async fn unwrap_secret(
+    secret: &Secret,
+    namespace: &str,
+    name: &str,
+    secret_type: &str,
+    keyring: &Keyring,
+) -> Result<SecretBytes, WrappedKeyError> {
+    if secret.type_.as_deref() != Some(secret_type) {
+        return Err(WrappedKeyError::Corrupt {
+            name: name.into(),
+            detail: format!("type is {:?}, expected {secret_type}", secret.type_),
+        });
+    }
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(ENTRY))
+        .ok_or_else(|| WrappedKeyError::Corrupt {
+            name: name.into(),
+            detail: format!("no `{ENTRY}` entry"),
+        })?;
+    let env = Envelope::decode(&bytes.0).map_err(|e| WrappedKeyError::Corrupt {
+        name: name.into(),
+        detail: e.to_string(),
+    })?;
+    let key = keyring
+        .unwrap(&env, &KeyContext::new(namespace, name, 1))
+        .await?;
+    // Every key this module creates is 32 bytes; anything else is not one of ours.
+    if key.len() != KEY_LEN {
+        return Err(WrappedKeyError::Corrupt {
+            name: name.into(),
+            detail: format!("holds a {}-byte key, expected {KEY_LEN}", key.len()),
+        });
+    }
+    Ok(key)
+}
+
+/// A Secret `namespace/name` of `secret_type` holding `key` wrapped under the primary KEK.
+pub async fn wrap_secret(
+    key: &SecretBytes,
+    namespace: &str,
+    name: &str,
+    secret_type: &str,
+    keyring: &Keyring,
+) -> Result<Secret, WrappedKeyError> {
+    let env = keyring
+        .wrap(&KeyContext::new(namespace, name, 1), key)
+        .await?;
+    let encoded = env.encode().map_err(KekError::from)?;
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "keyward".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        type_: Some(secret_type.into()),
+        data: Some([(ENTRY.to_string(), ByteString(encoded))].into()),
+        ..Default::default()
+    })
+}
+
 /// Read the 32-byte key in Secret `namespace/name` (type `secret_type`), unwrapping it with
 /// `keyring`; create it once when missing (a concurrent creator wins and is read back).
 pub async fn load_or_create(
@@ -45,59 +116,16 @@ pub async fn load_or_create(
     secret_type: &str,
     keyring: &Keyring,
 ) -> Result<SecretBytes, WrappedKeyError> {
-    let ctx = KeyContext::new(namespace, name, 1);
     let kerr = |source| WrappedKeyError::Kube {
         name: name.into(),
         source,
     };
     for _ in 0..3 {
         if let Some(s) = api.get_opt(name).await.map_err(kerr)? {
-            if s.type_.as_deref() != Some(secret_type) {
-                return Err(WrappedKeyError::Corrupt {
-                    name: name.into(),
-                    detail: format!("type is {:?}, expected {secret_type}", s.type_),
-                });
-            }
-            let bytes = s.data.as_ref().and_then(|d| d.get(ENTRY)).ok_or_else(|| {
-                WrappedKeyError::Corrupt {
-                    name: name.into(),
-                    detail: format!("no `{ENTRY}` entry"),
-                }
-            })?;
-            let env = Envelope::decode(&bytes.0).map_err(|e| WrappedKeyError::Corrupt {
-                name: name.into(),
-                detail: e.to_string(),
-            })?;
-            let key = keyring.unwrap(&env, &ctx).await?;
-            // Every key this module creates is 32 bytes; anything else is not one of ours.
-            if key.len() != KEY_LEN {
-                return Err(WrappedKeyError::Corrupt {
-                    name: name.into(),
-                    detail: format!("holds a {}-byte key, expected {KEY_LEN}", key.len()),
-                });
-            }
-            return Ok(key);
+            return unwrap_secret(&s, namespace, name, secret_type, keyring).await;
         }
         let key = SecretBytes::random(KEY_LEN);
-        let env = keyring.wrap(&ctx, &key).await?;
-        let encoded = env.encode().map_err(KekError::from)?;
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(namespace.into()),
-                labels: Some(
-                    [(
-                        "app.kubernetes.io/managed-by".to_string(),
-                        "keyward".to_string(),
-                    )]
-                    .into(),
-                ),
-                ..Default::default()
-            },
-            type_: Some(secret_type.into()),
-            data: Some([(ENTRY.to_string(), ByteString(encoded))].into()),
-            ..Default::default()
-        };
+        let secret = wrap_secret(&key, namespace, name, secret_type, keyring).await?;
         match api.create(&PostParams::default(), &secret).await {
             Ok(_) => return Ok(key),
             // Another replica created it first: read theirs.

@@ -29,6 +29,13 @@ enum Cmd {
     /// KEK operations.
     #[command(subcommand)]
     Kek(KekCmd),
+    /// Disaster recovery: write every ManagedKey, RotationPolicy and key storage object and
+    /// the shared keys to one integrity-protected file (key material stays wrapped under the
+    /// KEK; the KEK itself is never in it).
+    Backup(keyward::backup::cli::BackupArgs),
+    /// Recreate a backup in this cluster: the same versions, bytes and object versions.
+    /// Checks everything before the first write; safe to run again.
+    Restore(keyward::backup::cli::RestoreArgs),
     /// Write the CRD YAML files (default: ./crds).
     Crdgen {
         /// Output directory.
@@ -173,6 +180,20 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Cmd::Controller(args) => keyward::controller::cli::run(*args).await?,
+        Cmd::Backup(args) => match keyward::backup::cli::run_backup(&args).await {
+            Ok(line) => eprintln!("{line}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        },
+        Cmd::Restore(args) => match keyward::backup::cli::run_restore(&args).await {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        },
         Cmd::Kubectl(KubectlCli {
             global,
             cmd: KubectlCmd::Key(cmd),

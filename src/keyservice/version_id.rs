@@ -14,6 +14,9 @@ pub fn jwk_kid(version_id: &str) -> String {
     version_id.chars().take(22).collect()
 }
 
+/// Secret type of the object-version key.
+pub const VERSION_KEY_TYPE: &str = "keyward.io/object-version-key";
+
 /// The HMAC key for object versions.
 #[derive(Clone)]
 pub struct VersionIdKey(SecretBytes);
@@ -35,6 +38,11 @@ impl VersionIdKey {
     /// A fixed key (tests, or a key managed elsewhere).
     pub fn new(key: SecretBytes) -> Self {
         Self(key)
+    }
+
+    /// Equal keys (in constant time): a restore keeps object versions only with the same key.
+    pub fn same_as(&self, other: &VersionIdKey) -> bool {
+        crate::crypto::ct_eq(self.0.expose(), other.0.expose())
     }
 
     /// The opaque version of `namespace/name` version `version`.
@@ -65,14 +73,8 @@ impl VersionIdKey {
         keyring: &Keyring,
     ) -> Result<Self, VersionIdError> {
         Ok(Self(
-            crate::wrapped_key::load_or_create(
-                api,
-                namespace,
-                name,
-                "keyward.io/object-version-key",
-                keyring,
-            )
-            .await?,
+            crate::wrapped_key::load_or_create(api, namespace, name, VERSION_KEY_TYPE, keyring)
+                .await?,
         ))
     }
 }

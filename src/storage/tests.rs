@@ -350,3 +350,17 @@ fn trailing_bytes_after_the_state_are_refused() {
     let sec = sealed(&loc(), &id(), json, &s.envelopes);
     assert!(detail(parse(&sec, &id(), &loc().mac, 0).unwrap_err()).contains("trailing"));
 }
+
+#[test]
+fn backup_tags_depend_on_key_and_body_and_differ_from_storage_tags() {
+    let a = StateMacKey::new(SecretBytes::from_slice(&[9; 32]));
+    let b = StateMacKey::new(SecretBytes::from_slice(&[8; 32]));
+    let body = br#"{"format":"keyward-backup-v1"}"#;
+    let t = a.backup_tag(body);
+    // The value HMAC-SHA256 gives for the domain and the body, length-prefixed.
+    assert_eq!(t, hmac_sha256(&[9; 32], &[b"keyward-backup-v1", body]));
+    assert_eq!(t, a.backup_tag(body), "deterministic");
+    assert_ne!(t, b.backup_tag(body), "another key");
+    assert_ne!(t, a.backup_tag(b"{}"), "another body");
+    assert_ne!(t, hmac_sha256(&[9; 32], &[body]), "domain-separated");
+}
