@@ -974,8 +974,7 @@ pub(crate) fn apply_patch(
     };
     drop(st);
     match result {
-        Ok(((o, ch), created)) => {
-            publish(inner, ch);
+        Ok(((o, _changes), created)) => {
             let code = if created {
                 StatusCode::CREATED
             } else {

@@ -341,16 +341,13 @@ pub(crate) async fn run_delayed(
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let changes = {
-            let mut st = inner.state.lock().expect("lock");
-            match st.settle_due {
-                Some(since) if since.elapsed() >= delay => {
-                    st.settle_due = None;
-                    st.settle()
-                }
-                _ => continue,
-            }
-        };
-        crate::routes::publish(&inner, changes);
+        // Watchers hear of what the controllers change as the store records it.
+        let mut st = inner.state.lock().expect("lock");
+        if let Some(since) = st.settle_due
+            && since.elapsed() >= delay
+        {
+            st.settle_due = None;
+            st.settle();
+        }
     }
 }

@@ -86,17 +86,14 @@ pub(crate) fn patch(
     })();
     drop(st);
     match result {
-        Ok((o, ch, created)) => {
-            publish(inner, ch);
-            ok_json(
-                if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                &o,
-            )
-        }
+        Ok((o, _changes, created)) => ok_json(
+            if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            &o,
+        ),
         Err(e) => store_error(e, Some(rt), name),
     }
 }

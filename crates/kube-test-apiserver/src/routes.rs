@@ -322,12 +322,6 @@ pub(crate) fn discovery_resources(inner: &Inner, group: &str, version: &str) -> 
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
-pub(crate) fn publish(inner: &Inner, changes: Vec<Arc<Change>>) {
-    for c in changes {
-        let _ = inner.changes.send(c);
-    }
-}
-
 pub(crate) async fn resource(
     inner: &Arc<Inner>,
     method: &Method,
@@ -472,7 +466,7 @@ pub(crate) async fn resource(
                 .lock()
                 .expect("lock")
                 .create(&rt, &t.version, &ns, b);
-            answer(inner, r, StatusCode::CREATED, &rt, &name)
+            answer(r, StatusCode::CREATED, &rt, &name)
         }
         "update" => {
             let mut b = match parse_body(headers, body) {
@@ -485,7 +479,7 @@ pub(crate) async fn resource(
             crate::apply::track_update(&rt, &t.version, sub, &manager, live.as_ref(), &mut b);
             let r = st.update_sub(&rt, &t.version, &ns, &name, b, sub);
             drop(st);
-            answer(inner, r, StatusCode::OK, &rt, &name)
+            answer(r, StatusCode::OK, &rt, &name)
         }
         "patch" => patch(
             inner,
@@ -508,7 +502,7 @@ pub(crate) async fn resource(
                 .lock()
                 .expect("lock")
                 .delete(&rt, &ns, &name, &opts);
-            answer(inner, r, StatusCode::OK, &rt, &name)
+            answer(r, StatusCode::OK, &rt, &name)
         }
         "deletecollection" => {
             let opts = match delete_options(headers, body, q) {
@@ -535,7 +529,7 @@ pub(crate) async fn resource(
                 }
             }
             drop(st);
-            publish(inner, all);
+            drop(all);
             ok_json(
                 StatusCode::OK,
                 &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(&t.version), "metadata": {}, "items": items}),
@@ -552,15 +546,14 @@ pub(crate) async fn resource(
 
 /// Publish a write's changes and answer with the object, or map the store error.
 pub(crate) fn answer(
-    inner: &Inner,
     r: Result<(Value, Vec<Arc<Change>>), StoreError>,
     code: StatusCode,
     rt: &ResType,
     name: &str,
 ) -> Response {
     match r {
-        Ok((o, ch)) => {
-            publish(inner, ch);
+        Ok((o, _changes)) => {
+            // Watchers heard of the changes when the store recorded them.
             ok_json(code, &o)
         }
         Err(e) => store_error(e, Some(rt), name),

@@ -64,6 +64,7 @@ impl TestApiServer {
                 });
                 rbac::bootstrap(&mut st);
                 st.controllers_delay = opts.controllers_delay;
+                st.live = Some(changes.clone());
                 st
             }),
             changes,

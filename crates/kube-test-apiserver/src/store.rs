@@ -188,6 +188,11 @@ pub struct State {
     pub(crate) controllers_delay: Option<std::time::Duration>,
     /// Since when the delayed controllers have had work waiting.
     pub(crate) settle_due: Option<std::time::Instant>,
+    /// Where open watches hear of changes. Sent while the store lock is held, in the same
+    /// step that hands out the resourceVersion, so watchers see changes in resourceVersion
+    /// order as etcd's watch delivers them (sent after the lock, two concurrent writes could
+    /// arrive in the other order and a watch would skip the older one as already seen).
+    pub(crate) live: Option<tokio::sync::broadcast::Sender<Arc<Change>>>,
 }
 
 /// A write body must be an object whose `metadata`, if present, is an object: the decoder
@@ -360,6 +365,7 @@ impl State {
             pages: Default::default(),
             controllers_delay: None,
             settle_due: None,
+            live: None,
         };
         for ns in ["default", "kube-system", "kube-public"] {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
@@ -396,6 +402,10 @@ impl State {
             object,
         });
         self.history.push_back(c.clone());
+        if let Some(live) = &self.live {
+            // No receiver (no open watch) is not an error.
+            let _ = live.send(c.clone());
+        }
         while self.history.len() > self.history_cap {
             self.history.pop_front();
         }
