@@ -146,6 +146,8 @@ pub struct CachingReviewer<R> {
     ttl: Duration,
     max_entries: usize,
     entries: Mutex<HashMap<CacheKey, (Identity, Instant)>>,
+    /// Callers that miss together for one token wait for the first one's review.
+    gates: super::gates::Gates<CacheKey>,
     metrics: super::ServeMetrics,
 }
 
@@ -157,6 +159,7 @@ impl<R: TokenReviewer> CachingReviewer<R> {
             ttl,
             max_entries,
             entries: Mutex::new(HashMap::new()),
+            gates: Default::default(),
             metrics: super::ServeMetrics::default(),
         }
     }
@@ -187,6 +190,17 @@ impl<R: TokenReviewer> CachingReviewer<R> {
         r
     }
 
+    /// A live cache entry for `key`, counted as a hit.
+    fn cached(&self, key: &CacheKey) -> Option<Identity> {
+        let m = self.entries.lock().expect("cache lock");
+        let (id, until) = m.get(key)?;
+        if *until <= Instant::now() {
+            return None;
+        }
+        self.metrics.token_cache_hits.inc();
+        Some(id.clone())
+    }
+
     /// Verify, using the cache; `hint` (e.g. the driver's expirationTimestamp) can only
     /// shorten the cached lifetime.
     pub async fn review_with_hint(
@@ -202,13 +216,16 @@ impl<R: TokenReviewer> CachingReviewer<R> {
             Sha256::digest(token.as_bytes()).into(),
             audience.map(Into::into),
         );
-        let now = Instant::now();
-        if let Some((id, until)) = self.entries.lock().expect("cache lock").get(&key)
-            && *until > now
-        {
-            self.metrics.token_cache_hits.inc();
-            return Ok(id.clone());
+        if let Some(id) = self.cached(&key) {
+            return Ok(id);
         }
+        // One review per token at a time: a Mount that missed while another was reviewing
+        // the same token finds the cache filled once it gets its turn.
+        let _turn = self.gates.enter(&key).await;
+        if let Some(id) = self.cached(&key) {
+            return Ok(id);
+        }
+        let now = Instant::now();
         let id = self.review_counted(token, audience).await?;
         let mut until = now + self.ttl;
         for exp in [jwt_expiry(token), hint].into_iter().flatten() {
@@ -241,6 +258,7 @@ impl<R: TokenReviewer> TokenReviewer for CachingReviewer<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     struct Counting(AtomicUsize);
@@ -289,6 +307,57 @@ mod tests {
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000))
         );
         assert_eq!(jwt_expiry("opaque-token"), None);
+    }
+
+    /// Counts reviews and takes 20 ms each, so concurrent callers overlap.
+    struct Slow(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl TokenReviewer for Slow {
+        async fn review(&self, token: &str, a: Option<&str>) -> Result<Identity, AuthError> {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Counting(AtomicUsize::new(0)).review(token, a).await?;
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Identity {
+                namespace: "ns".into(),
+                service_account: token.into(),
+                pod_name: None,
+                pod_uid: None,
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_missing_together_share_one_review_per_token() {
+        let c = Arc::new(CachingReviewer::new(
+            Slow(AtomicUsize::new(0)),
+            Duration::from_secs(30),
+            64,
+        ));
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let c = c.clone();
+            let token = if i % 2 == 0 { "tok-a" } else { "tok-b" };
+            tasks.push(tokio::spawn(async move {
+                c.review(token, Some("keyward")).await.unwrap()
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let id = t.await.unwrap();
+            let want = if i % 2 == 0 { "tok-a" } else { "tok-b" };
+            assert_eq!(id.service_account, want, "an answer for another token");
+        }
+        assert_eq!(c.inner.0.load(Ordering::SeqCst), 2, "one review per token");
+        assert!(c.gates.is_empty());
+        // Refusals are never shared or cached: each caller's bad token is asked about.
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move { c.review("bad", None).await }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap().is_err());
+        }
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! and only then unwraps. See docs/provider.md for the threat model.
 
 pub mod auth;
+pub mod gates;
 pub mod limits;
 pub mod material_cache;
 pub mod select;
