@@ -1,11 +1,20 @@
 //! KMS v2 plugin: Encrypt and Decrypt latency (p50/p99) and single-caller throughput of
-//! `keyward::kms::KmsPlugin` with the in-memory local KEK (AES-256-KWP and AES-256-GCM wraps).
-//! This is the plugin's own cost; with PKCS#11 or AWS KMS each call adds one backend round trip
-//! (Encrypt: wrap, Decrypt: unwrap). Run: `cargo bench --bench kms`.
+//! `keyward::kms::KmsPlugin` per KEK backend: the local key (AES-256-KWP and AES-256-GCM
+//! wraps), passphrase (the derivation happens once, at start), PKCS#11 on a SoftHSM2 token and
+//! AWS KMS on moto (both started here, from tests/setup.sh). Every Encrypt wraps one fresh DEK
+//! through the backend and every Decrypt unwraps one, so the local figures are the plugin's own
+//! cost and the others add one backend round trip each. Run: `cargo bench --bench kms`.
 
+#[path = "../tests/fixture/mod.rs"]
+mod fixture;
+
+use fixture::kek::{Moto, kek_env, pass, pkcs11_cfg};
 use keyward::crypto::{Algorithm, SecretBytes};
-use keyward::kek::Keyring;
+use keyward::kek::awskms::AwsKmsKek;
 use keyward::kek::local::LocalKek;
+use keyward::kek::passphrase::{Kdf, PassphraseKek};
+use keyward::kek::pkcs11::Pkcs11Kek;
+use keyward::kek::{KekBackend, Keyring};
 use keyward::kms::KmsPlugin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,41 +35,54 @@ fn report(label: &str, mut d: Vec<Duration>) {
     );
 }
 
-#[tokio::main(flavor = "current_thread")]
+/// `n` Encrypts, then `n` Decrypts of one ciphertext, through the plugin on `backend`.
+async fn run(label: &str, backend: Arc<dyn KekBackend>, n: usize) {
+    let plugin = KmsPlugin::new(
+        Keyring::new(backend),
+        Duration::from_secs(20),
+        Duration::from_secs(3),
+    );
+    let seed = [9u8; 32];
+    let warm = plugin.encrypt(&seed).await.unwrap();
+    let mut enc = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let s = plugin.encrypt(&seed).await.unwrap();
+        enc.push(t.elapsed());
+        std::hint::black_box(s);
+    }
+    let mut dec = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let p = plugin
+            .decrypt(&warm.ciphertext, &warm.key_id, &warm.annotations)
+            .await
+            .unwrap();
+        dec.push(t.elapsed());
+        assert_eq!(p.expose(), &seed);
+    }
+    report(&format!("{label} Encrypt"), enc);
+    report(&format!("{label} Decrypt"), dec);
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo test --all-targets` runs this binary without `--bench`: a short smoke run then.
-    let n = if std::env::args().any(|a| a == "--bench") {
-        20_000
-    } else {
-        200
-    };
+    let bench = std::env::args().any(|a| a == "--bench");
+    let (n, remote) = if bench { (20_000, 2_000) } else { (200, 20) };
     for alg in [Algorithm::Aes256Kwp, Algorithm::Aes256Gcm] {
         let kek = LocalKek::in_memory("bench", SecretBytes::random(32), alg).unwrap();
-        let plugin = KmsPlugin::new(
-            Keyring::new(Arc::new(kek)),
-            Duration::from_secs(20),
-            Duration::from_secs(3),
-        );
-        let seed = [9u8; 32];
-        let warm = plugin.encrypt(&seed).await.unwrap();
-        let mut enc = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = Instant::now();
-            let s = plugin.encrypt(&seed).await.unwrap();
-            enc.push(t.elapsed());
-            std::hint::black_box(s);
-        }
-        let mut dec = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = Instant::now();
-            let p = plugin
-                .decrypt(&warm.ciphertext, &warm.key_id, &warm.annotations)
-                .await
-                .unwrap();
-            dec.push(t.elapsed());
-            assert_eq!(p.expose(), &seed);
-        }
-        report(&format!("local {} Encrypt", alg.name()), enc);
-        report(&format!("local {} Decrypt", alg.name()), dec);
+        run(&format!("local {}", alg.name()), Arc::new(kek), n).await;
     }
+    let pp = PassphraseKek::new("bench", pass(), Kdf::default(), Algorithm::Aes256Kwp)
+        .await
+        .unwrap();
+    run("passphrase (Argon2id default costs)", Arc::new(pp), n).await;
+    kek_env();
+    let hsm = Pkcs11Kek::connect(pkcs11_cfg("kms-bench")).await.unwrap();
+    run("pkcs11 (SoftHSM2)", Arc::new(hsm), remote).await;
+    let moto = Moto::start();
+    let key = moto.create_key().await;
+    let aws = AwsKmsKek::connect(moto.cfg(&key)).await.unwrap();
+    run("awskms (moto on loopback)", Arc::new(aws), remote).await;
 }
