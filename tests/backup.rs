@@ -247,6 +247,7 @@ async fn a_backup_restores_into_another_cluster_with_the_same_bytes_and_object_v
         ],
     );
     assert!(ok, "keyward backup failed: {err}");
+    print!("{err}");
     assert!(
         err.contains("backup of 2 ManagedKeys, 1 RotationPolicies and 3 storage objects"),
         "{err}"

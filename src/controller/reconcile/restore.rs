@@ -10,7 +10,6 @@ use crate::crd::{ManagedKey, RESTORE_ANNOTATION};
 use crate::storage::{self, KeyIdentity, Stored};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 
@@ -117,14 +116,11 @@ pub(super) async fn restore(
     )
     .await;
     // The old copy goes now; if this fails, the sweeper removes it (the new copy names it).
-    if let Err(e) = storage::delete(
-        &ctx.storage,
-        &ctx.client,
-        from_uid,
-        secret.resource_version(),
-    )
-    .await
-    {
+    // Unconditionally: its versions are all in the new copy, and the only change anything
+    // makes to a copy without a live key is the sweeper scheduling its destruction (seen when
+    // storage is restored from a backup before its keys: the sweeper at start got there
+    // first, and a delete conditional on the version read here failed with a conflict).
+    if let Err(e) = storage::delete(&ctx.storage, &ctx.client, from_uid, None).await {
         tracing::warn!(key = %key_of(mk), error = %e, "restored; the old copy is left to the sweeper");
     }
     Ok(Ok(old))
