@@ -8,16 +8,10 @@ use common::*;
 use keyward::lifecycle::KeyState;
 use keyward::proto::csi::MountRequest;
 use keyward::proto::csi::csi_driver_provider_client::CsiDriverProviderClient;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn request(objects: &str) -> MountRequest {
     driver_request(&attrs(NS, SA, "web-0", Some("tok"), objects))
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 async fn latency(e: &Env, label: &str, objects: &str, n: usize) {
@@ -36,36 +30,8 @@ async fn latency(e: &Env, label: &str, objects: &str, n: usize) {
     d.sort();
     println!(
         "{label}: p50 {:.3} ms, p99 {:.3} ms ({n} sequential mounts)",
-        pct(&d, 0.50).as_secs_f64() * 1e3,
-        pct(&d, 0.99).as_secs_f64() * 1e3
-    );
-}
-
-async fn throughput(e: &Env, clients: usize, secs: u64) {
-    let done = Arc::new(AtomicU64::new(0));
-    let until = Instant::now() + Duration::from_secs(secs);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let ch = uds_channel(&e.socket).await;
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = CsiDriverProviderClient::new(ch);
-            let req = request("- key: k0");
-            while Instant::now() < until {
-                c.mount(req.clone()).await.unwrap();
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    let t = Instant::now();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let n = done.load(Ordering::Relaxed);
-    println!(
-        "throughput: {:.0} mounts/s with {clients} concurrent clients ({n} mounts in {:.1}s)",
-        n as f64 / t.elapsed().as_secs_f64(),
-        t.elapsed().as_secs_f64()
+        percentile(&d, 0.50).as_secs_f64() * 1e3,
+        percentile(&d, 0.99).as_secs_f64() * 1e3
     );
 }
 
@@ -91,6 +57,6 @@ fn main() {
         }
         latency(&e, "1 key", "- key: k0", 2000).await;
         latency(&e, "10 keys", &ten, 1000).await;
-        throughput(&e, 64, 5).await;
+        mount_throughput(&e.socket, request("- key: k0"), 64, 5).await;
     });
 }

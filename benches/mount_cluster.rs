@@ -15,7 +15,7 @@ mod common;
 #[path = "../tests/fixture/mod.rs"]
 mod fixture;
 
-use common::{attrs, driver_request, uds_channel};
+use common::{attrs, driver_request, mount_throughput, percentile, uds_channel};
 use fixture::kek::{Moto, kek_env};
 use fixture::stack::Stack;
 use keyward::controller::SystemClock;
@@ -27,7 +27,6 @@ use keyward::proto::csi::csi_driver_provider_client::CsiDriverProviderClient;
 use kube::api::{Api, Patch, PatchParams};
 use kube_test_apiserver::{Fault, FaultKind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const NS: &str = "default";
@@ -53,13 +52,9 @@ async fn new_pods(stack: &Stack, n: usize) {
     d.sort();
     println!(
         "  first Mount of a new pod (one TokenReview): p50 {:.3} ms, p99 {:.3} ms ({n} pods)",
-        pct(&d, 0.50).as_secs_f64() * 1e3,
-        pct(&d, 0.99).as_secs_f64() * 1e3
+        percentile(&d, 0.50).as_secs_f64() * 1e3,
+        percentile(&d, 0.99).as_secs_f64() * 1e3
     );
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// Requests a Mount can cause: reads of what it serves, and TokenReviews.
@@ -92,39 +87,10 @@ async fn latency(stack: &Stack, label: &str, objects: &str, n: usize) {
     d.sort();
     println!(
         "  {label}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({n} sequential mounts)",
-        pct(&d, 0.50).as_secs_f64() * 1e3,
-        pct(&d, 0.99).as_secs_f64() * 1e3,
+        percentile(&d, 0.50).as_secs_f64() * 1e3,
+        percentile(&d, 0.99).as_secs_f64() * 1e3,
         d[d.len() - 1].as_secs_f64() * 1e3
     );
-}
-
-async fn throughput(stack: &Stack, clients: usize, secs: u64) -> u64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let until = Instant::now() + Duration::from_secs(secs);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let ch = uds_channel(&stack.socket).await;
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = CsiDriverProviderClient::new(ch);
-            let req = request("- key: k0");
-            while Instant::now() < until {
-                c.mount(req.clone()).await.unwrap();
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    let t = Instant::now();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let n = done.load(Ordering::Relaxed);
-    println!(
-        "  throughput: {:.0} mounts/s with {clients} concurrent clients ({n} mounts in {:.1}s)",
-        n as f64 / t.elapsed().as_secs_f64(),
-        t.elapsed().as_secs_f64()
-    );
-    n
 }
 
 /// Peak and current resident set of this process, from /proc (KiB).
@@ -214,7 +180,7 @@ async fn scenario(label: &str, keyring: Option<Keyring>, bench: bool) {
     latency(&stack, "1 key", "- key: k0", n1).await;
     latency(&stack, "10 keys", &ten, n10).await;
     // Longer than the 10 s token cache: the provider's and the pod's tokens are reviewed again.
-    let n = throughput(&stack, 64, secs).await;
+    let n = mount_throughput(&stack.socket, request("- key: k0"), 64, secs).await;
     new_pods(&stack, pods).await;
     let after = mount_path_requests(&stack);
     let mounts = (n1 + n10 + pods) as u64 + n;

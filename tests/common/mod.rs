@@ -477,3 +477,43 @@ pub async fn add_version(
         stored.envelopes.remove(&v);
     }
 }
+
+/// The `p` quantile of sorted durations (benchmarks).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Mounts of `req` from `clients` concurrent driver connections to the provider at `socket`
+/// for `secs` seconds; prints the rate and returns how many were made (benchmarks).
+pub async fn mount_throughput(
+    socket: &std::path::Path,
+    req: MountRequest,
+    clients: usize,
+    secs: u64,
+) -> u64 {
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let ch = uds_channel(socket).await;
+        let (done, req) = (done.clone(), req.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = CsiDriverProviderClient::new(ch);
+            while std::time::Instant::now() < until {
+                c.mount(req.clone()).await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let t = std::time::Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "  throughput: {:.0} mounts/s with {clients} concurrent clients ({n} mounts in {:.1}s)",
+        n as f64 / t.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    n
+}
