@@ -782,8 +782,11 @@ impl State {
             // No-op writes do not bump the resourceVersion (as the real server).
             return Ok((cur, vec![]));
         }
+        let work = crate::lifecycle::may_give_controllers_work(t, &cur, &next);
         let (out, mut changes) = self.put_or_remove(t, ns, name, next)?;
-        changes.extend(self.settle_or_schedule());
+        if work {
+            changes.extend(self.settle_or_schedule());
+        }
         Ok((out, changes))
     }
 
