@@ -2,12 +2,20 @@
 
 use crate::prelude::*;
 
+/// Whether a change is one a watch with namespace `ns` and query `q` delivers: the same
+/// selectors as a list (`routes::filter`), checked on the object in place (every change of a
+/// type reaches every watch of that type, so a copy here was one per watch per change).
 pub(crate) fn matches(c: &Change, ns: Option<&str>, q: &HashMap<String, String>) -> bool {
     if ns.is_some_and(|n| n != c.namespace) {
         return false;
     }
-    let mut one = vec![c.object.clone()];
-    filter(&mut one, q).is_ok() && !one.is_empty()
+    let selected = |key: &str, f: fn(&str, &Value) -> Result<bool, String>| {
+        q.get(key)
+            .filter(|s| !s.is_empty())
+            .is_none_or(|s| f(s, &c.object).unwrap_or(false))
+    };
+    selected("labelSelector", crate::store::labels_match)
+        && selected("fieldSelector", crate::store::fields_match)
 }
 
 pub(crate) fn watch(
