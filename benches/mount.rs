@@ -7,32 +7,10 @@ mod common;
 use common::*;
 use keyward::lifecycle::KeyState;
 use keyward::proto::csi::MountRequest;
-use keyward::proto::csi::csi_driver_provider_client::CsiDriverProviderClient;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn request(objects: &str) -> MountRequest {
     driver_request(&attrs(NS, SA, "web-0", Some("tok"), objects))
-}
-
-async fn latency(e: &Env, label: &str, objects: &str, n: usize) {
-    let mut c = CsiDriverProviderClient::new(uds_channel(&e.socket).await);
-    let req = request(objects);
-    for _ in 0..100 {
-        c.mount(req.clone()).await.unwrap();
-    }
-    let mut d = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let r = c.mount(req.clone()).await.unwrap();
-        d.push(t.elapsed());
-        assert!(!r.into_inner().files.is_empty());
-    }
-    d.sort();
-    println!(
-        "{label}: p50 {:.3} ms, p99 {:.3} ms ({n} sequential mounts)",
-        percentile(&d, 0.50).as_secs_f64() * 1e3,
-        percentile(&d, 0.99).as_secs_f64() * 1e3
-    );
 }
 
 fn main() {
@@ -55,8 +33,8 @@ fn main() {
             .await;
             ten.push_str(&format!("- key: k{i}\n"));
         }
-        latency(&e, "1 key", "- key: k0", 2000).await;
-        latency(&e, "10 keys", &ten, 1000).await;
+        mount_latency(&e.socket, "1 key", request("- key: k0"), 100, 2000).await;
+        mount_latency(&e.socket, "10 keys", request(&ten), 100, 1000).await;
         mount_throughput(&e.socket, request("- key: k0"), 64, 5).await;
     });
 }

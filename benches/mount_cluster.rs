@@ -15,7 +15,7 @@ mod common;
 #[path = "../tests/fixture/mod.rs"]
 mod fixture;
 
-use common::{attrs, driver_request, mount_throughput, percentile, uds_channel};
+use common::{attrs, driver_request, mount_latency, mount_throughput, percentile, uds_channel};
 use fixture::kek::{Moto, kek_env};
 use fixture::stack::Stack;
 use keyward::controller::SystemClock;
@@ -72,25 +72,6 @@ fn mount_path_requests(stack: &Stack) -> (u64, u64) {
         .copied()
         .unwrap_or(0);
     (reads, reviews)
-}
-
-async fn latency(stack: &Stack, label: &str, objects: &str, n: usize) {
-    let mut c = CsiDriverProviderClient::new(uds_channel(&stack.socket).await);
-    let req = request(objects);
-    let mut d = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let r = c.mount(req.clone()).await.unwrap();
-        d.push(t.elapsed());
-        assert!(!r.into_inner().files.is_empty());
-    }
-    d.sort();
-    println!(
-        "  {label}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({n} sequential mounts)",
-        percentile(&d, 0.50).as_secs_f64() * 1e3,
-        percentile(&d, 0.99).as_secs_f64() * 1e3,
-        d[d.len() - 1].as_secs_f64() * 1e3
-    );
 }
 
 /// Peak and current resident set of this process, from /proc (KiB).
@@ -177,8 +158,8 @@ async fn scenario(label: &str, keyring: Option<Keyring>, bench: bool) {
     } else {
         (50, 20, 1, 5)
     };
-    latency(&stack, "1 key", "- key: k0", n1).await;
-    latency(&stack, "10 keys", &ten, n10).await;
+    mount_latency(&stack.socket, "1 key", request("- key: k0"), 0, n1).await;
+    mount_latency(&stack.socket, "10 keys", request(&ten), 0, n10).await;
     // Longer than the 10 s token cache: the provider's and the pod's tokens are reviewed again.
     let n = mount_throughput(&stack.socket, request("- key: k0"), 64, secs).await;
     new_pods(&stack, pods).await;

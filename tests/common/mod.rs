@@ -517,3 +517,32 @@ pub async fn mount_throughput(
     );
     n
 }
+
+/// `n` sequential Mounts of `req` on one connection to the provider at `socket`, after
+/// `warm_up` unmeasured ones; prints p50, p99 and the slowest (benchmarks).
+pub async fn mount_latency(
+    socket: &std::path::Path,
+    label: &str,
+    req: MountRequest,
+    warm_up: usize,
+    n: usize,
+) {
+    let mut c = CsiDriverProviderClient::new(uds_channel(socket).await);
+    for _ in 0..warm_up {
+        c.mount(req.clone()).await.unwrap();
+    }
+    let mut d = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let r = c.mount(req.clone()).await.unwrap();
+        d.push(t.elapsed());
+        assert!(!r.into_inner().files.is_empty());
+    }
+    d.sort();
+    println!(
+        "  {label}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({n} sequential mounts)",
+        percentile(&d, 0.50).as_secs_f64() * 1e3,
+        percentile(&d, 0.99).as_secs_f64() * 1e3,
+        d[d.len() - 1].as_secs_f64() * 1e3
+    );
+}
