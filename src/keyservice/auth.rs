@@ -385,4 +385,163 @@ mod tests {
         c.review_with_hint("opaque", None, hint).await.unwrap();
         assert_eq!(c.inner.0.load(Ordering::SeqCst), 8);
     }
+
+    #[test]
+    fn an_identity_names_its_service_account_as_namespace_slash_name() {
+        let id = Identity {
+            namespace: "team-a".into(),
+            service_account: "web".into(),
+            pod_name: None,
+            pod_uid: None,
+        };
+        assert_eq!(id.sa(), "team-a/web");
+    }
+
+    /// One TokenReview through `KubeTokenReviewer` against a mock API server answering
+    /// `status`; the result and the request body the reviewer sent.
+    async fn kube_review(
+        token: &str,
+        audience: Option<&str>,
+        status: serde_json::Value,
+    ) -> (Result<Identity, AuthError>, serde_json::Value) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let reviewer = KubeTokenReviewer::new(kube::Client::new(svc, "default"));
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("one request");
+            assert_eq!(req.method(), http::Method::POST);
+            assert_eq!(
+                req.uri().path(),
+                "/apis/authentication.k8s.io/v1/tokenreviews"
+            );
+            let sent: serde_json::Value =
+                serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+            let mut reply = sent.clone();
+            reply["status"] = status;
+            send.send_response(
+                Response::builder()
+                    .status(201)
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+            sent
+        });
+        let r = reviewer.review(token, audience).await;
+        (r, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn token_reviews_are_read_as_the_api_server_means_them() {
+        let sa = "system:serviceaccount:team-a:web";
+        // Accepted: the identity, with the pod a bound token names.
+        let (r, sent) = kube_review(
+            "tok-1",
+            Some("keyward"),
+            serde_json::json!({"authenticated": true, "audiences": ["keyward"],
+                "user": {"username": sa, "extra": {
+                    "authentication.kubernetes.io/pod-name": ["web-0"],
+                    "authentication.kubernetes.io/pod-uid": ["uid-0"]}}}),
+        )
+        .await;
+        assert_eq!(
+            sent["spec"]["token"], "tok-1",
+            "the token is what is reviewed"
+        );
+        assert_eq!(sent["spec"]["audiences"], serde_json::json!(["keyward"]));
+        let id = r.unwrap();
+        assert_eq!(id.sa(), "team-a/web");
+        assert_eq!(id.pod_name.as_deref(), Some("web-0"));
+        assert_eq!(id.pod_uid.as_deref(), Some("uid-0"));
+        // Not authenticated: refused with the server's reason, or a generic one when empty.
+        let (r, _) = kube_review(
+            "t",
+            None,
+            serde_json::json!({"authenticated": false, "error": "token expired"}),
+        )
+        .await;
+        assert!(
+            matches!(&r, Err(AuthError::Rejected(m)) if m == "token expired"),
+            "{r:?}"
+        );
+        let (r, _) = kube_review(
+            "t",
+            None,
+            serde_json::json!({"authenticated": false, "error": ""}),
+        )
+        .await;
+        assert!(
+            matches!(&r, Err(AuthError::Rejected(m)) if m == "not authenticated"),
+            "{r:?}"
+        );
+        let (r, _) = kube_review("t", None, serde_json::json!({})).await;
+        assert!(matches!(r, Err(AuthError::Rejected(_))), "no status is no");
+        // Authenticated for another audience: refused; without an asked audience: accepted.
+        let other = serde_json::json!({"authenticated": true, "audiences": ["other"],
+            "user": {"username": sa}});
+        let (r, _) = kube_review("t", Some("keyward"), other.clone()).await;
+        assert!(matches!(r, Err(AuthError::WrongAudience { .. })), "{r:?}");
+        let (r, sent) = kube_review("t", None, other).await;
+        assert!(r.is_ok(), "{r:?}");
+        assert!(sent["spec"].get("audiences").is_none_or(|a| a.is_null()));
+        // Authenticated, but not a service account.
+        let (r, _) = kube_review(
+            "t",
+            None,
+            serde_json::json!({"authenticated": true, "user": {"username": "alice"}}),
+        )
+        .await;
+        assert!(matches!(r, Err(AuthError::NotServiceAccount(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn reviews_are_counted_in_the_metrics_it_is_given() {
+        let mut c = CachingReviewer::new(Counting(AtomicUsize::new(0)), Duration::from_secs(30), 4);
+        let metrics = super::super::ServeMetrics::default();
+        c.set_metrics(metrics.clone());
+        let t = jwt(4_000_000_000);
+        c.review(&t, None).await.unwrap();
+        c.review(&t, None).await.unwrap();
+        let ok = metrics
+            .token_reviews
+            .get_or_create(&super::super::served::OutcomeLabels {
+                outcome: "ok".into(),
+            })
+            .get();
+        assert_eq!(ok, 1);
+        assert_eq!(metrics.token_cache_hits.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_cache_stays_bounded_and_drops_expired_entries_first() {
+        let c = CachingReviewer::new(Counting(AtomicUsize::new(0)), Duration::from_secs(30), 2);
+        let far = |s: &str| format!("{}{s}", jwt(4_000_000_000));
+        // An expired token is never stored.
+        c.review(&jwt(1_000), None).await.unwrap();
+        assert_eq!(c.entries.lock().unwrap().len(), 0);
+        // Up to the bound, every entry stays: no second review.
+        c.review(&far("a"), None).await.unwrap();
+        c.review(&far("b"), None).await.unwrap();
+        c.review(&far("a"), None).await.unwrap();
+        c.review(&far("b"), None).await.unwrap();
+        assert_eq!(c.inner.0.load(Ordering::SeqCst), 3);
+        // Full of live entries: a new one clears the map (bounded), then is stored.
+        c.review(&far("c"), None).await.unwrap();
+        assert_eq!(c.entries.lock().unwrap().len(), 1);
+        // An entry past its hint goes first, and the live one stays.
+        let soon = Some(SystemTime::now() + Duration::from_millis(30));
+        c.review_with_hint(&far("d"), None, soon).await.unwrap();
+        assert_eq!(c.entries.lock().unwrap().len(), 2);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let before = c.inner.0.load(Ordering::SeqCst);
+        c.review(&far("e"), None).await.unwrap();
+        let m = c.entries.lock().unwrap().len();
+        assert_eq!(m, 2, "the expired entry was dropped, the live one kept");
+        c.review(&far("c"), None).await.unwrap();
+        assert_eq!(
+            c.inner.0.load(Ordering::SeqCst),
+            before + 1,
+            "the live entry was still cached"
+        );
+    }
 }
