@@ -19,9 +19,8 @@
 pub mod cli;
 
 use crate::crd::{ManagedKey, RESTORE_ANNOTATION, RotationPolicy};
-use crate::crypto::{Envelope, KeyContext, ct_eq};
+use crate::crypto::{Envelope, KeyContext, SecretBytes, ct_eq};
 use crate::kek::Keyring;
-use crate::keyservice::VersionIdKey;
 use crate::keyservice::version_id::VERSION_KEY_TYPE;
 use crate::storage::{self, KeyIdentity, MAC_KEY_SECRET, MAC_KEY_TYPE, StateMacKey};
 use crate::wrapped_key::{self, WrappedKeyError};
@@ -513,7 +512,7 @@ pub struct RestoreReport {
 
 /// Check a backup file without a cluster: format, size, MAC (which needs the KEK). The body
 /// and the state MAC key it carries.
-async fn open(bytes: &[u8], keyring: &Keyring) -> Result<(Body, StateMacKey), BackupError> {
+async fn open(bytes: &[u8], keyring: &Keyring) -> Result<(Body, SecretBytes), BackupError> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(BackupError::File(format!(
             "{} bytes, more than the {MAX_FILE_BYTES} a backup may have",
@@ -546,40 +545,40 @@ async fn open(bytes: &[u8], keyring: &Keyring) -> Result<(Body, StateMacKey), Ba
         needs: needs.clone(),
         detail,
     };
-    let mac_secret = shared_secret(&body.state_mac_key, &body.namespace, MAC_KEY_TYPE);
-    let mac = match wrapped_key::unwrap_secret(
-        &mac_secret,
-        &body.namespace,
-        &body.state_mac_key.name,
-        MAC_KEY_TYPE,
-        keyring,
-    )
-    .await
-    {
-        Ok(k) => StateMacKey::new(k),
+    let mac_key = match unwrap_shared(&body, &body.state_mac_key, MAC_KEY_TYPE, keyring).await {
+        Ok(k) => k,
         Err(WrappedKeyError::Kek(e)) => return Err(kek_err(e.to_string())),
         Err(e) => return Err(BackupError::File(e.to_string())),
     };
     let tag = hex::decode(&file.mac).unwrap_or_default();
-    if !ct_eq(&tag, &mac.backup_tag(file.body.as_bytes())) {
+    let want = StateMacKey::new(mac_key.clone()).backup_tag(file.body.as_bytes());
+    if !ct_eq(&tag, &want) {
         return Err(BackupError::File(
             "the MAC does not match: the file was changed after it was written".into(),
         ));
     }
-    Ok((body, mac))
+    Ok((body, mac_key))
 }
 
-fn shared_secret(k: &SharedKey, namespace: &str, type_: &str) -> Secret {
-    Secret {
+/// A shared key the backup carries, unwrapped as the Secret it was in the source cluster (the
+/// wrap is bound to that namespace and name).
+async fn unwrap_shared(
+    body: &Body,
+    entry: &SharedKey,
+    type_: &str,
+    keyring: &Keyring,
+) -> Result<SecretBytes, WrappedKeyError> {
+    let secret = Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some(k.name.clone()),
-            namespace: Some(namespace.into()),
+            name: Some(entry.name.clone()),
+            namespace: Some(body.namespace.clone()),
             ..Default::default()
         },
         type_: Some(type_.into()),
-        data: Some([("wrapped".to_string(), k.wrapped.clone())].into()),
+        data: Some([("wrapped".to_string(), entry.wrapped.clone())].into()),
         ..Default::default()
-    }
+    };
+    wrapped_key::unwrap_secret(&secret, &body.namespace, &entry.name, type_, keyring).await
 }
 
 /// Read and verify a backup file without touching a cluster (`keyward restore --verify-only`):
@@ -597,25 +596,16 @@ pub async fn verify(bytes: &[u8], keyring: &Keyring) -> Result<RestoreReport, Ba
 }
 
 /// The shared key a restore uses in the target: the target's own when it has one, the
-/// backup's (wrapped again for the target namespace) otherwise. `(key bytes, Secret to
-/// create)`.
+/// backup's `from_backup` (wrapped again for the target namespace) otherwise. `(key bytes,
+/// Secret to create)`.
 async fn target_shared_key(
     secrets: &Api<Secret>,
     keyring: &Keyring,
-    body: &Body,
-    entry: &SharedKey,
+    from_backup: SecretBytes,
     target_ns: &str,
     target_name: &str,
     type_: &str,
-) -> Result<(crate::crypto::SecretBytes, Option<Secret>), BackupError> {
-    let from_backup = wrapped_key::unwrap_secret(
-        &shared_secret(entry, &body.namespace, type_),
-        &body.namespace,
-        &entry.name,
-        type_,
-        keyring,
-    )
-    .await?;
+) -> Result<(SecretBytes, Option<Secret>), BackupError> {
     match secrets
         .get_opt(target_name)
         .await
@@ -645,7 +635,8 @@ pub async fn restore(
     opts: &RestoreOptions,
     progress: &dyn Fn(&str),
 ) -> Result<RestoreReport, BackupError> {
-    let (body, source_mac) = open(bytes, keyring).await?;
+    let (body, source_mac_key) = open(bytes, keyring).await?;
+    let source_mac = StateMacKey::new(source_mac_key.clone());
     let mut report = RestoreReport {
         kek: Some(body.kek.clone()),
         created_at: Some(body.created_at),
@@ -692,39 +683,33 @@ pub async fn restore(
     let (mac_key, mac_secret) = target_shared_key(
         &secrets,
         keyring,
-        &body,
-        &body.state_mac_key,
+        source_mac_key,
         &loc.namespace,
         MAC_KEY_SECRET,
         MAC_KEY_TYPE,
     )
     .await?;
     let target_mac = StateMacKey::new(mac_key);
+    let backup_version_key =
+        unwrap_shared(&body, &body.object_version_key, VERSION_KEY_TYPE, keyring).await?;
     let (version_key, version_secret) = target_shared_key(
         &secrets,
         keyring,
-        &body,
-        &body.object_version_key,
+        backup_version_key.clone(),
         &loc.namespace,
         &loc.version_key_secret,
         VERSION_KEY_TYPE,
     )
     .await?;
-    if version_secret.is_none() && !opts.keep_object_version_key {
-        let theirs = wrapped_key::unwrap_secret(
-            &shared_secret(&body.object_version_key, &body.namespace, VERSION_KEY_TYPE),
-            &body.namespace,
-            &body.object_version_key.name,
-            VERSION_KEY_TYPE,
-            keyring,
-        )
-        .await?;
-        if !VersionIdKey::new(theirs).same_as(&VersionIdKey::new(version_key)) {
-            conflicts.push(format!(
-                "Secret {}/{} holds another object-version key (this cluster's controller made one): pods would see new object versions and re-mount once. Delete that Secret before the controller starts (then restart it), or pass --keep-object-version-key to accept that",
-                loc.namespace, loc.version_key_secret
-            ));
-        }
+    // The target had its own object-version key (nothing to create): same as the backup's?
+    if version_secret.is_none()
+        && !opts.keep_object_version_key
+        && !ct_eq(backup_version_key.expose(), version_key.expose())
+    {
+        conflicts.push(format!(
+            "Secret {}/{} holds another object-version key (this cluster's controller made one): pods would see new object versions and re-mount once. Delete that Secret before the controller starts (then restart it), or pass --keep-object-version-key to accept that",
+            loc.namespace, loc.version_key_secret
+        ));
     }
     // Tenant namespaces.
     let mut missing_ns = BTreeSet::new();

@@ -283,7 +283,6 @@ async fn a_backup_restores_into_another_cluster_with_the_same_bytes_and_object_v
         )
         .await
         .unwrap();
-    let before = snapshot(&server_b);
     let opts = RestoreOptions {
         delete_timeout: Duration::from_secs(10),
         ..Default::default()
@@ -292,6 +291,28 @@ async fn a_backup_restores_into_another_cluster_with_the_same_bytes_and_object_v
         Ok(rep) => panic!("restore accepted: {rep:?}"),
         Err(e) => e,
     };
+    // An object-version key of B's own (a controller started there first): refused, since
+    // every object version would change; then removed, as the runbook says.
+    let secrets_b: Api<Secret> = Api::namespaced(client_b.clone(), CONTROLLER_NS);
+    keyward::keyservice::VersionIdKey::load_or_create(
+        &secrets_b,
+        CONTROLLER_NS,
+        VERSION_KEY_SECRET,
+        &keyring,
+    )
+    .await
+    .unwrap();
+    let e = refused(backup::restore(&client_b, &keyring, &loc(), &bytes, &opts, &|_| {}).await);
+    assert!(
+        e.to_string().contains("another object-version key")
+            && e.to_string().contains("--keep-object-version-key"),
+        "{e}"
+    );
+    secrets_b
+        .delete(VERSION_KEY_SECRET, &Default::default())
+        .await
+        .unwrap();
+    let before = snapshot(&server_b);
     // Another key of the same name: refused, naming it and the flag.
     let e = refused(backup::restore(&client_b, &keyring, &loc(), &bytes, &opts, &|_| {}).await);
     let msg = e.to_string();
@@ -403,7 +424,6 @@ async fn a_backup_restores_into_another_cluster_with_the_same_bytes_and_object_v
     assert_eq!(files_b, files_a, "restored keys serve other bytes");
     assert_eq!(versions_b, versions_a, "object versions changed");
     // The deleted key's material is still held for its window in B, restorable there.
-    let secrets_b: Api<Secret> = Api::namespaced(client_b.clone(), CONTROLLER_NS);
     assert!(
         secrets_b
             .get_opt(&keyward::storage::secret_name(&old_uid))

@@ -1,7 +1,7 @@
 //! `keyward backup` and `keyward restore`: flags, the file on disk, and what is printed.
 
 use super::{BackupError, Location, MAX_FILE_BYTES, RestoreOptions, RestoreReport};
-use crate::kek::config::{BackendKind, KekArgs};
+use crate::kek::config::KekArgs;
 use crate::kek::{KekError, Keyring};
 use k8s_openapi::api::core::v1::Secret;
 use std::io::{Read, Write};
@@ -104,10 +104,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
 /// Secret must already exist (creating a fresh one, as the controller does on first start,
 /// would leave a key that opens nothing and block restoring the real one).
 async fn keyring(args: &ClusterArgs, client: Option<&kube::Client>) -> Result<Keyring, CliError> {
-    let uses_secret = [Some(args.kek.kek_backend), args.kek.secondary_kek_backend]
-        .contains(&Some(BackendKind::Local))
-        && args.kek.local_kek_file.is_none();
-    if uses_secret {
+    if keyring_needs_cluster(args) {
         let Some(client) = client else {
             return Err(CliError::Kek(KekError::Misconfigured {
                 setting: "--local-kek-file (KEYWARD_LOCAL_KEK_FILE)",
@@ -284,6 +281,8 @@ pub async fn run_restore(args: &RestoreArgs) -> Result<String, CliError> {
     })
 }
 
+/// The KEK flags read the local root key from a Secret (primary or secondary backend `local`
+/// without `--local-kek-file`): the rule the KMS plugin applies to refuse in-cluster keys.
 fn keyring_needs_cluster(args: &ClusterArgs) -> bool {
     crate::kms::check_backend(&args.kek).is_err()
 }

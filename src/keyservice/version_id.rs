@@ -40,11 +40,6 @@ impl VersionIdKey {
         Self(key)
     }
 
-    /// Equal keys (in constant time): a restore keeps object versions only with the same key.
-    pub fn same_as(&self, other: &VersionIdKey) -> bool {
-        crate::crypto::ct_eq(self.0.expose(), other.0.expose())
-    }
-
     /// The opaque version of `namespace/name` version `version`.
     pub fn id(&self, namespace: &str, name: &str, version: u32) -> String {
         let mac = hmac_sha256(
