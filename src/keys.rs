@@ -6,12 +6,10 @@
 
 use crate::crd::KeyAlgorithm;
 use crate::crypto::SecretBytes;
+use crate::crypto::module;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
-use rand::rngs::OsRng;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 /// Errors when generating or converting keys.
@@ -20,6 +18,9 @@ pub enum KeyError {
     /// Stored material does not parse for its algorithm (wrong algorithm or damage).
     #[error("stored {0} material is not a valid key")]
     Invalid(&'static str),
+    /// The `fips` build does not offer this algorithm.
+    #[error(transparent)]
+    NotApproved(#[from] module::NotApproved),
     /// The format does not exist for this algorithm.
     #[error("format {format} is not available for {algorithm} keys: {hint}")]
     Unsupported {
@@ -36,9 +37,6 @@ pub enum KeyError {
 const X25519_PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20,
 ];
-const ED25519_PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
 const X25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00,
 ];
@@ -46,92 +44,60 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
-/// Generate material. RSA takes up to seconds: call from a blocking thread.
-pub fn generate(alg: KeyAlgorithm) -> SecretBytes {
+impl From<module::AsymmetricError> for KeyError {
+    fn from(e: module::AsymmetricError) -> Self {
+        match e {
+            module::AsymmetricError::NotApproved(n) => Self::NotApproved(n),
+            module::AsymmetricError::Invalid => Self::Invalid("private key"),
+        }
+    }
+}
+
+fn asymmetric(alg: KeyAlgorithm) -> Option<module::Asymmetric> {
     use KeyAlgorithm::*;
-    match alg {
+    use module::Asymmetric as A;
+    Some(match alg {
+        Aes256 | HmacSha256 | HmacSha384 | HmacSha512 => return None,
+        Rsa2048 => A::Rsa(2048),
+        Rsa3072 => A::Rsa(3072),
+        Rsa4096 => A::Rsa(4096),
+        EcdsaP256 => A::P256,
+        EcdsaP384 => A::P384,
+        Ed25519 => A::Ed25519,
+        X25519 => A::X25519,
+    })
+}
+
+/// Generate material in the cryptographic module. RSA takes up to seconds: call from a
+/// blocking thread. The `fips` build refuses algorithms FIPS 140-3 does not approve (X25519).
+pub fn generate(alg: KeyAlgorithm) -> Result<SecretBytes, KeyError> {
+    use KeyAlgorithm::*;
+    Ok(match alg {
         Aes256 | HmacSha256 => SecretBytes::random(32),
         HmacSha384 => SecretBytes::random(48),
         HmacSha512 => SecretBytes::random(64),
-        Rsa2048 | Rsa3072 | Rsa4096 => {
-            let bits = match alg {
-                Rsa2048 => 2048,
-                Rsa3072 => 3072,
-                _ => 4096,
-            };
-            let k = rsa::RsaPrivateKey::new(&mut OsRng, bits).expect("RSA generation");
-            SecretBytes::from_slice(k.to_pkcs8_der().expect("PKCS#8").as_bytes())
-        }
-        EcdsaP256 => SecretBytes::from_slice(
-            p256::SecretKey::random(&mut OsRng)
-                .to_pkcs8_der()
-                .expect("PKCS#8")
-                .as_bytes(),
-        ),
-        EcdsaP384 => SecretBytes::from_slice(
-            p384::SecretKey::random(&mut OsRng)
-                .to_pkcs8_der()
-                .expect("PKCS#8")
-                .as_bytes(),
-        ),
-        Ed25519 => {
-            // PKCS#8 v1 (RFC 8410): v2 with the embedded public key is not read by every
-            // OpenSSL 3 release.
-            let k = ed25519_dalek::SigningKey::generate(&mut OsRng);
-            let mut der = ED25519_PKCS8_PREFIX.to_vec();
-            der.extend_from_slice(k.as_bytes());
-            SecretBytes::new(der)
-        }
-        X25519 => {
-            let k = x25519_dalek::StaticSecret::random_from_rng(OsRng);
-            let mut der = X25519_PKCS8_PREFIX.to_vec();
-            der.extend_from_slice(k.as_bytes());
-            SecretBytes::new(der)
-        }
-    }
+        _ => module::generate_pkcs8(asymmetric(alg).expect("asymmetric"))?,
+    })
 }
 
-fn x25519_secret(m: &SecretBytes) -> Result<x25519_dalek::StaticSecret, KeyError> {
-    let b = m.expose();
-    if b.len() != 48 || b[..16] != X25519_PKCS8_PREFIX {
-        return Err(KeyError::Invalid("x25519"));
-    }
-    let mut raw = Zeroizing::new([0u8; 32]);
-    raw.copy_from_slice(&b[16..]);
-    Ok(x25519_dalek::StaticSecret::from(*raw))
+/// Why this build cannot make keys of `alg`, if it cannot (checked before any work is done).
+pub fn refused(alg: KeyAlgorithm) -> Option<module::NotApproved> {
+    (cfg!(feature = "fips") && alg == KeyAlgorithm::X25519).then_some(module::NotApproved {
+        what: "X25519",
+        instead: "use ecdsa-p256 or ecdsa-p384 (ECDH on NIST curves is approved)",
+    })
 }
 
-/// Public key as SPKI DER (None for symmetric keys).
+/// Public key as SPKI DER (None for symmetric keys), computed by the cryptographic module.
 pub fn public_spki_der(alg: KeyAlgorithm, m: &SecretBytes) -> Result<Option<Vec<u8>>, KeyError> {
-    use KeyAlgorithm::*;
-    let der = match alg {
-        Aes256 | HmacSha256 | HmacSha384 | HmacSha512 => return Ok(None),
-        Rsa2048 | Rsa3072 | Rsa4096 => rsa::RsaPrivateKey::from_pkcs8_der(m.expose())
-            .map_err(|_| KeyError::Invalid(alg.as_str()))?
-            .to_public_key()
-            .to_public_key_der(),
-        EcdsaP256 => p256::SecretKey::from_pkcs8_der(m.expose())
-            .map_err(|_| KeyError::Invalid("ecdsa-p256"))?
-            .public_key()
-            .to_public_key_der(),
-        EcdsaP384 => p384::SecretKey::from_pkcs8_der(m.expose())
-            .map_err(|_| KeyError::Invalid("ecdsa-p384"))?
-            .public_key()
-            .to_public_key_der(),
-        Ed25519 => ed25519_dalek::SigningKey::from_pkcs8_der(m.expose())
-            .map_err(|_| KeyError::Invalid("ed25519"))?
-            .verifying_key()
-            .to_public_key_der(),
-        X25519 => {
-            let p = x25519_dalek::PublicKey::from(&x25519_secret(m)?);
-            let mut der = X25519_SPKI_PREFIX.to_vec();
-            der.extend_from_slice(p.as_bytes());
-            return Ok(Some(der));
-        }
+    let Some(kind) = asymmetric(alg) else {
+        return Ok(None);
     };
-    Ok(Some(
-        der.map_err(|_| KeyError::Invalid(alg.as_str()))?.into_vec(),
-    ))
+    match module::public_spki(kind, m.expose()) {
+        Ok(der) => Ok(Some(der)),
+        Err(module::AsymmetricError::Invalid) => Err(KeyError::Invalid(alg.as_str())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn pem(label: &str, der: &[u8]) -> Zeroizing<String> {
@@ -164,7 +130,7 @@ pub fn private_pem(alg: KeyAlgorithm, m: &SecretBytes) -> Result<Zeroizing<Strin
 
 /// Stable key id of a key version: reveals nothing about the key, same on every mount.
 pub fn kid(namespace: &str, name: &str, version: u32) -> String {
-    let d = Sha256::digest(format!("keyward-kid-v1\0{namespace}/{name}\0{version}").as_bytes());
+    let d = module::sha256(format!("keyward-kid-v1\0{namespace}/{name}\0{version}").as_bytes());
     URL_SAFE_NO_PAD.encode(&d[..12])
 }
 
@@ -197,69 +163,60 @@ pub fn jwk(
             };
             json!({"kty": "oct", "k": b64u(m.expose()), "alg": a, "use": if alg == Aes256 { "enc" } else { "sig" }})
         }
+        _ if !private => {
+            // The public half comes from the module (it derives the public key); what
+            // follows only decodes DER.
+            let spki = public_spki_der(alg, m)?.expect("asymmetric");
+            return public_jwk_from_spki(alg, &spki, kid);
+        }
         Rsa2048 | Rsa3072 | Rsa4096 => {
-            use rsa::traits::{PrivateKeyParts, PublicKeyParts};
-            let k = rsa::RsaPrivateKey::from_pkcs8_der(m.expose())
-                .map_err(|_| KeyError::Invalid(alg.as_str()))?;
-            let mut j = json!({"kty": "RSA", "n": b64u(&k.n().to_bytes_be()), "e": b64u(&k.e().to_bytes_be()), "alg": "RS256", "use": "sig"});
-            if private {
-                // Two-prime keys only (what `generate` makes; JWK's p/q/dp/dq/qi assume it).
-                let [p, q] = k.primes() else {
-                    return Err(KeyError::Invalid(alg.as_str()));
-                };
-                let one = rsa::BigUint::from(1u8);
-                let dp = k.d() % (p - &one);
-                let dq = k.d() % (q - &one);
-                let qi = k.crt_coefficient().ok_or(KeyError::Invalid(alg.as_str()))?;
-                j["d"] = b64u(&k.d().to_bytes_be()).into();
-                j["p"] = b64u(&p.to_bytes_be()).into();
-                j["q"] = b64u(&q.to_bytes_be()).into();
-                j["dp"] = b64u(&dp.to_bytes_be()).into();
-                j["dq"] = b64u(&dq.to_bytes_be()).into();
-                j["qi"] = b64u(&qi.to_bytes_be()).into();
+            // Every JWK member is a field of the PKCS#1 RSAPrivateKey: decoded, not computed.
+            // Two-prime keys only (what `generate` makes; JWK's p/q/dp/dq/qi assume it).
+            let bad = || KeyError::Invalid(alg.as_str());
+            let info = pkcs8::PrivateKeyInfo::try_from(m.expose()).map_err(|_| bad())?;
+            let k = rsa::pkcs1::RsaPrivateKey::try_from(info.private_key).map_err(|_| bad())?;
+            if k.other_prime_infos.is_some() {
+                return Err(bad());
             }
-            j
+            let u = |i: rsa::pkcs1::UintRef<'_>| b64u(i.as_bytes());
+            json!({"kty": "RSA", "n": u(k.modulus), "e": u(k.public_exponent), "alg": "RS256", "use": "sig",
+                   "d": u(k.private_exponent), "p": u(k.prime1), "q": u(k.prime2),
+                   "dp": u(k.exponent1), "dq": u(k.exponent2), "qi": u(k.coefficient)})
         }
-        EcdsaP256 => {
-            let k = p256::SecretKey::from_pkcs8_der(m.expose())
-                .map_err(|_| KeyError::Invalid("ecdsa-p256"))?;
-            let mut j: Value = if private {
-                serde_json::from_str(&k.to_jwk_string()).expect("jwk json")
+        EcdsaP256 | EcdsaP384 => {
+            let (size, a) = if alg == EcdsaP256 {
+                (32, "ES256")
             } else {
-                serde_json::from_str(&k.public_key().to_jwk_string()).expect("jwk json")
+                (48, "ES384")
             };
-            j["alg"] = "ES256".into();
-            j["use"] = "sig".into();
+            let bad = || KeyError::Invalid(alg.as_str());
+            let info = pkcs8::PrivateKeyInfo::try_from(m.expose()).map_err(|_| bad())?;
+            let k = sec1::EcPrivateKey::try_from(info.private_key).map_err(|_| bad())?;
+            if k.private_key.len() != size {
+                return Err(bad());
+            }
+            let spki = public_spki_der(alg, m)?.expect("asymmetric");
+            let mut j: Value =
+                serde_json::from_str(&public_jwk_from_spki(alg, &spki, kid)?).expect("jwk json");
+            j["d"] = b64u(k.private_key).into();
+            j["alg"] = a.into();
             j
         }
-        EcdsaP384 => {
-            let k = p384::SecretKey::from_pkcs8_der(m.expose())
-                .map_err(|_| KeyError::Invalid("ecdsa-p384"))?;
-            let mut j: Value = if private {
-                serde_json::from_str(&k.to_jwk_string()).expect("jwk json")
+        Ed25519 | X25519 => {
+            let spki = public_spki_der(alg, m)?.expect("asymmetric");
+            let mut j: Value =
+                serde_json::from_str(&public_jwk_from_spki(alg, &spki, kid)?).expect("jwk json");
+            // RFC 8410 v1 PKCS#8 (what `generate` makes): fixed prefix, then the 32-byte key.
+            let prefix = if alg == Ed25519 {
+                module::ED25519_PKCS8_PREFIX
             } else {
-                serde_json::from_str(&k.public_key().to_jwk_string()).expect("jwk json")
+                X25519_PKCS8_PREFIX
             };
-            j["alg"] = "ES384".into();
-            j["use"] = "sig".into();
-            j
-        }
-        Ed25519 => {
-            let k = ed25519_dalek::SigningKey::from_pkcs8_der(m.expose())
-                .map_err(|_| KeyError::Invalid("ed25519"))?;
-            let mut j = json!({"kty": "OKP", "crv": "Ed25519", "x": b64u(k.verifying_key().as_bytes()), "alg": "EdDSA", "use": "sig"});
-            if private {
-                j["d"] = b64u(k.as_bytes()).into();
+            let b = m.expose();
+            if b.len() != 48 || b[..16] != prefix {
+                return Err(KeyError::Invalid(alg.as_str()));
             }
-            j
-        }
-        X25519 => {
-            let s = x25519_secret(m)?;
-            let p = x25519_dalek::PublicKey::from(&s);
-            let mut j = json!({"kty": "OKP", "crv": "X25519", "x": b64u(p.as_bytes()), "alg": "ECDH-ES", "use": "enc"});
-            if private {
-                j["d"] = b64u(s.as_bytes()).into();
-            }
+            j["d"] = b64u(&b[16..]).into();
             j
         }
     };
@@ -312,7 +269,8 @@ pub fn public_jwk_from_spki(
             }
             // An Ed25519 public key must be a point on the curve (every 32-byte string is a
             // valid X25519 public value, so X25519 needs no such check).
-            if alg == Ed25519 && ed25519_dalek::VerifyingKey::from_public_key_der(spki).is_err() {
+            let point: &[u8; 32] = spki[12..].try_into().expect("44 - 12 bytes");
+            if alg == Ed25519 && module::Ed25519PublicKey::from_bytes(point).is_none() {
                 return Err(KeyError::Invalid(alg.as_str()));
             }
             let (crv, a, u) = if alg == Ed25519 {
@@ -362,7 +320,17 @@ mod tests {
             if matches!(alg, Rsa3072 | Rsa4096) {
                 continue; // slow in debug builds; covered by the openssl test
             }
-            let m = generate(alg);
+            let m = match generate(alg) {
+                Ok(m) => m,
+                Err(KeyError::NotApproved(n)) => {
+                    // Only the fips build refuses, and only what FIPS 140-3 does not approve.
+                    assert!(cfg!(feature = "fips") && alg == X25519, "{alg:?}: {n}");
+                    assert_eq!(refused(alg), Some(n));
+                    continue;
+                }
+                Err(e) => panic!("{alg:?}: {e}"),
+            };
+            assert_eq!(refused(alg), None);
             let k = kid("ns", "k", 1);
             let public = jwk(alg, &m, &k, false);
             if alg.is_symmetric() {
@@ -396,10 +364,12 @@ mod tests {
 
     #[test]
     fn public_jwk_from_spki_checks_the_whole_okp_prefix() {
-        let ed = public_spki_der(Ed25519, &generate(Ed25519))
+        let ed = public_spki_der(Ed25519, &generate(Ed25519).unwrap())
             .unwrap()
             .unwrap();
-        let x = public_spki_der(X25519, &generate(X25519)).unwrap().unwrap();
+        // An X25519 public key (built by hand: the fips build cannot make X25519 keys).
+        let mut x = X25519_SPKI_PREFIX.to_vec();
+        x.extend_from_slice(&[9u8; 32]);
         assert!(public_jwk_from_spki(Ed25519, &ed, "k").is_ok());
         assert!(public_jwk_from_spki(X25519, &x, "k").is_ok());
         // Same length, other algorithm: refused (it was accepted by length alone before).
@@ -419,7 +389,7 @@ mod tests {
     fn ed25519_spki_with_an_invalid_point_is_refused() {
         let bad_point = (0u8..=255)
             .map(|i| [i; 32])
-            .find(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_err())
+            .find(|b| module::Ed25519PublicKey::from_bytes(b).is_none())
             .expect("some 32-byte strings are not Ed25519 points");
         let mut spki = ED25519_SPKI_PREFIX.to_vec();
         spki.extend_from_slice(&bad_point);
@@ -452,10 +422,47 @@ mod tests {
 
     #[test]
     fn wrong_material_is_refused() {
-        let m = generate(EcdsaP256);
+        let m = generate(EcdsaP256).unwrap();
         assert!(matches!(
             public_spki_der(Ed25519, &m),
             Err(KeyError::Invalid("ed25519"))
         ));
+    }
+
+    /// The fips build refuses X25519 with the approved alternative named; the default build
+    /// makes X25519 keys whose JWK and PEM carry the public value.
+    #[test]
+    fn x25519_is_refused_only_by_the_fips_build() {
+        match generate(X25519) {
+            Ok(m) => {
+                assert!(!cfg!(feature = "fips"));
+                assert!(jwk(X25519, &m, "k", true).unwrap().contains("\"crv\":\"X25519\""));
+            }
+            Err(e) => {
+                assert!(cfg!(feature = "fips"));
+                let msg = e.to_string();
+                assert!(msg.contains("X25519") && msg.contains("ecdsa-p256"), "{msg}");
+            }
+        }
+    }
+
+    /// Private JWK members are the PKCS#8 fields: the RSA CRT values decoded from the key
+    /// satisfy their definitions (checked with big-integer arithmetic here, in the test).
+    #[test]
+    fn rsa_private_jwk_members_are_consistent() {
+        use base64::Engine;
+        let m = generate(Rsa2048).unwrap();
+        let j: Value = serde_json::from_str(&jwk(Rsa2048, &m, "k", true).unwrap()).unwrap();
+        let n = |f: &str| {
+            rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(j[f].as_str().unwrap()).unwrap())
+        };
+        let one = rsa::BigUint::from(1u8);
+        assert_eq!(n("p") * n("q"), n("n"));
+        assert_eq!(n("d") % (n("p") - &one), n("dp"));
+        assert_eq!(n("d") % (n("q") - &one), n("dq"));
+        assert_eq!((n("qi") * n("q")) % n("p"), one);
+        let public: Value = serde_json::from_str(&jwk(Rsa2048, &m, "k", false).unwrap()).unwrap();
+        assert_eq!(public["n"], j["n"]);
+        assert_eq!(public["e"], j["e"]);
     }
 }

@@ -22,4 +22,5 @@ pub mod rotation;
 pub mod shutdown;
 pub mod state;
 pub mod storage;
+pub mod tls;
 pub mod wrapped_key;

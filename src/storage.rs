@@ -24,7 +24,6 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Secret type of keyward storage (format 2: controller namespace, authenticated).
@@ -153,7 +152,7 @@ impl StateMacKey {
     ) -> [u8; 32] {
         let digests: Vec<(Vec<u8>, [u8; 32])> = envelopes
             .iter()
-            .map(|(v, e)| (v.to_be_bytes().to_vec(), Sha256::digest(e).into()))
+            .map(|(v, e)| (v.to_be_bytes().to_vec(), crate::crypto::module::sha256(e)))
             .collect();
         let mut parts: Vec<&[u8]> = vec![
             FORMAT,

@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The `fips` build compiles AWS-LC's FIPS module (aws-lc-fips-sys): CMake, Go, Perl, a C compiler.
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+command -v perl >/dev/null 2>&1 || need_apt+=(perl)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

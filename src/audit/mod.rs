@@ -23,10 +23,9 @@ mod verify;
 
 pub use verify::{LogFile, VerifyError, VerifySummary, read_log_files, verify, verify_files};
 
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use crate::crypto::module::{Ed25519PublicKey as VerifyingKey, Ed25519Signer as SigningKey};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -143,7 +142,7 @@ pub struct Record {
 
 /// SHA-256 (hex) of one line, as the next record's `prev` holds it.
 pub fn line_hash(line: &str) -> String {
-    hex::encode(Sha256::digest(line.as_bytes()))
+    hex::encode(crate::crypto::module::sha256(line.as_bytes()))
 }
 
 /// The bytes a checkpoint signs: the domain, its sequence number, the cadence it promises,
@@ -326,14 +325,14 @@ fn parse_key_hex(path: &Path, text: &str) -> Result<[u8; 32], AuditError> {
 
 /// Generate an audit key pair; writes `<prefix>.key` (secret, mode 0600) and `<prefix>.pub`.
 pub fn generate_keypair(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
-    let sk = SigningKey::generate(&mut rand::rngs::OsRng);
+    let sk = SigningKey::generate();
     let sec = prefix.with_extension("key");
     let public = prefix.with_extension("pub");
     let io = |path: &Path, e| AuditError::Io {
         path: path.to_path_buf(),
         source: e,
     };
-    let secret_hex = zeroize::Zeroizing::new(hex::encode(sk.to_bytes()));
+    let secret_hex = zeroize::Zeroizing::new(hex::encode(*sk.seed()));
     {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
@@ -345,7 +344,7 @@ pub fn generate_keypair(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError>
         f.write_all(secret_hex.as_bytes())
             .map_err(|e| io(&sec, e))?;
     }
-    std::fs::write(&public, hex::encode(sk.verifying_key().to_bytes()))
+    std::fs::write(&public, hex::encode(sk.public_key().as_bytes()))
         .map_err(|e| io(&public, e))?;
     Ok((sec, public))
 }
@@ -428,7 +427,7 @@ impl Audit {
         let key = opts
             .signing_key
             .as_deref()
-            .map(|p| read_signing_key(p).map(|b| SigningKey::from_bytes(&b)))
+            .map(|p| read_signing_key(p).map(|b| SigningKey::from_seed(&b)))
             .transpose()?;
         let mut chain = Chain {
             seq: 0,
@@ -668,7 +667,7 @@ impl Audit {
                 rec.every = Some(every);
                 if let Some(k) = &self.key {
                     let sig = k.sign(&checkpoint_message(seq, every, &c.prev));
-                    rec.sig = Some(hex::encode(sig.to_bytes()));
+                    rec.sig = Some(hex::encode(sig));
                 }
             }
         }
@@ -766,7 +765,9 @@ enum Body<'a> {
 /// Load a verifying key (64 hex characters).
 pub fn load_public_key(path: &Path) -> Result<VerifyingKey, AuditError> {
     let b = read_key_hex(path)?;
-    VerifyingKey::from_bytes(&b).map_err(|e| AuditError::Key(format!("{}: {e}", path.display())))
+    VerifyingKey::from_bytes(&b).ok_or_else(|| {
+        AuditError::Key(format!("{}: not a valid Ed25519 public key", path.display()))
+    })
 }
 
 #[cfg(test)]

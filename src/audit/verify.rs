@@ -3,7 +3,7 @@
 
 use super::anchor::Anchor;
 use super::{AuditError, GENESIS, Record, checkpoint_message, kind, line_hash};
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use crate::crypto::module::Ed25519PublicKey as VerifyingKey;
 use std::path::{Path, PathBuf};
 
 /// One file of a log, as read.
@@ -288,9 +288,5 @@ fn check_shape(r: &Record) -> Result<(), String> {
 
 fn signature_ok(pk: &VerifyingKey, seq: u64, every: u64, prev: &str, sig: Option<&str>) -> bool {
     sig.and_then(|s| hex::decode(s).ok())
-        .and_then(|b| Signature::from_slice(&b).ok())
-        .is_some_and(|sig| {
-            pk.verify(&checkpoint_message(seq, every, prev), &sig)
-                .is_ok()
-        })
+        .is_some_and(|sig| pk.verify(&checkpoint_message(seq, every, prev), &sig))
 }

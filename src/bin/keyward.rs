@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "keyward", version, about = "Kubernetes-native key management")]
+#[command(
+    name = "keyward",
+    version = keyward::crypto::module::version_line(),
+    about = "Kubernetes-native key management"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -67,7 +71,7 @@ enum Cmd {
 
 /// `kubectl keyward`: operator commands on one ManagedKey, and the audit tools.
 #[derive(Parser)]
-#[command(name = "kubectl keyward", version)]
+#[command(name = "kubectl keyward", version = keyward::crypto::module::version_line())]
 struct KubectlCli {
     #[command(flatten)]
     global: keyward::plugin::Global,
@@ -162,6 +166,22 @@ async fn main() -> anyhow::Result<()> {
         logs.json().init();
     } else {
         logs.init();
+    }
+    // The `fips` build stops here unless the module passed its self tests and is in FIPS
+    // mode; every TLS user then takes this build's provider from the process default.
+    let module = keyward::crypto::module::self_check()?;
+    keyward::tls::install_default()?;
+    if matches!(
+        cli.cmd,
+        Cmd::Controller(_) | Cmd::Provider(_) | Cmd::KmsPlugin(_)
+    ) {
+        tracing::info!(
+            module = module.name,
+            version = %module.version,
+            fips = module.fips,
+            tls_fips = keyward::tls::is_fips(),
+            "cryptographic module"
+        );
     }
     match cli.cmd {
         Cmd::Kek(KekCmd::Rotate { namespace, kek }) => {

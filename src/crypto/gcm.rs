@@ -1,54 +1,50 @@
 //! AES-256-GCM with 96-bit random nonces and associated data.
 
+use super::module;
 use super::{CryptoError, SecretBytes};
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
-use rand::RngCore;
 
 /// Nonce length (96 bits, the only length SP 800-38D recommends for random nonces).
 pub const NONCE_LEN: usize = 12;
 /// Tag length appended to the ciphertext.
 pub const TAG_LEN: usize = 16;
 
-fn cipher(key: &[u8]) -> Result<Aes256Gcm, CryptoError> {
+fn check_key(key: &[u8]) -> Result<(), CryptoError> {
     if key.len() != 32 {
         return Err(CryptoError::Length {
             what: "AES-256-GCM key",
             detail: format!("must be 32 bytes, got {}", key.len()),
         });
     }
-    Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::Integrity)
+    Ok(())
+}
+
+fn check_nonce(nonce: &[u8]) -> Result<&[u8; NONCE_LEN], CryptoError> {
+    nonce.try_into().map_err(|_| CryptoError::Length {
+        what: "GCM nonce",
+        detail: format!("must be {NONCE_LEN} bytes, got {}", nonce.len()),
+    })
 }
 
 /// Fresh random 96-bit nonce.
 pub fn random_nonce() -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut n);
+    module::fill_random(&mut n);
     n
 }
 
-/// Encrypt with an explicit nonce (tests and vectors); returns ciphertext || tag.
+/// Encrypt with an explicit nonce (tests and vectors); returns ciphertext || tag. The `fips`
+/// build refuses it: the module approves GCM encryption only under nonces it generates.
 pub fn seal_with_nonce(
     key: &[u8],
     nonce: &[u8],
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    if nonce.len() != NONCE_LEN {
-        return Err(CryptoError::Length {
-            what: "GCM nonce",
-            detail: format!("must be {NONCE_LEN} bytes, got {}", nonce.len()),
-        });
-    }
-    cipher(key)?
-        .encrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .map_err(|_| CryptoError::Integrity)
+    let nonce = check_nonce(nonce)?;
+    check_key(key)?;
+    Ok(module::aes256_gcm_seal_with_nonce(
+        key, nonce, aad, plaintext,
+    )?)
 }
 
 /// Encrypt under a fresh random nonce; returns (nonce, ciphertext || tag).
@@ -57,19 +53,13 @@ pub fn seal(
     aad: &[u8],
     plaintext: &SecretBytes,
 ) -> Result<([u8; NONCE_LEN], Vec<u8>), CryptoError> {
-    let nonce = random_nonce();
-    let ct = seal_with_nonce(key, &nonce, aad, plaintext.expose())?;
-    Ok((nonce, ct))
+    check_key(key)?;
+    Ok(module::aes256_gcm_seal(key, aad, plaintext.expose())?)
 }
 
 /// Decrypt and authenticate ciphertext || tag.
 pub fn open(key: &[u8], nonce: &[u8], aad: &[u8], ct: &[u8]) -> Result<SecretBytes, CryptoError> {
-    if nonce.len() != NONCE_LEN {
-        return Err(CryptoError::Length {
-            what: "GCM nonce",
-            detail: format!("must be {NONCE_LEN} bytes, got {}", nonce.len()),
-        });
-    }
+    let nonce = check_nonce(nonce)?;
     if ct.len() < TAG_LEN {
         return Err(CryptoError::Length {
             what: "GCM ciphertext",
@@ -79,10 +69,8 @@ pub fn open(key: &[u8], nonce: &[u8], aad: &[u8], ct: &[u8]) -> Result<SecretByt
             ),
         });
     }
-    cipher(key)?
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-        .map(SecretBytes::new)
-        .map_err(|_| CryptoError::Integrity)
+    check_key(key)?;
+    Ok(module::aes256_gcm_open(key, nonce, aad, ct)?)
 }
 
 #[cfg(test)]

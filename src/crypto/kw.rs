@@ -3,29 +3,20 @@
 //! Length rules are enforced here before the library is called, because some implementations
 //! accept inputs SP 800-38F forbids (an empty key wraps to the same bytes under every KEK).
 
+use super::module;
 use super::{CryptoError, SecretBytes};
-use aes_kw::{KekAes128, KekAes192, KekAes256};
 
 /// Largest plaintext keyward wraps (a 4096-bit RSA PKCS#8 key is ~2.4 KiB).
 pub const MAX_PLAINTEXT: usize = 64 * 1024;
 
-enum Kek {
-    A128(KekAes128),
-    A192(KekAes192),
-    A256(KekAes256),
-}
-
-fn kek(key: &[u8]) -> Result<Kek, CryptoError> {
-    let bad = || CryptoError::Length {
-        what: "KEK",
-        detail: format!("must be 16, 24 or 32 bytes, got {}", key.len()),
-    };
-    Ok(match key.len() {
-        16 => Kek::A128(KekAes128::try_from(key).map_err(|_| bad())?),
-        24 => Kek::A192(KekAes192::try_from(key).map_err(|_| bad())?),
-        32 => Kek::A256(KekAes256::try_from(key).map_err(|_| bad())?),
-        _ => return Err(bad()),
-    })
+fn check_kek(key: &[u8]) -> Result<(), CryptoError> {
+    if !matches!(key.len(), 16 | 24 | 32) {
+        return Err(CryptoError::Length {
+            what: "KEK",
+            detail: format!("must be 16, 24 or 32 bytes, got {}", key.len()),
+        });
+    }
+    Ok(())
 }
 
 fn check_kw_plaintext(len: usize) -> Result<(), CryptoError> {
@@ -53,24 +44,15 @@ fn check_kw_ciphertext(len: usize) -> Result<(), CryptoError> {
 /// AES-KW wrap (RFC 3394, SP 800-38F W with ICV1).
 pub fn wrap(kek_bytes: &[u8], plaintext: &SecretBytes) -> Result<Vec<u8>, CryptoError> {
     check_kw_plaintext(plaintext.len())?;
-    let pt = plaintext.expose();
-    let r = match kek(kek_bytes)? {
-        Kek::A128(k) => k.wrap_vec(pt),
-        Kek::A192(k) => k.wrap_vec(pt),
-        Kek::A256(k) => k.wrap_vec(pt),
-    };
-    r.map_err(|_| CryptoError::Integrity)
+    check_kek(kek_bytes)?;
+    Ok(module::aes_kw_wrap(kek_bytes, plaintext.expose())?)
 }
 
 /// AES-KW unwrap; fails on any integrity or length error.
 pub fn unwrap(kek_bytes: &[u8], ciphertext: &[u8]) -> Result<SecretBytes, CryptoError> {
     check_kw_ciphertext(ciphertext.len())?;
-    let r = match kek(kek_bytes)? {
-        Kek::A128(k) => k.unwrap_vec(ciphertext),
-        Kek::A192(k) => k.unwrap_vec(ciphertext),
-        Kek::A256(k) => k.unwrap_vec(ciphertext),
-    };
-    r.map(SecretBytes::new).map_err(|_| CryptoError::Integrity)
+    check_kek(kek_bytes)?;
+    Ok(module::aes_kw_unwrap(kek_bytes, ciphertext)?)
 }
 
 /// AES-KWP wrap (RFC 5649, SP 800-38F KWP-AE). Plaintext 1..=MAX_PLAINTEXT bytes.
@@ -82,13 +64,8 @@ pub fn wrap_pad(kek_bytes: &[u8], plaintext: &SecretBytes) -> Result<Vec<u8>, Cr
             detail: format!("must be 1 to {MAX_PLAINTEXT} bytes, got {len}"),
         });
     }
-    let pt = plaintext.expose();
-    let r = match kek(kek_bytes)? {
-        Kek::A128(k) => k.wrap_with_padding_vec(pt),
-        Kek::A192(k) => k.wrap_with_padding_vec(pt),
-        Kek::A256(k) => k.wrap_with_padding_vec(pt),
-    };
-    r.map_err(|_| CryptoError::Integrity)
+    check_kek(kek_bytes)?;
+    Ok(module::aes_kwp_wrap(kek_bytes, plaintext.expose())?)
 }
 
 /// AES-KWP unwrap; fails on any integrity, padding or length error.
@@ -100,14 +77,8 @@ pub fn unwrap_pad(kek_bytes: &[u8], ciphertext: &[u8]) -> Result<SecretBytes, Cr
             detail: format!("must be at least 16 bytes and a multiple of 8, got {len}"),
         });
     }
-    let r = match kek(kek_bytes)? {
-        Kek::A128(k) => k.unwrap_with_padding_vec(ciphertext),
-        Kek::A192(k) => k.unwrap_with_padding_vec(ciphertext),
-        Kek::A256(k) => k.unwrap_with_padding_vec(ciphertext),
-    };
-    let out = r
-        .map(SecretBytes::new)
-        .map_err(|_| CryptoError::Integrity)?;
+    check_kek(kek_bytes)?;
+    let out = module::aes_kwp_unwrap(kek_bytes, ciphertext)?;
     if out.is_empty() {
         return Err(CryptoError::Integrity);
     }
@@ -148,6 +119,7 @@ mod tests {
     /// The `aes` crate's `zeroize` feature (Cargo.toml) makes every AES key schedule wipe its
     /// round keys on drop; without the feature these types do not implement `ZeroizeOnDrop`
     /// and this test does not compile. `aes_kw::Kek` and `aes_gcm::Aes256Gcm` hold these types.
+    #[cfg(not(feature = "fips"))]
     #[test]
     fn aes_round_keys_are_zeroized_on_drop() {
         fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() -> &'static str {

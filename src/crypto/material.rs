@@ -1,6 +1,5 @@
 //! Key material that zeroizes on drop and never prints.
 
-use rand::RngCore;
 use zeroize::Zeroizing;
 
 /// Secret bytes (a DEK, a KEK, a private key). Zeroized on drop; Debug and Display print
@@ -19,10 +18,10 @@ impl SecretBytes {
         Self(Zeroizing::new(bytes.to_vec()))
     }
 
-    /// Fresh random bytes from the OS CSPRNG.
+    /// Fresh random bytes from the cryptographic module's generator.
     pub fn random(len: usize) -> Self {
         let mut v = Zeroizing::new(vec![0u8; len]);
-        rand::rngs::OsRng.fill_bytes(&mut v);
+        super::module::fill_random(&mut v);
         Self(v)
     }
 

@@ -9,12 +9,10 @@ pub mod envelope;
 pub mod gcm;
 pub mod kw;
 pub mod material;
+pub mod module;
 
 pub use envelope::{Algorithm, Envelope, KeyContext};
 pub use material::SecretBytes;
-
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
 
 /// Errors of the crypto core. Messages never carry key bytes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,6 +33,18 @@ pub enum CryptoError {
     /// The envelope bytes are not a well-formed envelope.
     #[error("malformed envelope: {0}")]
     Malformed(String),
+    /// The `fips` build does not carry out this request (e.g. AES-192 key wrap).
+    #[error(transparent)]
+    NotApproved(#[from] module::NotApproved),
+}
+
+impl From<module::WrapError> for CryptoError {
+    fn from(e: module::WrapError) -> Self {
+        match e {
+            module::WrapError::NotApproved(n) => Self::NotApproved(n),
+            module::WrapError::Integrity => Self::Integrity,
+        }
+    }
 }
 
 /// SHA-256 fingerprint of key material, truncated to 16 bytes hex, for status and logs.
@@ -42,21 +52,21 @@ pub enum CryptoError {
 /// A fingerprint identifies a version without revealing the key: it is a one-way hash over a
 /// domain-separated input, so it cannot be confused with any other hash of the key.
 pub fn fingerprint(material: &SecretBytes) -> String {
-    let mut h = Sha256::new();
+    let mut h = module::Sha256::new();
     h.update(b"keyward-fingerprint-v1\0");
     h.update(material.expose());
-    let d = h.finalize();
+    let d = h.finish();
     format!("sha256:{}", hex::encode(&d[..16]))
 }
 
 /// HMAC-SHA256 helper used for key derivation and opaque version ids.
 pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = module::HmacSha256::new(key);
     for p in parts {
         mac.update(&(p.len() as u64).to_be_bytes());
         mac.update(p);
     }
-    mac.finalize().into_bytes().into()
+    mac.finish()
 }
 
 /// Constant-time equality for tags and checks keyward itself compares.

@@ -24,15 +24,14 @@
 
 use super::{KekBackend, KekError};
 use crate::crypto::{Algorithm, CryptoError, Envelope, KeyContext, SecretBytes};
+use crate::crypto::module;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -90,13 +89,13 @@ impl AwsCredentials {
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+    let mut m = module::HmacSha256::new(key);
     m.update(data);
-    m.finalize().into_bytes().into()
+    m.finish()
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
+    hex::encode(module::sha256(data))
 }
 
 /// SigV4 canonical request for a request whose path and query are already canonical.
@@ -232,7 +231,7 @@ impl KmsClient {
                 detail: format!("{ep:?} must be an http(s):// URL with a host"),
             });
         }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let builder = match hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(provider.clone())
         {
@@ -443,7 +442,7 @@ fn context_map(env: &Envelope) -> BTreeMap<&'static str, String> {
     [
         ("keyward.io/key", env.key_id.clone()),
         ("keyward.io/version", env.key_version.to_string()),
-        ("keyward.io/aad", B64.encode(Sha256::digest(env.aad()))),
+        ("keyward.io/aad", B64.encode(module::sha256(&env.aad()))),
     ]
     .into()
 }

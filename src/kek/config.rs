@@ -86,8 +86,16 @@ pub struct KekArgs {
     #[arg(long, env = "KEYWARD_PASSPHRASE_KEK_ID", default_value = "passphrase")]
     pub passphrase_kek_id: String,
 
-    /// passphrase: key-derivation function.
-    #[arg(long, env = "KEYWARD_KDF", value_enum, default_value = "argon2id")]
+    /// passphrase: key-derivation function (the `fips` build defaults to pbkdf2 and refuses
+    /// argon2id, which FIPS 140-3 does not approve).
+    #[cfg_attr(
+        not(feature = "fips"),
+        arg(long, env = "KEYWARD_KDF", value_enum, default_value = "argon2id")
+    )]
+    #[cfg_attr(
+        feature = "fips",
+        arg(long, env = "KEYWARD_KDF", value_enum, default_value = "pbkdf2")
+    )]
     pub kdf: KdfKind,
 
     /// passphrase: Argon2id memory cost in KiB (default 64 MiB).
@@ -230,6 +238,20 @@ pub async fn build_backend(
     client: Option<kube::Client>,
     namespace: &str,
 ) -> Result<Arc<dyn KekBackend>, KekError> {
+    if cfg!(feature = "fips")
+        && matches!(kind, BackendKind::Local | BackendKind::Passphrase)
+        && args.kek_wrap_algorithm == Algorithm::Aes256Gcm
+    {
+        // The envelope header (nonce included) is GCM's AAD, so the nonce must be chosen
+        // before sealing; the FIPS module approves GCM encryption only under nonces it draws
+        // itself. Opening existing GCM envelopes stays possible.
+        return Err(KekError::Misconfigured {
+            setting: "--kek-wrap-algorithm",
+            detail: "aes-256-gcm under a local KEK is not approved in keyward's FIPS build \
+                     (the nonce would come from outside the module); use aes-256-kwp"
+                .into(),
+        });
+    }
     Ok(match kind {
         BackendKind::Local => match (&args.local_kek_file, client) {
             (Some(f), _) => Arc::new(LocalKek::from_file(f, args.kek_wrap_algorithm)?),

@@ -27,7 +27,7 @@
 
 use super::{KekBackend, KekError};
 use crate::crypto::{Algorithm, CryptoError, Envelope, KeyContext, SecretBytes};
-use sha2::{Digest, Sha256};
+use crate::crypto::module;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
@@ -113,6 +113,12 @@ impl Kdf {
             Err(KekError::Misconfigured { setting, detail })
         };
         match self {
+            Self::Argon2id { .. } if cfg!(feature = "fips") => bad(
+                "--kdf",
+                "argon2id is not approved in keyward's FIPS build; use --kdf pbkdf2 \
+                 (PBKDF2-HMAC-SHA256, SP 800-132)"
+                    .into(),
+            ),
             Self::Argon2id {
                 memory_kib,
                 time_cost,
@@ -183,10 +189,10 @@ impl Kdf {
     /// The KEK version for this parameter set: 31 bits of SHA-256 over the KDF id and costs
     /// (never 0). Deterministic, so every replica and restart agrees.
     pub fn version_id(self) -> u32 {
-        let mut h = Sha256::new();
+        let mut h = module::Sha256::new();
         h.update(b"keyward-passphrase-params-v1\0");
-        h.update(self.cost_bytes());
-        let d = h.finalize();
+        h.update(&self.cost_bytes());
+        let d = h.finish();
         (u32::from_be_bytes([d[0], d[1], d[2], d[3]]) & 0x7fff_ffff).max(1)
     }
 
@@ -215,20 +221,32 @@ impl Kdf {
                 time_cost,
                 parallelism,
             } => {
-                let params = argon2::Params::new(memory_kib, time_cost, parallelism, Some(32))
-                    .map_err(|e| KekError::Misconfigured {
-                        setting: "--argon2-memory-kib/--argon2-time-cost/--argon2-parallelism",
-                        detail: e.to_string(),
-                    })?;
-                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-                    .hash_password_into(passphrase, salt, &mut out)
-                    .map_err(|e| KekError::Misconfigured {
+                module::argon2id(
+                    passphrase,
+                    salt,
+                    memory_kib,
+                    time_cost,
+                    parallelism,
+                    &mut out,
+                )
+                .map_err(|e| match e {
+                    module::Argon2Error::NotApproved(n) => KekError::Misconfigured {
                         setting: "--kdf",
-                        detail: format!("Argon2id derivation failed: {e}"),
-                    })?;
+                        detail: n.to_string(),
+                    },
+                    module::Argon2Error::Params(d) => KekError::Misconfigured {
+                        setting: "--argon2-memory-kib/--argon2-time-cost/--argon2-parallelism",
+                        detail: d,
+                    },
+                })?;
             }
             Self::Pbkdf2Sha256 { iterations } => {
-                pbkdf2::pbkdf2_hmac::<Sha256>(passphrase, salt, iterations, &mut out);
+                module::pbkdf2_hmac_sha256(passphrase, salt, iterations, &mut out).map_err(
+                    |n| KekError::Misconfigured {
+                        setting: "--pbkdf2-iterations",
+                        detail: n.to_string(),
+                    },
+                )?;
             }
         }
         Ok(SecretBytes::new(std::mem::take(&mut *out)))

@@ -4,7 +4,6 @@
 use base64::Engine;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -213,7 +212,7 @@ impl<R: TokenReviewer> CachingReviewer<R> {
             return self.review_counted(token, audience).await;
         }
         let key: CacheKey = (
-            Sha256::digest(token.as_bytes()).into(),
+            crate::crypto::module::sha256(token.as_bytes()),
             audience.map(Into::into),
         );
         if let Some(id) = self.cached(&key) {

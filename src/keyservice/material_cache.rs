@@ -11,7 +11,6 @@
 //! misses, and the stale entry is dropped at once. Bounded in entries and bytes, with a TTL;
 //! values are zeroized when dropped.
 
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,7 +69,7 @@ impl EntryKey {
             version,
             state,
             fingerprint: fingerprint.to_owned(),
-            envelope: Sha256::digest(envelope).into(),
+            envelope: crate::crypto::module::sha256(envelope),
             kek,
         }
     }

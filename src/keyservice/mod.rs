@@ -212,6 +212,8 @@ impl KeyServiceArgs {
                 "set --key-service-tls-cert-file and --key-service-tls-key-file (or --insecure-key-service for a local demo)".into(),
             ));
         };
+        // tonic builds its rustls config from the process default: this build's provider.
+        crate::tls::install_default().map_err(|e| KeyServiceError::Config(e.to_string()))?;
         // The private key file must be owner (and group) readable only: see kek::keyfile.
         let key_pem = crate::kek::keyfile::read_key_file(key, "--key-service-tls-key-file")
             .map_err(|e| KeyServiceError::File {

@@ -369,7 +369,7 @@ mod tests {
         let alg = crate::crd::KeyAlgorithm::EcdsaP256;
         let pems: Vec<String> = (0..3)
             .map(|_| {
-                crate::keys::public_pem(alg, &crate::keys::generate(alg))
+                crate::keys::public_pem(alg, &crate::keys::generate(alg).unwrap())
                     .unwrap()
                     .unwrap()
             })

@@ -136,6 +136,10 @@ impl KeyServiceClient {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         if is_https {
+            // tonic builds its rustls config from the process default: this build's provider.
+            crate::tls::install_default().map_err(|_| {
+                ClientError::Config("the TLS crypto provider of this build could not be installed")
+            })?;
             let mut tls = ClientTlsConfig::new();
             let ca = cfg.ca_pem.as_ref().ok_or_else(|| {
                 ClientError::Config(

@@ -84,7 +84,9 @@ pub enum EncodeError {
 impl From<crate::keys::KeyError> for EncodeError {
     fn from(e: crate::keys::KeyError) -> Self {
         match e {
-            crate::keys::KeyError::Unsupported { .. } => FormatError::Unsupported(e).into(),
+            crate::keys::KeyError::Unsupported { .. } | crate::keys::KeyError::NotApproved(_) => {
+                FormatError::Unsupported(e).into()
+            }
             crate::keys::KeyError::Invalid(_) => AnswerError::Material(e).into(),
         }
     }
@@ -229,7 +231,7 @@ mod tests {
     #[test]
     fn key_formats_and_public_only_grants() {
         use crate::crd::KeyAlgorithm;
-        let m = crate::keys::generate(KeyAlgorithm::EcdsaP256);
+        let m = crate::keys::generate(KeyAlgorithm::EcdsaP256).unwrap();
         let pem = encode(Format::Pem, "ecdsa-p256", m.expose(), "k1", false).unwrap();
         assert!(pem.starts_with(b"-----BEGIN PRIVATE KEY-----"));
         let jwk: serde_json::Value = serde_json::from_slice(

@@ -369,5 +369,5 @@ async fn execute(
 /// generation runs on a blocking thread and never stalls other reconciles.
 async fn generate(mk: &ManagedKey) -> Result<crate::crypto::SecretBytes, Error> {
     let alg = mk.spec.algorithm;
-    Ok(tokio::task::spawn_blocking(move || crate::keys::generate(alg)).await?)
+    Ok(tokio::task::spawn_blocking(move || crate::keys::generate(alg)).await??)
 }
