@@ -8,6 +8,15 @@
 
 ARG RUST_VERSION=1.95
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+# FEATURES=fips builds the FIPS image (docs/fips.md): every cryptographic operation and TLS
+# through AWS-LC's FIPS 140-3 module. Tag it with a -fips suffix:
+#   docker build --build-arg FEATURES=fips -t keyward:dev-fips .   (or: make image-fips)
+ARG FEATURES=""
+# The FIPS module's build needs CMake and Go (Perl and a C compiler are in the base image).
+RUN if [ "$FEATURES" = "fips" ]; then \
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends cmake golang-go \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 WORKDIR /src
 # Manifests first, so the dependency download is cached while only sources change.
 COPY Cargo.toml Cargo.lock build.rs ./
@@ -19,7 +28,7 @@ COPY src src
 COPY crates crates
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p keyward --bin keyward \
+    cargo build --release --locked -p keyward --bin keyward --features "$FEATURES" \
  && install -D -m 0755 -s target/release/keyward /out/keyward
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -1,12 +1,19 @@
 # keyward developer targets. `make test` is the whole suite on a fresh machine.
-.PHONY: test setup unit demo image kind-load e2e crds chart-test fuzz mutants
+.PHONY: test test-fips setup unit demo image image-fips kind-load e2e crds chart-test fuzz mutants
 
 IMAGE ?= keyward:dev
 KIND_CLUSTER ?= keyward
 
-# Install what the tests need (idempotent), then run every test.
+# Install what the tests need (idempotent), then run every test, then the `fips` build's
+# share (test-fips).
 test: setup
 	KEYWARD_PYTHON=$(CURDIR)/.venv/bin/python cargo test --workspace --all-targets
+	$(MAKE) test-fips
+
+# The `fips` build (docs/fips.md): unit tests (every crypto entry point checked with the
+# module's service indicator), the vector suite, and the user story with the fips binaries.
+test-fips: setup
+	KEYWARD_PYTHON=$(CURDIR)/.venv/bin/python cargo test -p keyward --features fips --lib --test vectors --test story
 
 setup:
 	tests/setup.sh
@@ -29,6 +36,10 @@ crds:
 # Multi-stage build (Dockerfile); BuildKit for the cargo cache mounts.
 image:
 	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) .
+
+# The FIPS image (docs/fips.md): same Dockerfile, FEATURES=fips, tag suffixed -fips.
+image-fips:
+	DOCKER_BUILDKIT=1 docker build --build-arg FEATURES=fips -t $(IMAGE)-fips .
 
 kind-load: image
 	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)

@@ -4,6 +4,9 @@
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_story_end_to_end() {
+    // Clients made in this process take the build's TLS provider (the fips build compiles
+    // two, so rustls cannot pick one by itself).
+    keyward::tls::install_default().unwrap();
     let repo = keyward_demo::story::repo_root();
     let python = keyward_demo::story::default_python(&repo);
     assert!(

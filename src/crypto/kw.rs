@@ -9,6 +9,8 @@ use super::{CryptoError, SecretBytes};
 /// Largest plaintext keyward wraps (a 4096-bit RSA PKCS#8 key is ~2.4 KiB).
 pub const MAX_PLAINTEXT: usize = 64 * 1024;
 
+/// The KEK is checked first, so a KEK size this build does not offer (AES-192 in the `fips`
+/// build) is the error reported whatever else is wrong.
 fn check_kek(key: &[u8]) -> Result<(), CryptoError> {
     if !matches!(key.len(), 16 | 24 | 32) {
         return Err(CryptoError::Length {
@@ -16,7 +18,7 @@ fn check_kek(key: &[u8]) -> Result<(), CryptoError> {
             detail: format!("must be 16, 24 or 32 bytes, got {}", key.len()),
         });
     }
-    Ok(())
+    Ok(module::kw_kek_offered(key.len())?)
 }
 
 fn check_kw_plaintext(len: usize) -> Result<(), CryptoError> {
@@ -43,20 +45,21 @@ fn check_kw_ciphertext(len: usize) -> Result<(), CryptoError> {
 
 /// AES-KW wrap (RFC 3394, SP 800-38F W with ICV1).
 pub fn wrap(kek_bytes: &[u8], plaintext: &SecretBytes) -> Result<Vec<u8>, CryptoError> {
-    check_kw_plaintext(plaintext.len())?;
     check_kek(kek_bytes)?;
+    check_kw_plaintext(plaintext.len())?;
     Ok(module::aes_kw_wrap(kek_bytes, plaintext.expose())?)
 }
 
 /// AES-KW unwrap; fails on any integrity or length error.
 pub fn unwrap(kek_bytes: &[u8], ciphertext: &[u8]) -> Result<SecretBytes, CryptoError> {
-    check_kw_ciphertext(ciphertext.len())?;
     check_kek(kek_bytes)?;
+    check_kw_ciphertext(ciphertext.len())?;
     Ok(module::aes_kw_unwrap(kek_bytes, ciphertext)?)
 }
 
 /// AES-KWP wrap (RFC 5649, SP 800-38F KWP-AE). Plaintext 1..=MAX_PLAINTEXT bytes.
 pub fn wrap_pad(kek_bytes: &[u8], plaintext: &SecretBytes) -> Result<Vec<u8>, CryptoError> {
+    check_kek(kek_bytes)?;
     let len = plaintext.len();
     if len == 0 || len > MAX_PLAINTEXT {
         return Err(CryptoError::Length {
@@ -64,12 +67,12 @@ pub fn wrap_pad(kek_bytes: &[u8], plaintext: &SecretBytes) -> Result<Vec<u8>, Cr
             detail: format!("must be 1 to {MAX_PLAINTEXT} bytes, got {len}"),
         });
     }
-    check_kek(kek_bytes)?;
     Ok(module::aes_kwp_wrap(kek_bytes, plaintext.expose())?)
 }
 
 /// AES-KWP unwrap; fails on any integrity, padding or length error.
 pub fn unwrap_pad(kek_bytes: &[u8], ciphertext: &[u8]) -> Result<SecretBytes, CryptoError> {
+    check_kek(kek_bytes)?;
     let len = ciphertext.len();
     if len < 16 || !len.is_multiple_of(8) || len > MAX_PLAINTEXT + 16 {
         return Err(CryptoError::Length {
@@ -77,7 +80,6 @@ pub fn unwrap_pad(kek_bytes: &[u8], ciphertext: &[u8]) -> Result<SecretBytes, Cr
             detail: format!("must be at least 16 bytes and a multiple of 8, got {len}"),
         });
     }
-    check_kek(kek_bytes)?;
     let out = module::aes_kwp_unwrap(kek_bytes, ciphertext)?;
     if out.is_empty() {
         return Err(CryptoError::Integrity);

@@ -305,11 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn local_round_trip_and_wrong_context_fails() {
-        for alg in [
-            Algorithm::Aes256Kwp,
-            Algorithm::Aes256Gcm,
-            Algorithm::Aes256Kw,
-        ] {
+        for &alg in Algorithm::sealable_with_raw_kek() {
             let k = LocalKek::in_memory("t", SecretBytes::random(32), alg).unwrap();
             let ctx = KeyContext::new("ns", "k", 1);
             let dek = SecretBytes::random(32);
@@ -330,7 +326,12 @@ mod tests {
             LocalKek::in_memory("old", SecretBytes::random(32), Algorithm::Aes256Kwp).unwrap(),
         );
         let new: Arc<dyn KekBackend> = Arc::new(
-            LocalKek::in_memory("new", SecretBytes::random(32), Algorithm::Aes256Gcm).unwrap(),
+            LocalKek::in_memory(
+                "new",
+                SecretBytes::random(32),
+                *Algorithm::sealable_with_raw_kek().last().unwrap(),
+            )
+            .unwrap(),
         );
         let ctx = KeyContext::new("ns", "k", 7);
         let dek = SecretBytes::random(32);

@@ -43,8 +43,9 @@ pub const ARGON2_MIN_MEMORY_KIB: u32 = 19 * 1024;
 const ARGON2_MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 const ARGON2_MAX_TIME: u32 = 64;
 const ARGON2_MAX_LANES: u32 = 16;
-/// Shortest passphrase accepted, bytes.
-pub const MIN_PASSPHRASE_LEN: usize = 12;
+/// Shortest passphrase accepted, bytes (14 in the fips build: the module approves PBKDF2
+/// only for passwords of at least 112 bits).
+pub const MIN_PASSPHRASE_LEN: usize = if cfg!(feature = "fips") { 14 } else { 12 };
 const CACHE_MAX: usize = 64;
 const DEFAULT_ARGON2_MEMORY_KIB: u32 = 64 * 1024;
 const DEFAULT_ARGON2_TIME_COST: u32 = 3;
@@ -69,8 +70,14 @@ pub enum Kdf {
 }
 
 impl Default for Kdf {
-    /// Argon2id with m = 64 MiB, t = 3, p = 1.
+    /// Argon2id with m = 64 MiB, t = 3, p = 1; PBKDF2-HMAC-SHA256 with 600,000 iterations in
+    /// the fips build (which does not offer Argon2id).
     fn default() -> Self {
+        if cfg!(feature = "fips") {
+            return Self::Pbkdf2Sha256 {
+                iterations: PBKDF2_MIN_ITERATIONS,
+            };
+        }
         Self::Argon2id {
             memory_kib: DEFAULT_ARGON2_MEMORY_KIB,
             time_cost: DEFAULT_ARGON2_TIME_COST,
@@ -706,15 +713,24 @@ mod tests {
         SecretBytes::from_slice(PASS)
     }
 
+    /// The cheapest KDF this build accepts, so unit tests stay fast (Argon2id is not offered
+    /// by the fips build).
+    const FAST: Kdf = if cfg!(feature = "fips") {
+        Kdf::Pbkdf2Sha256 {
+            iterations: PBKDF2_MIN_ITERATIONS,
+        }
+    } else {
+        Kdf::ARGON2ID_FLOOR
+    };
+
+    /// This build's last raw-KEK algorithm: AES-256-GCM, or KW in the fips build.
+    fn alt_alg() -> Algorithm {
+        *Algorithm::sealable_with_raw_kek().last().unwrap()
+    }
+
     /// A passphrase KEK with the cheapest accepted KDF, so unit tests stay fast.
     async fn fast_kek(passphrase: &[u8], alg: Algorithm) -> Result<PassphraseKek, KekError> {
-        PassphraseKek::new(
-            "p",
-            SecretBytes::from_slice(passphrase),
-            Kdf::ARGON2ID_FLOOR,
-            alg,
-        )
-        .await
+        PassphraseKek::new("p", SecretBytes::from_slice(passphrase), FAST, alg).await
     }
 
     #[test]
@@ -873,7 +889,7 @@ mod tests {
 
     #[tokio::test]
     async fn rotated_costs_stay_unwrappable_within_the_process() {
-        let k = fast_kek(PASS, Algorithm::Aes256Gcm).await.unwrap();
+        let k = fast_kek(PASS, alt_alg()).await.unwrap();
         k.rotate().await.unwrap();
         let ctx = KeyContext::new("ns", "k", 1);
         let dek = SecretBytes::random(32);
@@ -896,12 +912,12 @@ mod tests {
     #[tokio::test]
     async fn round_trip_wrong_context_and_tampered_params_fail() {
         for kdf in [
-            Kdf::ARGON2ID_FLOOR,
+            FAST,
             Kdf::Pbkdf2Sha256 {
                 iterations: PBKDF2_MIN_ITERATIONS,
             },
         ] {
-            let k = PassphraseKek::new("p", pass(), kdf, Algorithm::Aes256Gcm)
+            let k = PassphraseKek::new("p", pass(), kdf, alt_alg())
                 .await
                 .unwrap();
             let ctx = KeyContext::new("ns", "k", 1);
@@ -943,7 +959,7 @@ mod tests {
 
     #[tokio::test]
     async fn short_passphrase_refused() {
-        let e = fast_kek(b"short", Algorithm::Aes256Gcm)
+        let e = fast_kek(b"short", alt_alg())
             .await
             .err()
             .unwrap()
@@ -954,7 +970,7 @@ mod tests {
 
     #[tokio::test]
     async fn unwrap_uses_the_cache_after_the_first_derivation() {
-        let k = fast_kek(PASS, Algorithm::Aes256Gcm).await.unwrap();
+        let k = fast_kek(PASS, alt_alg()).await.unwrap();
         let ctx = KeyContext::new("ns", "k", 1);
         let dek = SecretBytes::random(32);
         let old = k.wrap(&ctx, &dek).await.unwrap();

@@ -3,7 +3,7 @@
 
 use super::{
     Argon2Error, Asymmetric, AsymmetricError, GCM_NONCE_LEN, ModuleError, ModuleInfo,
-    NotApproved, PBKDF2_MIN_ITERATIONS, PBKDF2_MIN_SALT, WrapError,
+    NotApproved, PBKDF2_MIN_ITERATIONS, PBKDF2_MIN_PASSWORD, PBKDF2_MIN_SALT, WrapError,
 };
 use crate::crypto::SecretBytes;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, Nonce, RandomizedNonceKey};
@@ -77,8 +77,15 @@ pub(super) fn pbkdf2_hmac_sha256(
     iterations: u32,
     out: &mut [u8],
 ) -> Result<(), NotApproved> {
-    // SP 800-132 (and the module's service indicator) approve PBKDF2 only with a salt of at
-    // least 128 bits, at least 1,000 iterations and at least 112 bits of output.
+    // The module's service indicator approves PBKDF2 only with a password of at least 112
+    // bits, a salt of at least 128 bits (SP 800-132 §5.1), at least 1,000 iterations (§5.2)
+    // and at least 112 bits of output.
+    if passphrase.len() < PBKDF2_MIN_PASSWORD {
+        return Err(NotApproved {
+            what: "PBKDF2 with a password under 14 bytes",
+            instead: "use a passphrase of at least 14 bytes",
+        });
+    }
     if salt.len() < PBKDF2_MIN_SALT {
         return Err(NotApproved {
             what: "PBKDF2 with a salt under 16 bytes",
@@ -121,13 +128,7 @@ fn kek(key: &[u8]) -> Result<AesKek, WrapError> {
     let cipher = match key.len() {
         16 => &AES_128,
         32 => &AES_256,
-        24 => {
-            return Err(NotApproved {
-                what: "AES-192 key wrap",
-                instead: "use a 128- or 256-bit key-encryption key",
-            }
-            .into());
-        }
+        24 => return Err(super::kw_kek_offered(24).unwrap_err().into()),
         _ => return Err(WrapError::Integrity),
     };
     AesKek::new(cipher, key).map_err(|_| WrapError::Integrity)

@@ -130,6 +130,8 @@ impl HmacSha256 {
 
 /// Smallest salt the FIPS build accepts for PBKDF2 (SP 800-132 §5.1: at least 128 bits).
 pub const PBKDF2_MIN_SALT: usize = 16;
+/// Shortest PBKDF2 password the FIPS build accepts (112 bits, the module's rule).
+pub const PBKDF2_MIN_PASSWORD: usize = 14;
 /// Fewest PBKDF2 iterations the FIPS build accepts (SP 800-132 §5.2: at least 1,000).
 pub const PBKDF2_MIN_ITERATIONS: u32 = 1000;
 
@@ -182,6 +184,20 @@ pub enum WrapError {
     #[error("integrity check failed")]
     Integrity,
 }
+
+/// Refuses a KEK length this build does not offer for AES key wrap (the FIPS module has no
+/// AES-192 key wrap).
+pub fn kw_kek_offered(len: usize) -> Result<(), NotApproved> {
+    if cfg!(feature = "fips") && len == 24 {
+        return Err(AES192_KW_REFUSED);
+    }
+    Ok(())
+}
+
+const AES192_KW_REFUSED: NotApproved = NotApproved {
+    what: "AES-192 key wrap",
+    instead: "use a 128- or 256-bit key-encryption key",
+};
 
 /// AES-KW wrap (SP 800-38F W). Lengths are checked by the caller (`crypto::kw`).
 pub fn aes_kw_wrap(kek: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, WrapError> {

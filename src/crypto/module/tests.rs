@@ -215,7 +215,7 @@ fn non_approved_requests_are_refused_only_by_the_fips_build() {
     let a = argon2id(b"pass", &[1u8; 16], 19 * 1024, 1, 1, &mut out);
     let x = generate_pkcs8(Asymmetric::X25519);
     let mut p = [0u8; 32];
-    let short_salt = pbkdf2_hmac_sha256(b"pass", b"8 bytes!", 1000, &mut p);
+    let short_salt = pbkdf2_hmac_sha256(b"a long passphrase", b"8 bytes!", 1000, &mut p);
     if cfg!(feature = "fips") {
         let msg = |e: &dyn std::error::Error| e.to_string();
         assert!(msg(&r.unwrap_err()).contains("128- or 256-bit"));
@@ -237,20 +237,25 @@ fn non_approved_requests_are_refused_only_by_the_fips_build() {
 #[cfg(feature = "fips")]
 #[test]
 fn pbkdf2_refusals_match_the_modules_indicator() {
-    let derive = |salt: &[u8], i: u32| {
+    let derive = |pass: &[u8], salt: &[u8], i: u32| {
         let mut out = [0u8; 32];
-        approved(|| {
+        let direct = approved(|| {
             aws_lc_rs::pbkdf2::derive(
                 aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
                 std::num::NonZeroU32::new(i).unwrap(),
                 salt,
-                b"passphrase",
+                pass,
                 &mut out,
             )
         })
-        .1
+        .1;
+        let ours = pbkdf2_hmac_sha256(pass, salt, i, &mut out).is_ok();
+        assert_eq!(direct, ours, "keyward's rule and the module's differ");
+        direct
     };
-    assert!(derive(&[1u8; 16], 1000));
-    assert!(!derive(&[1u8; 8], 1000), "short salt approved by the module");
-    assert!(!derive(&[1u8; 16], 999), "too few iterations approved by the module");
+    let long = b"fourteen bytes";
+    assert!(derive(long, &[1u8; 16], 1000));
+    assert!(!derive(&long[..13], &[1u8; 16], 1000), "short password");
+    assert!(!derive(long, &[1u8; 15], 1000), "short salt");
+    assert!(!derive(long, &[1u8; 16], 999), "too few iterations");
 }
