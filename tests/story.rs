@@ -7,6 +7,17 @@ async fn user_story_end_to_end() {
     // Clients made in this process take the build's TLS provider (the fips build compiles
     // two, so rustls cannot pick one by itself).
     keyward::tls::install_default().unwrap();
+    // The binaries the story runs are this build's: FIPS mode exactly in the fips build.
+    let version = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert_eq!(
+        version.contains("AWS-LC FIPS") && version.contains("(FIPS mode)"),
+        cfg!(feature = "fips"),
+        "{version}"
+    );
     let repo = keyward_demo::story::repo_root();
     let python = keyward_demo::story::default_python(&repo);
     assert!(

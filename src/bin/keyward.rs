@@ -255,6 +255,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{}", keyward::audit::report::table(&rows));
+                println!(
+                    "\nreport made by keyward {}",
+                    keyward::crypto::module::version_line()
+                );
             }
         }
         Cmd::Crdgen { out } => {

@@ -123,6 +123,7 @@ impl Default for Metrics {
             m.rotations.clone(),
         );
         registry.register("keys", "ManagedKeys by state", m.keys_by_state.clone());
+        crate::crypto::module::register_info(&mut registry);
         registry.register(
             "key_next_rotation_timestamp_seconds",
             "Unix time the current version of each key rotates",
@@ -251,6 +252,18 @@ mod tests {
             .filter(|l| l.starts_with(name))
             .map(str::to_owned)
             .collect()
+    }
+
+    /// A scrape names the cryptographic module: FIPS only in the fips build.
+    #[test]
+    fn crypto_module_info_is_exported() {
+        let m = Metrics::default();
+        let line = sample(&m, "keyward_crypto_module_info{");
+        assert_eq!(line.len(), 1, "{line:?}");
+        let fips = format!("fips=\"{}\"", cfg!(feature = "fips"));
+        assert!(line[0].contains(&fips) && line[0].ends_with(" 1"), "{line:?}");
+        let name = crate::crypto::module::info().name;
+        assert!(line[0].contains(&format!("name=\"{name}\"")), "{line:?}");
     }
 
     /// Aggregates follow each key's latest observation; a forgotten key leaves no series.

@@ -42,6 +42,7 @@ impl Default for ProviderMetrics {
             fetch_duration: latency(),
             registry: Registry::default(),
         };
+        crate::crypto::module::register_info(&mut registry);
         registry.register(
             "mounts",
             "Mount calls by the gRPC code the driver received",

@@ -72,6 +72,21 @@ pub fn version_line() -> &'static str {
     LINE.get_or_init(|| format!("{} (crypto: {})", env!("CARGO_PKG_VERSION"), info()))
 }
 
+/// Adds `<prefix>_crypto_module_info{name,version,fips} 1` to a metrics registry, so a
+/// scrape shows which module a process runs (and alerts can require `fips="true"`).
+pub fn register_info(registry: &mut prometheus_client::registry::Registry) {
+    let i = info();
+    registry.register(
+        "crypto_module",
+        "The cryptographic module this process uses",
+        prometheus_client::metrics::info::Info::new(vec![
+            ("name", i.name.to_string()),
+            ("version", i.version),
+            ("fips", i.fips.to_string()),
+        ]),
+    );
+}
+
 /// Run at process start: in the `fips` build, fails unless the module is in FIPS mode (its
 /// power-on self tests passed and the integrity check of the module matched).
 pub fn self_check() -> Result<ModuleInfo, ModuleError> {
