@@ -42,7 +42,7 @@ fn generated_keys_pass_openssl_pkey_check() {
     let dir = tempfile::tempdir().unwrap();
     use KeyAlgorithm::*;
     for alg in [Rsa2048, Rsa3072, EcdsaP256, EcdsaP384, Ed25519, X25519] {
-        let m = keys::generate(alg);
+        let m = keys::generate(alg).unwrap();
         let (private, public) = write_keys(dir.path(), alg, &m);
         if matches!(alg, Rsa2048 | Rsa3072 | EcdsaP256 | EcdsaP384) {
             let o = ok(&["pkey", "-in", &private, "-check", "-noout"]);
@@ -71,7 +71,7 @@ fn signatures_cross_verify_with_openssl() {
     let sig_s = sig.to_string_lossy().into_owned();
 
     // ECDSA P-256: ours -> openssl, openssl -> ours.
-    let m = keys::generate(KeyAlgorithm::EcdsaP256);
+    let m = keys::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let (private, public) = write_keys(dir.path(), KeyAlgorithm::EcdsaP256, &m);
     let sk = p256::ecdsa::SigningKey::from_pkcs8_der(m.expose()).unwrap();
     let s: p256::ecdsa::Signature = sk.sign(b"keyward signs documents");
@@ -95,7 +95,7 @@ fn signatures_cross_verify_with_openssl() {
         .unwrap();
 
     // RSA PKCS#1 v1.5 SHA-256 (RS256).
-    let m = keys::generate(KeyAlgorithm::Rsa2048);
+    let m = keys::generate(KeyAlgorithm::Rsa2048).unwrap();
     let (private, public) = write_keys(dir.path(), KeyAlgorithm::Rsa2048, &m);
     let sk = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(
         rsa::RsaPrivateKey::from_pkcs8_der(m.expose()).unwrap(),
@@ -123,7 +123,7 @@ fn signatures_cross_verify_with_openssl() {
         .unwrap();
 
     // Ed25519.
-    let m = keys::generate(KeyAlgorithm::Ed25519);
+    let m = keys::generate(KeyAlgorithm::Ed25519).unwrap();
     let (private, public) = write_keys(dir.path(), KeyAlgorithm::Ed25519, &m);
     let sk = ed25519_dalek::SigningKey::from_pkcs8_der(m.expose()).unwrap();
     std::fs::write(&sig, sk.sign(b"keyward signs documents").to_bytes()).unwrap();
@@ -146,7 +146,7 @@ fn signatures_cross_verify_with_openssl() {
 #[test]
 fn x25519_shared_secret_agrees_with_openssl_derive() {
     let dir = tempfile::tempdir().unwrap();
-    let m = keys::generate(KeyAlgorithm::X25519);
+    let m = keys::generate(KeyAlgorithm::X25519).unwrap();
     let (private, public) = write_keys(dir.path(), KeyAlgorithm::X25519, &m);
     let peer = dir.path().join("peer.pem").to_string_lossy().into_owned();
     let peer_pub = dir

@@ -223,8 +223,7 @@ fn nist_cavp_gcm_256_encrypt() {
             sealed.as_deref() == Ok(&ct[..])
         };
         t.check(
-            seal_ok
-                && opened.as_ref().map(|p| p.expose() == pt).unwrap_or(false),
+            seal_ok && opened.as_ref().map(|p| p.expose() == pt).unwrap_or(false),
             || format!("vector {i}: mismatch"),
         );
     }

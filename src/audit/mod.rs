@@ -344,8 +344,7 @@ pub fn generate_keypair(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError>
         f.write_all(secret_hex.as_bytes())
             .map_err(|e| io(&sec, e))?;
     }
-    std::fs::write(&public, hex::encode(sk.public_key().as_bytes()))
-        .map_err(|e| io(&public, e))?;
+    std::fs::write(&public, hex::encode(sk.public_key().as_bytes())).map_err(|e| io(&public, e))?;
     Ok((sec, public))
 }
 
@@ -766,7 +765,10 @@ enum Body<'a> {
 pub fn load_public_key(path: &Path) -> Result<VerifyingKey, AuditError> {
     let b = read_key_hex(path)?;
     VerifyingKey::from_bytes(&b).ok_or_else(|| {
-        AuditError::Key(format!("{}: not a valid Ed25519 public key", path.display()))
+        AuditError::Key(format!(
+            "{}: not a valid Ed25519 public key",
+            path.display()
+        ))
     })
 }
 

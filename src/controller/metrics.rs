@@ -261,7 +261,10 @@ mod tests {
         let line = sample(&m, "keyward_crypto_module_info{");
         assert_eq!(line.len(), 1, "{line:?}");
         let fips = format!("fips=\"{}\"", cfg!(feature = "fips"));
-        assert!(line[0].contains(&fips) && line[0].ends_with(" 1"), "{line:?}");
+        assert!(
+            line[0].contains(&fips) && line[0].ends_with(" 1"),
+            "{line:?}"
+        );
         let name = crate::crypto::module::info().name;
         assert!(line[0].contains(&format!("name=\"{name}\"")), "{line:?}");
     }

@@ -105,7 +105,11 @@ impl Algorithm {
         if cfg!(feature = "fips") {
             &[Algorithm::Aes256Kwp, Algorithm::Aes256Kw]
         } else {
-            &[Algorithm::Aes256Kwp, Algorithm::Aes256Kw, Algorithm::Aes256Gcm]
+            &[
+                Algorithm::Aes256Kwp,
+                Algorithm::Aes256Kw,
+                Algorithm::Aes256Gcm,
+            ]
         }
     }
 }

@@ -23,8 +23,8 @@
 //! Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN.
 
 use super::{KekBackend, KekError};
-use crate::crypto::{Algorithm, CryptoError, Envelope, KeyContext, SecretBytes};
 use crate::crypto::module;
+use crate::crypto::{Algorithm, CryptoError, Envelope, KeyContext, SecretBytes};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;

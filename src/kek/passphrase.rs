@@ -26,8 +26,8 @@
 //!   controller allocate gigabytes or spin for minutes.
 
 use super::{KekBackend, KekError};
-use crate::crypto::{Algorithm, CryptoError, Envelope, KeyContext, SecretBytes};
 use crate::crypto::module;
+use crate::crypto::{Algorithm, CryptoError, Envelope, KeyContext, SecretBytes};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;

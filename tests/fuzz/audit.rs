@@ -9,8 +9,9 @@ use std::sync::OnceLock;
 
 /// A valid signed log of 12 events with a checkpoint every 4, ending on a checkpoint, with
 /// its anchor and public key.
-fn valid() -> &'static (String, Anchor, ed25519_dalek::VerifyingKey) {
-    static LOG: OnceLock<(String, Anchor, ed25519_dalek::VerifyingKey)> = OnceLock::new();
+fn valid() -> &'static (String, Anchor, keyward::crypto::module::Ed25519PublicKey) {
+    static LOG: OnceLock<(String, Anchor, keyward::crypto::module::Ed25519PublicKey)> =
+        OnceLock::new();
     LOG.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let (sk, pk) = keyward::audit::generate_keypair(&dir.path().join("audit")).unwrap();

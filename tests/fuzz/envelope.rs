@@ -129,6 +129,7 @@ proptest! {
             Err(CryptoError::Malformed(m)) => prop_assert!(!m.is_empty()),
             Err(CryptoError::Length { what, .. }) => prop_assert_eq!(what, "envelope"),
             Err(CryptoError::Integrity) => prop_assert!(false, "decode never checks integrity"),
+            Err(CryptoError::NotApproved(n)) => prop_assert!(false, "decode runs no crypto: {}", n),
         }
     }
 }
@@ -173,6 +174,7 @@ proptest! {
             Err(CryptoError::Malformed(_) | CryptoError::Integrity | CryptoError::Length { .. }) => {
                 prop_assert_ne!(&bad, &good);
             }
+            Err(CryptoError::NotApproved(n)) => prop_assert!(false, "a KWP envelope: {}", n),
         }
     }
 }

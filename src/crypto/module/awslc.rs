@@ -2,8 +2,8 @@
 //! FIPS module 4). Requests the module does not approve are refused with [`NotApproved`].
 
 use super::{
-    Argon2Error, Asymmetric, AsymmetricError, GCM_NONCE_LEN, ModuleError, ModuleInfo,
-    NotApproved, PBKDF2_MIN_ITERATIONS, PBKDF2_MIN_PASSWORD, PBKDF2_MIN_SALT, WrapError,
+    Argon2Error, Asymmetric, AsymmetricError, GCM_NONCE_LEN, ModuleError, ModuleInfo, NotApproved,
+    PBKDF2_MIN_ITERATIONS, PBKDF2_MIN_PASSWORD, PBKDF2_MIN_SALT, WrapError,
 };
 use crate::crypto::SecretBytes;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, Nonce, RandomizedNonceKey};
@@ -105,7 +105,13 @@ pub(super) fn pbkdf2_hmac_sha256(
         });
     }
     let i = NonZeroU32::new(iterations).expect("checked above");
-    aws_lc_rs::pbkdf2::derive(aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256, i, salt, passphrase, out);
+    aws_lc_rs::pbkdf2::derive(
+        aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+        i,
+        salt,
+        passphrase,
+        out,
+    );
     Ok(())
 }
 
@@ -137,7 +143,10 @@ fn kek(key: &[u8]) -> Result<AesKek, WrapError> {
 pub(super) fn aes_kw_wrap(kek_bytes: &[u8], pt: &[u8]) -> Result<Vec<u8>, WrapError> {
     let k = kek(kek_bytes)?;
     let mut out = vec![0u8; pt.len() + 8];
-    let n = k.wrap(pt, &mut out).map_err(|_| WrapError::Integrity)?.len();
+    let n = k
+        .wrap(pt, &mut out)
+        .map_err(|_| WrapError::Integrity)?
+        .len();
     out.truncate(n);
     Ok(out)
 }
@@ -145,7 +154,10 @@ pub(super) fn aes_kw_wrap(kek_bytes: &[u8], pt: &[u8]) -> Result<Vec<u8>, WrapEr
 pub(super) fn aes_kw_unwrap(kek_bytes: &[u8], ct: &[u8]) -> Result<SecretBytes, WrapError> {
     let k = kek(kek_bytes)?;
     let mut out = Zeroizing::new(vec![0u8; ct.len()]);
-    let n = k.unwrap(ct, &mut out).map_err(|_| WrapError::Integrity)?.len();
+    let n = k
+        .unwrap(ct, &mut out)
+        .map_err(|_| WrapError::Integrity)?
+        .len();
     out.truncate(n);
     Ok(SecretBytes::new(std::mem::take(&mut *out)))
 }
@@ -209,7 +221,11 @@ pub(super) fn aes256_gcm_open(
 ) -> Result<SecretBytes, WrapError> {
     let mut buf = Zeroizing::new(ct.to_vec());
     let n = gcm(key)?
-        .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut buf)
+        .open_in_place(
+            Nonce::assume_unique_for_key(*nonce),
+            Aad::from(aad),
+            &mut buf,
+        )
         .map_err(|_| WrapError::Integrity)?
         .len();
     buf.truncate(n);

@@ -1,8 +1,8 @@
 //! The default build's backend: the RustCrypto crates (not a validated module).
 
 use super::{
-    Argon2Error, Asymmetric, AsymmetricError, GCM_NONCE_LEN, ModuleError, ModuleInfo,
-    NotApproved, WrapError,
+    Argon2Error, Asymmetric, AsymmetricError, GCM_NONCE_LEN, ModuleError, ModuleInfo, NotApproved,
+    WrapError,
 };
 use crate::crypto::SecretBytes;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
