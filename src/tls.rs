@@ -55,6 +55,9 @@ mod tests {
     #[test]
     fn configs_from_the_process_default_use_this_builds_provider() {
         install_default().unwrap();
+        // Installed now, whichever test got here first (rustls would otherwise pick a provider
+        // from its crate features on first use, which the fips build cannot rely on).
+        assert!(CryptoProvider::get_default().is_some());
         let cfg = rustls::ClientConfig::builder()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();

@@ -142,4 +142,68 @@ mod tests {
         let e = wrap(&[1u8; 31], &SecretBytes::random(32)).unwrap_err();
         assert!(e.to_string().contains("KEK"), "{e}");
     }
+    /// RFC 3394 §4.1, §4.2, §4.6 (KW) and RFC 5649 §6 (KWP) under every KEK size: 128 and 256
+    /// bits in both builds; 192 bits in the default build only (the fips build refuses it,
+    /// naming the sizes to use).
+    #[test]
+    fn every_kek_size_wraps_to_the_rfc_answers() {
+        let h = |s: &str| hex::decode(s).unwrap();
+        let key16 = SecretBytes::new(h("00112233445566778899AABBCCDDEEFF"));
+        let key32 = SecretBytes::new(h(
+            "00112233445566778899AABBCCDDEEFF000102030405060708090A0B0C0D0E0F",
+        ));
+        let cases = [
+            (
+                "000102030405060708090A0B0C0D0E0F",
+                &key16,
+                "1FA68B0A8112B447AEF34BD8FB5A7B829D3E862371D2CFE5",
+            ),
+            (
+                "000102030405060708090A0B0C0D0E0F1011121314151617",
+                &key16,
+                "96778B25AE6CA435F92B5B97C050AED2468AB8A17AD84E5D",
+            ),
+            (
+                "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F",
+                &key32,
+                "28C9F404C4B810F4CBCCB35CFB87F8263F5786E2D80ED326CBC7F0E71A99F43BFB988B9B7A02DD21",
+            ),
+        ];
+        for (kek, key, want) in cases {
+            let (kek, want) = (h(kek), h(want));
+            match (wrap(&kek, key), cfg!(feature = "fips") && kek.len() == 24) {
+                (Ok(w), false) => {
+                    assert_eq!(w, want, "KEK of {} bytes", kek.len());
+                    assert_eq!(&unwrap(&kek, &want).unwrap(), key);
+                }
+                (Err(CryptoError::NotApproved(n)), true) => {
+                    assert!(n.to_string().contains("128- or 256-bit"), "{n}");
+                    assert!(matches!(
+                        unwrap(&kek, &want),
+                        Err(CryptoError::NotApproved(_))
+                    ));
+                }
+                (other, refused) => panic!("KEK {} bytes, refused={refused}: {other:?}", kek.len()),
+            }
+        }
+        // RFC 5649 §6: 20 and 7 bytes under a 192-bit KEK.
+        let kek = h("5840df6e29b02af1ab493b705bf16ea1ae8338f4dcc176a8");
+        for (pt, want) in [
+            (
+                "c37b7e6492584340bed12207808941155068f738",
+                "138bdeaa9b8fa7fc61f97742e72248ee5ae6ae5360d1ae6a5f54f373fa543b6a",
+            ),
+            ("466f7250617369", "afbeb0f07dfbf5419200f2ccb50bb24f"),
+        ] {
+            let pt = SecretBytes::new(h(pt));
+            match (wrap_pad(&kek, &pt), cfg!(feature = "fips")) {
+                (Ok(w), false) => {
+                    assert_eq!(w, h(want));
+                    assert_eq!(unwrap_pad(&kek, &w).unwrap(), pt);
+                }
+                (Err(CryptoError::NotApproved(_)), true) => {}
+                (other, fips) => panic!("fips={fips}: {other:?}"),
+            }
+        }
+    }
 }

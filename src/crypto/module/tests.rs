@@ -209,11 +209,34 @@ fn key_generation_is_approved_and_public_keys_come_from_the_module() {
     }
 }
 
+/// An X25519 public key is computed only from an exact RFC 8410 v1 private key: another
+/// algorithm's 48 bytes, or the right prefix with a key one byte short or long, are refused
+/// (the fips build refuses X25519 altogether).
+#[test]
+fn x25519_public_key_needs_an_exact_rfc8410_private_key() {
+    let prefix = h("302e020100300506032b656e04220420");
+    let ed = generate_pkcs8(Asymmetric::Ed25519).unwrap();
+    assert_eq!(ed.len(), 48);
+    assert!(public_spki(Asymmetric::X25519, ed.expose()).is_err());
+    for len in [31, 33] {
+        let mut k = prefix.clone();
+        k.extend(std::iter::repeat_n(7u8, len));
+        assert!(public_spki(Asymmetric::X25519, &k).is_err(), "{len}");
+    }
+    let mut k = prefix.clone();
+    k.extend([7u8; 32]);
+    assert_eq!(
+        public_spki(Asymmetric::X25519, &k).is_ok(),
+        !cfg!(feature = "fips")
+    );
+}
+
 #[test]
 fn random_bytes_differ() {
     let mut a = [0u8; 32];
     let mut b = [0u8; 32];
-    fill_random(&mut a);
+    let ((), ok) = approved(|| fill_random(&mut a));
+    assert!(ok, "random bytes not from an approved DRBG");
     fill_random(&mut b);
     assert_ne!(a, b);
     assert_ne!(a, [0u8; 32]);
