@@ -206,4 +206,30 @@ mod tests {
             }
         }
     }
+    /// The largest plaintext keyward wraps (64 KiB) wraps and unwraps; 8 bytes more is refused
+    /// as a length error, before any crypto (KW and KWP, both directions).
+    #[test]
+    fn the_64_kib_bound_is_exact() {
+        let kek = SecretBytes::random(32);
+        // The documented bound, as a literal: the constant itself is under test.
+        assert_eq!(MAX_PLAINTEXT, 65_536);
+        let max = SecretBytes::random(65_536);
+        let w = wrap(kek.expose(), &max).unwrap();
+        assert_eq!(w.len(), MAX_PLAINTEXT + 8);
+        assert_eq!(unwrap(kek.expose(), &w).unwrap(), max);
+        let wp = wrap_pad(kek.expose(), &max).unwrap();
+        assert_eq!(unwrap_pad(kek.expose(), &wp).unwrap(), max);
+        let over = SecretBytes::random(MAX_PLAINTEXT + 8);
+        let length = |r: Result<_, CryptoError>| matches!(r, Err(CryptoError::Length { .. }));
+        assert!(length(wrap(kek.expose(), &over).map(|_| ())));
+        assert!(length(wrap_pad(kek.expose(), &over).map(|_| ())));
+        assert!(length(
+            unwrap(kek.expose(), &vec![0u8; MAX_PLAINTEXT + 16]).map(|_| ())
+        ));
+        assert!(length(
+            unwrap_pad(kek.expose(), &vec![0u8; MAX_PLAINTEXT + 24]).map(|_| ())
+        ));
+        // Below the smallest KWP ciphertext (16 bytes): a length error, not an integrity one.
+        assert!(length(unwrap_pad(kek.expose(), &[0u8; 8]).map(|_| ())));
+    }
 }
