@@ -238,13 +238,13 @@ pub async fn build_backend(
     client: Option<kube::Client>,
     namespace: &str,
 ) -> Result<Arc<dyn KekBackend>, KekError> {
-    if cfg!(feature = "fips")
-        && matches!(kind, BackendKind::Local | BackendKind::Passphrase)
-        && args.kek_wrap_algorithm == Algorithm::Aes256Gcm
+    if matches!(kind, BackendKind::Local | BackendKind::Passphrase)
+        && !Algorithm::sealable_with_raw_kek().contains(&args.kek_wrap_algorithm)
     {
-        // The envelope header (nonce included) is GCM's AAD, so the nonce must be chosen
-        // before sealing; the FIPS module approves GCM encryption only under nonces it draws
-        // itself. Opening existing GCM envelopes stays possible.
+        // Only the fips build leaves one out (aes-256-gcm): the envelope header, nonce
+        // included, is GCM's AAD, so the nonce must be chosen before sealing, and the FIPS
+        // module approves GCM encryption only under nonces it draws itself. Opening existing
+        // GCM envelopes stays possible.
         return Err(KekError::Misconfigured {
             setting: "--kek-wrap-algorithm",
             detail: "aes-256-gcm under a local KEK is not approved in keyward's FIPS build \

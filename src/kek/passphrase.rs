@@ -120,12 +120,9 @@ impl Kdf {
             Err(KekError::Misconfigured { setting, detail })
         };
         match self {
-            Self::Argon2id { .. } if cfg!(feature = "fips") => bad(
-                "--kdf",
-                "argon2id is not approved in keyward's FIPS build; use --kdf pbkdf2 \
-                 (PBKDF2-HMAC-SHA256, SP 800-132)"
-                    .into(),
-            ),
+            Self::Argon2id { .. } if cfg!(feature = "fips") => {
+                bad("--kdf", module::ARGON2ID_REFUSED.to_string())
+            }
             Self::Argon2id {
                 memory_kib,
                 time_cost,

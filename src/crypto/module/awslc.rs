@@ -123,18 +123,14 @@ pub(super) fn argon2id(
     _parallelism: u32,
     _out: &mut [u8],
 ) -> Result<(), Argon2Error> {
-    Err(NotApproved {
-        what: "Argon2id",
-        instead: "use --kdf pbkdf2 (PBKDF2-HMAC-SHA256, SP 800-132)",
-    }
-    .into())
+    Err(super::ARGON2ID_REFUSED.into())
 }
 
 fn kek(key: &[u8]) -> Result<AesKek, WrapError> {
+    super::kw_kek_offered(key.len())?;
     let cipher = match key.len() {
         16 => &AES_128,
         32 => &AES_256,
-        24 => return Err(super::kw_kek_offered(24).unwrap_err().into()),
         _ => return Err(WrapError::Integrity),
     };
     AesKek::new(cipher, key).map_err(|_| WrapError::Integrity)
@@ -237,11 +233,7 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 ];
 
 fn x25519_refused() -> AsymmetricError {
-    NotApproved {
-        what: "X25519",
-        instead: "use ecdsa-p256 or ecdsa-p384 (ECDH on NIST curves is approved)",
-    }
-    .into()
+    super::X25519_REFUSED.into()
 }
 
 fn ecdsa_alg(kind: Asymmetric) -> &'static signature::EcdsaSigningAlgorithm {

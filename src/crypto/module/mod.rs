@@ -214,6 +214,18 @@ const AES192_KW_REFUSED: NotApproved = NotApproved {
     instead: "use a 128- or 256-bit key-encryption key",
 };
 
+/// The fips build's refusal of Argon2id (the KDF call and the passphrase flag check say it).
+pub const ARGON2ID_REFUSED: NotApproved = NotApproved {
+    what: "Argon2id",
+    instead: "use --kdf pbkdf2 (PBKDF2-HMAC-SHA256, SP 800-132)",
+};
+
+/// The fips build's refusal of X25519 keys.
+pub const X25519_REFUSED: NotApproved = NotApproved {
+    what: "X25519",
+    instead: "use ecdsa-p256 or ecdsa-p384 (ECDH on NIST curves is approved)",
+};
+
 /// AES-KW wrap (SP 800-38F W). Lengths are checked by the caller (`crypto::kw`).
 pub fn aes_kw_wrap(kek: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, WrapError> {
     imp::aes_kw_wrap(kek, plaintext)
