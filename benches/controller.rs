@@ -72,7 +72,17 @@ async fn run(n: usize) -> (f64, f64) {
     )
     .unwrap();
     let started = Instant::now();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+    // KEYWARD_BENCH_WRAPPER runs the controller under a profiler (e.g. `heaptrack`); the
+    // RSS figure is then the wrapper's, not the controller's.
+    let mut command = match std::env::var("KEYWARD_BENCH_WRAPPER") {
+        Ok(w) => {
+            let mut c = std::process::Command::new(w);
+            c.arg(env!("CARGO_BIN_EXE_keyward"));
+            c
+        }
+        Err(_) => std::process::Command::new(env!("CARGO_BIN_EXE_keyward")),
+    };
+    let mut child = command
         .args([
             "controller",
             "--leader-election=false",

@@ -2,9 +2,11 @@
 
 pub mod cli;
 pub mod clock;
+pub mod events;
 pub mod metrics;
 pub mod policy_status;
 pub mod reconcile;
+pub mod self_writes;
 
 use crate::crd::{ManagedKey, RotationPolicy};
 use crate::kek::{KekError, Keyring};
@@ -12,9 +14,9 @@ use crate::storage::{STORAGE_LABEL, STORAGE_LABEL_VALUE, StorageError, StorageLo
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, reflector::reflector, watcher};
 use kube::{Client, ResourceExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,9 +117,7 @@ pub struct Context {
     /// Time source.
     pub clock: Arc<dyn Clock>,
     /// Event recorder.
-    pub recorder: Recorder,
-    /// Who the Events say reported them (the recorder's reporter, for Events it cannot name).
-    pub reporter: Reporter,
+    pub recorder: events::EventRecorder,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Longest wait between reconciles of one key (bounds drift and missed watch events).
@@ -138,6 +138,12 @@ pub struct Context {
     /// opaque id pods receive in JWKs): `kubectl keyward jwks` then matches the mounted JWKS.
     /// None when this process serves no keys.
     pub version_ids: Option<crate::keyservice::VersionIdKey>,
+    /// The controller's own writes, whose watch events reconcile nothing (see [`self_writes`]).
+    pub self_writes: Arc<self_writes::SelfWrites>,
+    /// RotationPolicies as the controller's policy watch sees them, set by [`run`]: a reconcile
+    /// reads its policy here instead of from the API. None (tests calling `reconcile` without
+    /// [`run`]): read from the API.
+    pub policy_cache: std::sync::RwLock<Option<Store<RotationPolicy>>>,
 }
 
 /// See [`Context::reconcile_hook`].
@@ -157,8 +163,7 @@ impl Context {
             instance,
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter.clone()),
-            reporter,
+            recorder: events::EventRecorder::new(client.clone(), reporter),
             client,
             keyring,
             clock,
@@ -169,6 +174,8 @@ impl Context {
             sweep_interval: Duration::from_secs(300),
             reconcile_hook: None,
             version_ids: None,
+            self_writes: Arc::default(),
+            policy_cache: std::sync::RwLock::new(None),
             // A process-local MAC key: right for tests and single-process use; the controller
             // command replaces it with the shared key from the controller's namespace.
             storage: StorageLocation {
@@ -198,63 +205,130 @@ pub async fn run(
     // Only the storage Secrets in the controller's namespace: no cluster-wide Secret access.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ctx.storage.namespace);
     let policies: Api<RotationPolicy> = Api::all(client.clone());
-    let controller = Controller::new(keys, watcher::Config::default())
+    // Managed fields are never read here: dropped before caching (they are most of an object).
+    let strip = |o: &mut ManagedKey| o.metadata.managed_fields = None;
+    let (key_cache, key_writer) = reflector::store();
+    let own = ctx.self_writes.clone();
+    let key_events = reflector(
+        key_writer,
+        watcher(keys, watcher::Config::default()).modify(strip),
+    )
+    .filter_map(move |e| {
+        futures::future::ready(match e {
+            // The watch event of the controller's own write: already acted on.
+            Ok(watcher::Event::Apply(mk))
+                if own.is_own(
+                    self_writes::Kind::Key,
+                    &mk.namespace().unwrap_or_default(),
+                    &mk.name_any(),
+                    mk.resource_version().as_deref(),
+                ) =>
+            {
+                None
+            }
+            Ok(watcher::Event::Apply(mk) | watcher::Event::InitApply(mk)) => Some(Ok(mk)),
+            Ok(watcher::Event::Delete(mk)) => {
+                own.forget(
+                    self_writes::Kind::Key,
+                    &mk.namespace().unwrap_or_default(),
+                    &mk.name_any(),
+                );
+                None
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        })
+    });
+    let controller = Controller::for_stream(key_events, key_cache.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency));
-    let store = controller.store();
-    let key_cache = store.clone();
+    let store = key_cache.clone();
+    // Storage Secrets: a change by anyone but this controller (deletion, a rolled-back copy)
+    // reconciles the key it belongs to.
+    let own = ctx.self_writes.clone();
+    let storage_events = watcher(
+        secrets,
+        watcher::Config::default().labels(&format!("{STORAGE_LABEL}={STORAGE_LABEL_VALUE}")),
+    )
+    .filter_map(move |e| {
+        futures::future::ready(match e {
+            Ok(watcher::Event::Apply(s))
+                if own.is_own(
+                    self_writes::Kind::Storage,
+                    &s.namespace().unwrap_or_default(),
+                    &s.name_any(),
+                    s.resource_version().as_deref(),
+                ) =>
+            {
+                None
+            }
+            Ok(watcher::Event::Delete(s)) => {
+                own.forget(
+                    self_writes::Kind::Storage,
+                    &s.namespace().unwrap_or_default(),
+                    &s.name_any(),
+                );
+                Some(Ok(s))
+            }
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => Some(Ok(s)),
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        })
+    });
+    // RotationPolicies: cached for the reconciles (no API read per reconcile), and a spec
+    // change re-plans the keys that use the policy.
+    let (policy_cache, policy_writer) = reflector::store();
+    *ctx.policy_cache.write().unwrap_or_else(|p| p.into_inner()) = Some(policy_cache);
+    let policy_events = reflector(
+        policy_writer,
+        watcher(policies, watcher::Config::default())
+            .modify(|rp: &mut RotationPolicy| rp.metadata.managed_fields = None),
+    )
+    .applied_objects();
     // Per policy (namespace, name): the (uid, generation) last acted on, see the policy watch
     // below. Bounded: past MAX_POLICIES_REMEMBERED entries (names of deleted policies stay)
     // it is cleared, which costs one re-plan of each policy's keys at most.
     let seen_generations: std::sync::Mutex<SeenPolicies> = std::sync::Mutex::default();
     let mut controller = controller
-        .watches(
-            secrets,
-            watcher::Config::default().labels(&format!("{STORAGE_LABEL}={STORAGE_LABEL_VALUE}")),
-            |s: Secret| {
-                let a = s.metadata.annotations.unwrap_or_default();
-                match (
-                    a.get(crate::storage::NAMESPACE_ANNOTATION),
-                    a.get(crate::storage::NAME_ANNOTATION),
-                ) {
-                    (Some(ns), Some(name)) => Some(ObjectRef::<ManagedKey>::new(name).within(ns)),
-                    _ => None,
+        .watches_stream(storage_events, |s: Secret| {
+            let a = s.metadata.annotations.unwrap_or_default();
+            match (
+                a.get(crate::storage::NAMESPACE_ANNOTATION),
+                a.get(crate::storage::NAME_ANNOTATION),
+            ) {
+                (Some(ns), Some(name)) => Some(ObjectRef::<ManagedKey>::new(name).within(ns)),
+                _ => None,
+            }
+        })
+        .watches_stream(policy_events, move |rp: RotationPolicy| {
+            // A change of a policy's spec re-plans every key that uses it. Status-only
+            // updates (the policy-status controller's key count) keep the generation and
+            // re-plan nothing: otherwise each count update during a bulk creation re-planned
+            // every key of the policy (1,000 keys took 21 s instead of 4). A deleted policy
+            // reaches its keys at their next periodic look (--max-requeue-seconds).
+            let ns = rp.namespace();
+            let name = rp.name_any();
+            let version = (rp.metadata.uid.clone(), rp.metadata.generation);
+            {
+                let mut seen = seen_generations.lock().expect("generation memory");
+                let id = (ns.clone().unwrap_or_default(), name.clone());
+                if seen.get(&id) == Some(&version) {
+                    return Vec::new();
                 }
-            },
-        )
-        .watches(
-            policies,
-            watcher::Config::default(),
-            move |rp: RotationPolicy| {
-                // A change of a policy's spec re-plans every key that uses it. Status-only
-                // updates (the policy-status controller's key count) keep the generation and
-                // re-plan nothing: otherwise each count update during a bulk creation re-planned
-                // every key of the policy (1,000 keys took 21 s instead of 4). A deleted policy
-                // reaches its keys at their next periodic look (--max-requeue-seconds).
-                let ns = rp.namespace();
-                let name = rp.name_any();
-                let version = (rp.metadata.uid.clone(), rp.metadata.generation);
-                {
-                    let mut seen = seen_generations.lock().expect("generation memory");
-                    let id = (ns.clone().unwrap_or_default(), name.clone());
-                    if seen.get(&id) == Some(&version) {
-                        return Vec::new();
-                    }
-                    if seen.len() >= MAX_POLICIES_REMEMBERED {
-                        seen.clear();
-                    }
-                    seen.insert(id, version);
+                if seen.len() >= MAX_POLICIES_REMEMBERED {
+                    seen.clear();
                 }
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|mk| {
-                        mk.namespace() == ns
-                            && mk.spec.policy_ref.as_ref().is_some_and(|r| r.name == name)
-                    })
-                    .map(|mk| ObjectRef::from_obj(&*mk))
-                    .collect::<Vec<_>>()
-            },
-        )
+                seen.insert(id, version);
+            }
+            store
+                .state()
+                .into_iter()
+                .filter(|mk| {
+                    mk.namespace() == ns
+                        && mk.spec.policy_ref.as_ref().is_some_and(|r| r.name == name)
+                })
+                .map(|mk| ObjectRef::from_obj(&*mk))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown);
     // A trigger re-plans every key and sweeps once.
     let sweep_now = Arc::new(tokio::sync::Notify::new());

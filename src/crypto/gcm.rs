@@ -88,4 +88,55 @@ mod tests {
             Err(CryptoError::Integrity)
         );
     }
+
+    fn length_error(r: Result<impl std::fmt::Debug, CryptoError>) -> &'static str {
+        match r {
+            Err(CryptoError::Length { what, .. }) => what,
+            other => panic!("expected a length error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_256_bit_key_is_taken_by_every_entry_point() {
+        let pt = SecretBytes::random(8);
+        for len in [0, 16, 24, 31, 33] {
+            let k = vec![7u8; len];
+            assert_eq!(length_error(seal(&k, b"", &pt)), "AES-256-GCM key");
+            assert_eq!(
+                length_error(open(&k, &[0; NONCE_LEN], b"", &[0; TAG_LEN])),
+                "AES-256-GCM key"
+            );
+            // Checked before the fips build's refusal of caller nonces.
+            assert_eq!(
+                length_error(seal_with_nonce(&k, &[0; NONCE_LEN], b"", b"x")),
+                "AES-256-GCM key"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ciphertext_shorter_than_the_tag_is_refused_before_decryption() {
+        let k = [1u8; 32];
+        for len in [0, 1, TAG_LEN - 1] {
+            assert_eq!(
+                length_error(open(&k, &[0; NONCE_LEN], b"", &vec![0; len])),
+                "GCM ciphertext"
+            );
+        }
+        // Exactly a tag (an empty plaintext) is a ciphertext: it fails authentication only.
+        assert_eq!(
+            open(&k, &[0; NONCE_LEN], b"", &[0; TAG_LEN]),
+            Err(CryptoError::Integrity)
+        );
+        assert_eq!(length_error(open(&k, &[0; 11], b"", &[0; 32])), "GCM nonce");
+    }
+
+    #[test]
+    fn random_nonces_are_random() {
+        let a = random_nonce();
+        let b = random_nonce();
+        assert_ne!(a, b, "two draws of 96 bits collided");
+        assert_ne!(a, [0; NONCE_LEN]);
+        assert_ne!(a, [1; NONCE_LEN]);
+    }
 }

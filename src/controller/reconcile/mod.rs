@@ -12,6 +12,7 @@ mod status;
 
 pub use deletion::{SweepReport, sweep};
 
+use super::self_writes::Kind;
 use super::{Context, Error};
 use crate::crd::{
     FINALIZER, ManagedKey, RESTORE_ANNOTATION, ROTATE_NOW_ANNOTATION, RotationPolicy,
@@ -23,6 +24,7 @@ use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,15 +124,22 @@ async fn dispatch(mk: Arc<ManagedKey>, ctx: &Context) -> Result<Action, Error> {
         let mut finalizers = mk.finalizers().to_vec();
         finalizers.push(FINALIZER.into());
         let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": mk.resource_version()}});
-        Arc::new(
-            api.patch(
+        let patched = api
+            .patch(
                 &mk.name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
             .await
-            .map_err(Error::Finalizer)?,
-        )
+            .map_err(Error::Finalizer)?;
+        // This reconcile goes on with what it wrote: the watch event of it is not news.
+        ctx.self_writes.record(
+            Kind::Key,
+            &ns,
+            &patched.name_any(),
+            patched.resource_version().as_deref(),
+        );
+        Arc::new(patched)
     } else {
         mk
     };
@@ -154,8 +163,30 @@ async fn load_policy(
         return Ok((None, None));
     };
     let ns = mk.namespace().unwrap_or_default();
-    let api: Api<RotationPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    Ok(match api.get_opt(&r.name).await? {
+    let cache = ctx
+        .policy_cache
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    // The cache once it has listed (a reconcile waits for that: a policy missing from a cache
+    // that has not listed yet is not missing); the API without one, or if its watch ended.
+    let cached = match cache {
+        Some(cache) if cache.wait_until_ready().await.is_ok() => Some(
+            cache
+                .get(&ObjectRef::<RotationPolicy>::new(&r.name).within(&ns))
+                .map(|rp| (*rp).clone()),
+        ),
+        _ => None,
+    };
+    let found = match cached {
+        Some(found) => found,
+        None => {
+            Api::<RotationPolicy>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&r.name)
+                .await?
+        }
+    };
+    Ok(match found {
         None => (
             None,
             Some((
@@ -361,6 +392,12 @@ async fn execute(
         }
     }
     storage::save(&ctx.storage, &ctx.client, &id, stored).await?;
+    ctx.self_writes.record(
+        Kind::Storage,
+        &ctx.storage.namespace,
+        &storage::secret_name(&id.uid),
+        stored.resource_version.as_deref(),
+    );
     report::actions(ctx, mk, &plan.actions, &stored.state).await;
     Ok(())
 }

@@ -41,68 +41,10 @@ pub(super) async fn publish(
         action: action.into(),
         secondary: None,
     };
-    let reference = mk.object_ref(&());
-    let published = if mk.name_any().len() > MAX_RECORDER_NAME {
-        publish_long_name(ctx, &ev, reference).await
-    } else {
-        ctx.recorder.publish(&ev, &reference).await
-    };
+    let published = ctx.recorder.publish(&ev, &mk.object_ref(&())).await;
     if let Err(e) = published {
         tracing::debug!(error = %e, "event not published");
     }
-}
-
-/// kube-runtime's Recorder names an Event `<object name>.<nanoseconds, 16 hex digits>`; for an
-/// object name over 236 characters that passes the 253 the apiserver allows (Event names are
-/// DNS subdomains: kubernetes pkg/apis/core/validation/events.go, `ValidateEventCreate`), and
-/// every Event for such a key would be refused.
-const MAX_RECORDER_NAME: usize = 253 - 17;
-
-/// The Event the Recorder would publish, with the object name cut to fit. No series
-/// aggregation: each is its own Event (rare: only keys with names over 236 characters).
-async fn publish_long_name(
-    ctx: &Context,
-    ev: &Event,
-    regarding: k8s_openapi::api::core::v1::ObjectReference,
-) -> Result<(), kube::Error> {
-    use k8s_openapi::api::events::v1::Event as K8sEvent;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-    let now = jiff::Timestamp::now();
-    let full = regarding.name.clone().unwrap_or_default();
-    // A DNS subdomain ends in an alphanumeric character.
-    let base = full[..MAX_RECORDER_NAME.min(full.len())].trim_end_matches(['-', '.']);
-    let namespace = regarding.namespace.clone();
-    let event = K8sEvent {
-        metadata: kube::api::ObjectMeta {
-            name: Some(format!("{base}.{:x}", now.as_nanosecond())),
-            namespace: namespace.clone(),
-            ..Default::default()
-        },
-        action: Some(ev.action.clone()),
-        reason: Some(ev.reason.clone()),
-        note: ev.note.clone(),
-        event_time: Some(MicroTime(now)),
-        regarding: Some(regarding),
-        reporting_controller: Some(ctx.reporter.controller.clone()),
-        reporting_instance: Some(
-            ctx.reporter
-                .instance
-                .clone()
-                .unwrap_or_else(|| ctx.reporter.controller.clone()),
-        ),
-        type_: Some(match ev.type_ {
-            EventType::Normal => "Normal".into(),
-            EventType::Warning => "Warning".into(),
-        }),
-        ..Default::default()
-    };
-    kube::Api::<K8sEvent>::namespaced(
-        ctx.client.clone(),
-        namespace.as_deref().unwrap_or("default"),
-    )
-    .create(&Default::default(), &event)
-    .await
-    .map(|_| ())
 }
 
 /// One audit record of a controller action on `key` (`namespace/name`).

@@ -310,13 +310,23 @@ pub(super) async fn write(
         return Ok(());
     }
     let patch = serde_json::json!({"apiVersion": "keyward.io/v1alpha1", "kind": "ManagedKey", "status": status});
-    Api::<ManagedKey>::namespaced(ctx.client.clone(), &mk.namespace().unwrap_or_default())
+    let ns = mk.namespace().unwrap_or_default();
+    let written = Api::<ManagedKey>::namespaced(ctx.client.clone(), &ns)
         .patch_status(
             &mk.name_any(),
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await?;
+    // Its watch event is not news unless someone changed an input since this reconcile read.
+    if crate::controller::self_writes::same_inputs(mk, &written) {
+        ctx.self_writes.record(
+            crate::controller::self_writes::Kind::Key,
+            &ns,
+            &written.name_any(),
+            written.resource_version().as_deref(),
+        );
+    }
     Ok(())
 }
 
