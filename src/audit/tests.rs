@@ -510,3 +510,185 @@ fn a_signing_key_file_others_can_read_is_refused() {
     let e = read_signing_key(&key).unwrap_err().to_string();
     assert!(e.contains("--audit-signing-key"), "{e}");
 }
+
+#[test]
+fn a_duplicated_record_is_named_as_such() {
+    let (t, pk) = sample();
+    let mut l = lines(&t);
+    let again = l[2].clone();
+    l.insert(3, again);
+    let e = verify(&l.join("\n"), Some(&pk)).unwrap_err();
+    assert_eq!((e.line, e.seq), (4, 3), "{e}");
+    assert!(e.problem.contains("reordered or duplicated"), "{e}");
+    assert!(e.problem.contains("where 4 was expected"), "{e}");
+}
+
+/// Each record type carries exactly its fields: every field that must be there, and every
+/// field that must not, is checked on its own.
+#[test]
+fn each_record_type_has_exactly_its_fields() {
+    let (t, _) = sample();
+    let recs = parse(&t);
+    let event = recs.iter().find(|r| r.kind == kind::EVENT).unwrap().clone();
+    let checkpoint = recs
+        .iter()
+        .find(|r| r.kind == kind::CHECKPOINT)
+        .unwrap()
+        .clone();
+    let gap = Record {
+        kind: kind::GAP.into(),
+        event: None,
+        lost: Some(1),
+        ..event.clone()
+    };
+    // Verify a log of (checkpoint, r) with the chain recomputed: only r's shape can fail.
+    let check = |r: &Record| {
+        let mut log = vec![checkpoint.clone(), r.clone()];
+        log[0].seq = 1;
+        log[1].seq = 2;
+        verify(&rechain(&mut log), None)
+    };
+    for ok in [&event, &checkpoint, &gap] {
+        assert!(check(ok).is_ok(), "{} record refused", ok.kind);
+    }
+    let sig = Some("00".to_string());
+    let bad: Vec<(&str, Record)> = vec![
+        (
+            "event without its event",
+            Record {
+                event: None,
+                ..event.clone()
+            },
+        ),
+        (
+            "event with a signature",
+            Record {
+                sig: sig.clone(),
+                ..event.clone()
+            },
+        ),
+        (
+            "event with a loss count",
+            Record {
+                lost: Some(1),
+                ..event.clone()
+            },
+        ),
+        (
+            "checkpoint with an event",
+            Record {
+                event: event.event.clone(),
+                ..checkpoint.clone()
+            },
+        ),
+        (
+            "checkpoint without cadence",
+            Record {
+                every: None,
+                ..checkpoint.clone()
+            },
+        ),
+        (
+            "checkpoint with a loss count",
+            Record {
+                lost: Some(1),
+                ..checkpoint.clone()
+            },
+        ),
+        (
+            "gap with an event",
+            Record {
+                event: event.event.clone(),
+                ..gap.clone()
+            },
+        ),
+        ("gap with a signature", Record { sig, ..gap.clone() }),
+        (
+            "gap without a loss count",
+            Record {
+                lost: None,
+                ..gap.clone()
+            },
+        ),
+        (
+            "gap that lost nothing",
+            Record {
+                lost: Some(0),
+                ..gap.clone()
+            },
+        ),
+    ];
+    for (what, r) in bad {
+        let e = check(&r).expect_err(what);
+        assert_eq!(e.problem, format!("malformed {} record", r.kind), "{what}");
+        assert_eq!(e.seq, 2, "{what}");
+    }
+    let e = check(&Record {
+        kind: "note".into(),
+        ..event.clone()
+    })
+    .unwrap_err();
+    assert_eq!(e.problem, "unknown record type \"note\"");
+}
+
+/// A checkpoint that signed no cadence (`every: 0`) limits nothing; one that signed 2 allows
+/// exactly 2 records before the next.
+#[test]
+fn the_signed_cadence_is_exact_and_zero_means_none() {
+    let (t, _) = sample();
+    let recs = parse(&t);
+    let event = recs.iter().find(|r| r.kind == kind::EVENT).unwrap().clone();
+    let checkpoint = recs
+        .iter()
+        .find(|r| r.kind == kind::CHECKPOINT)
+        .unwrap()
+        .clone();
+    let log = |every: u64, events: usize| {
+        let mut l = vec![Record {
+            every: Some(every),
+            ..checkpoint.clone()
+        }];
+        l.extend(std::iter::repeat_n(event.clone(), events));
+        for (i, r) in l.iter_mut().enumerate() {
+            r.seq = i as u64 + 1;
+        }
+        verify(&rechain(&mut l), None)
+    };
+    assert_eq!(log(0, 5).unwrap().unsigned_tail, 5);
+    assert!(log(2, 2).is_ok());
+    let e = log(2, 3).unwrap_err();
+    assert_eq!(e.seq, 4, "{e}");
+    assert!(e.problem.contains("more than the 2 it signed"), "{e}");
+}
+
+/// An anchor older than the first record given is told apart from a cut tail.
+#[test]
+fn an_anchor_older_than_the_files_given_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _pk, path) = anchored(dir.path(), 10);
+    let old = a.anchors().borrow().clone().unwrap();
+    assert_eq!(old.seq, 11);
+    for i in 11..=20 {
+        a.record(ev(i)).unwrap();
+    }
+    let t = std::fs::read_to_string(&path).unwrap();
+    // Only the records after the anchor's checkpoint (as if older files were not passed).
+    let later = lines(&t)[11..].join("\n");
+    let e = verify_files(
+        &[LogFile {
+            name: "audit.log".into(),
+            text: later,
+        }],
+        None,
+        Some(&old),
+    )
+    .unwrap_err();
+    assert!(
+        e.problem
+            .contains("is older than the first record given (seq 12)"),
+        "{e}"
+    );
+    // Nothing at all given: the tail was cut.
+    let e = verify_files(&[], None, Some(&old)).unwrap_err();
+    assert!(e.problem.contains("the tail was cut"), "{e}");
+}

@@ -168,15 +168,18 @@ pub fn verify_files(
                     }
                 }
                 Some(p) => {
-                    if rec.seq != expected {
-                        let problem = if rec.seq > expected {
-                            format!("records {expected}..{} are missing (removed)", rec.seq - 1)
-                        } else {
-                            format!(
-                                "sequence {} appears where {expected} was expected (reordered or duplicated)",
-                                rec.seq
-                            )
-                        };
+                    let problem = match rec.seq.cmp(&expected) {
+                        std::cmp::Ordering::Equal => None,
+                        std::cmp::Ordering::Greater => Some(format!(
+                            "records {expected}..{} are missing (removed)",
+                            rec.seq - 1
+                        )),
+                        std::cmp::Ordering::Less => Some(format!(
+                            "sequence {} appears where {expected} was expected (reordered or duplicated)",
+                            rec.seq
+                        )),
+                    };
+                    if let Some(problem) = problem {
                         return Err(err(rec.seq, problem));
                     }
                     if !crate::crypto::ct_eq(rec.prev.as_bytes(), p.as_bytes()) {

@@ -1085,4 +1085,51 @@ mod tests {
         let e = parse_mount(&with("x", "y"), &secrets, "420", "keyward", now).unwrap_err();
         assert!(e.to_string().contains("nodePublishSecretRef"), "{e}");
     }
+
+    /// The limits are the documented ones to the byte (the tests above read them from the
+    /// constants, so a wrong constant would pass them).
+    #[test]
+    fn the_size_limits_are_exact() {
+        let now = SystemTime::now();
+        let base = attrs("- key: db", Some(&tok(FUTURE)));
+        let secrets = |len: usize| {
+            let pad = len - r#"{"k":""}"#.len();
+            format!(r#"{{"k":"{}"}}"#, "s".repeat(pad))
+        };
+        let too_large = |r: &Result<MountParams, MountError>| match r {
+            Err(MountError::Request(ParamError::TooLarge { max, .. })) => Some(*max),
+            _ => None,
+        };
+        assert_eq!(secrets(65_536).len(), 65_536);
+        assert_eq!(
+            too_large(&parse_mount(&base, &secrets(65_536), "420", "keyward", now)),
+            None
+        );
+        assert_eq!(
+            too_large(&parse_mount(&base, &secrets(65_537), "420", "keyward", now)),
+            Some(65_536)
+        );
+        let objects = |len: usize| {
+            let head = "- key: a\n# ";
+            format!("{head}{}", "x".repeat(len - head.len()))
+        };
+        assert_eq!(objects(32_768).len(), 32_768);
+        assert_eq!(parse_objects(&objects(32_768), 0o644).unwrap().len(), 1);
+        assert!(matches!(
+            parse_objects(&objects(32_769), 0o644),
+            Err(ParamError::TooLarge { max: 32_768, .. })
+        ));
+    }
+
+    #[test]
+    fn a_list_where_a_scalar_belongs_is_named() {
+        for field in ["mode", "version"] {
+            let e = parse_objects(&format!("- key: db\n  {field}: [1, 2]\n"), 0o644).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("a string or a number (not a list or a map)"),
+                "{field}: {e}"
+            );
+        }
+    }
 }
