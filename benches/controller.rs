@@ -26,6 +26,20 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// User + system CPU seconds of a process, from its `/proc/<pid>/stat` (fields 14 and 15).
+fn cpu_seconds(stat: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map_or(0.0, |t| t.iter().filter_map(|x| x.parse::<f64>().ok()).sum());
+    ticks / 100.0
+}
+
 async fn run(n: usize) -> (f64, f64) {
     let server = TestApiServer::start_with(ServerOptions {
         history: 4 * n + 1000,
@@ -71,6 +85,7 @@ async fn run(n: usize) -> (f64, f64) {
         <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
     )
     .unwrap();
+    let bench_cpu_before = cpu_seconds("/proc/self/stat");
     let started = Instant::now();
     // KEYWARD_BENCH_WRAPPER runs the controller under a profiler (e.g. `heaptrack`); the
     // RSS figure is then the wrapper's, not the controller's.
@@ -143,6 +158,11 @@ async fn run(n: usize) -> (f64, f64) {
         .collect();
     per.sort();
     println!("requests per key: {}", per.join(", "));
+    println!(
+        "CPU while the controller ran: controller {:.1} s, test API server and bench {:.1} s",
+        cpu_seconds(&format!("/proc/{pid}/stat")),
+        cpu_seconds("/proc/self/stat") - bench_cpu_before
+    );
     let _ = child.kill();
     let _ = child.wait();
     (secs, peak)

@@ -261,6 +261,28 @@ async fn own_writes_do_not_reconcile_again_and_policies_come_from_the_cache() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += 1;
     }
+
+    // The policy's key count follows the same watch: created keys, then a deleted one.
+    let policies: Api<RotationPolicy> = Api::namespaced(w.client.clone(), "default");
+    let count_is = |n: u32| {
+        let policies = policies.clone();
+        async move {
+            for _ in 0..100 {
+                let p = policies.get("monthly").await.unwrap();
+                if p.status.as_ref().is_some_and(|s| s.keys == n) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the policy never counted {n} keys");
+        }
+    };
+    count_is(N as u32).await;
+    Api::<ManagedKey>::namespaced(w.client.clone(), "default")
+        .delete("k1", &Default::default())
+        .await
+        .unwrap();
+    count_is(N as u32 - 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,9 @@ impl Context {
 /// (namespace, name) of a policy -> (uid, generation) last acted on.
 type SeenPolicies = std::collections::HashMap<(String, String), (Option<String>, Option<i64>)>;
 
+/// Key events waiting to re-count their policy (see [`run`]).
+const POLICY_COUNT_TRIGGERS: usize = 4096;
+
 /// Policies whose last acted-on generation the controller remembers (see [`run`]).
 const MAX_POLICIES_REMEMBERED: usize = 10_000;
 
@@ -209,6 +212,17 @@ pub async fn run(
     let strip = |o: &mut ManagedKey| o.metadata.managed_fields = None;
     let (key_cache, key_writer) = reflector::store();
     let own = ctx.self_writes.clone();
+    // The policy-status controller counts keys from this same watch (a second watch of every
+    // ManagedKey cost the API server a second copy of each event, and this process a second
+    // decode): each key event that is not the controller's own write re-counts the key's
+    // policy. Bounded: a trigger dropped when full is made up by the periodic look.
+    let (count_policy, count_requests) =
+        tokio::sync::mpsc::channel::<ObjectRef<RotationPolicy>>(POLICY_COUNT_TRIGGERS);
+    let recount = move |mk: &ManagedKey| {
+        if let (Some(ns), Some(r)) = (mk.namespace(), mk.spec.policy_ref.as_ref()) {
+            let _ = count_policy.try_send(ObjectRef::new(&r.name).within(&ns));
+        }
+    };
     let key_events = reflector(
         key_writer,
         watcher(keys, watcher::Config::default()).modify(strip),
@@ -226,8 +240,12 @@ pub async fn run(
             {
                 None
             }
-            Ok(watcher::Event::Apply(mk) | watcher::Event::InitApply(mk)) => Some(Ok(mk)),
+            Ok(watcher::Event::Apply(mk) | watcher::Event::InitApply(mk)) => {
+                recount(&mk);
+                Some(Ok(mk))
+            }
             Ok(watcher::Event::Delete(mk)) => {
+                recount(&mk);
                 own.forget(
                     self_writes::Kind::Key,
                     &mk.namespace().unwrap_or_default(),
@@ -360,17 +378,7 @@ pub async fn run(
             .concurrency(2)
             .debounce(Duration::from_secs(1)),
     )
-    .watches(
-        Api::<ManagedKey>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-        |mk: ManagedKey| {
-            let ns = mk.namespace()?;
-            mk.spec
-                .policy_ref
-                .as_ref()
-                .map(|r| ObjectRef::<RotationPolicy>::new(&r.name).within(&ns))
-        },
-    )
+    .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(count_requests))
     .run(
         policy_status::reconcile,
         policy_status::error_policy,
