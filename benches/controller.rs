@@ -34,9 +34,9 @@ fn cpu_seconds(stat: &str) -> f64 {
         .map_or("", |(_, rest)| rest)
         .split_whitespace()
         .collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map_or(0.0, |t| t.iter().filter_map(|x| x.parse::<f64>().ok()).sum());
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |t| {
+        t.iter().filter_map(|x| x.parse::<f64>().ok()).sum()
+    });
     ticks / 100.0
 }
 

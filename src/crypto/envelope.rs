@@ -655,6 +655,28 @@ mod tests {
         }
     }
 
+    /// The ciphertext bound holds the largest key wrapped (64 KiB under KWP: 8 bytes more)
+    /// and is 64 KiB + 1 KiB to the byte (room for a KMS blob's framing, no more).
+    #[test]
+    fn the_ciphertext_bound_holds_the_largest_wrap_and_is_exact() {
+        let ctx = KeyContext::new("a", "b", 1);
+        let largest = SecretBytes::random(kw::MAX_PLAINTEXT);
+        let env = Envelope::for_context(Algorithm::Aes256Kwp, "local", "root", 1, &ctx)
+            .seal_with_raw_kek(&SecretBytes::random(32), &largest)
+            .unwrap();
+        assert_eq!(env.ciphertext.len(), 65_536 + 8);
+        assert!(env.encode().is_ok());
+        let with = |len: usize| Envelope {
+            ciphertext: vec![0; len],
+            ..env.clone()
+        };
+        assert!(with(66_560).encode().is_ok());
+        assert!(matches!(
+            with(66_561).encode(),
+            Err(CryptoError::Length { .. })
+        ));
+    }
+
     #[test]
     fn trailing_bytes_and_unknown_version_refused() {
         let ctx = KeyContext::new("a", "b", 1);

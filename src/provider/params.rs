@@ -1132,4 +1132,28 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_file_name_of_253_bytes_is_the_longest() {
+        assert!(check_file_name(&"a".repeat(253)).is_ok());
+        assert!(matches!(
+            check_file_name(&"a".repeat(254)),
+            Err(FileNameError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn numbered_versions_start_at_1_as_numbers_and_as_strings() {
+        for v in ["1", "\"1\"", "4294967295"] {
+            let o = parse_objects(&format!("- key: db\n  version: {v}\n"), 0o644).unwrap();
+            assert!(
+                matches!(o[0].selector, Selector::Number(n) if n >= 1),
+                "{v}"
+            );
+        }
+        for v in ["0", "\"0\"", "-1", "4294967296"] {
+            let e = parse_objects(&format!("- key: db\n  version: {v}\n"), 0o644).unwrap_err();
+            assert!(e.to_string().contains("version"), "{v}: {e}");
+        }
+    }
 }
