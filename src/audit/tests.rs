@@ -523,18 +523,19 @@ fn a_duplicated_record_is_named_as_such() {
     assert!(e.problem.contains("where 4 was expected"), "{e}");
 }
 
+/// One event record and one checkpoint record of a real log.
+fn an_event_and_a_checkpoint() -> (Record, Record) {
+    let (t, _) = sample();
+    let recs = parse(&t);
+    let of = |k: &str| recs.iter().find(|r| r.kind == k).unwrap().clone();
+    (of(kind::EVENT), of(kind::CHECKPOINT))
+}
+
 /// Each record type carries exactly its fields: every field that must be there, and every
 /// field that must not, is checked on its own.
 #[test]
 fn each_record_type_has_exactly_its_fields() {
-    let (t, _) = sample();
-    let recs = parse(&t);
-    let event = recs.iter().find(|r| r.kind == kind::EVENT).unwrap().clone();
-    let checkpoint = recs
-        .iter()
-        .find(|r| r.kind == kind::CHECKPOINT)
-        .unwrap()
-        .clone();
+    let (event, checkpoint) = an_event_and_a_checkpoint();
     let gap = Record {
         kind: kind::GAP.into(),
         event: None,
@@ -635,14 +636,7 @@ fn each_record_type_has_exactly_its_fields() {
 /// exactly 2 records before the next.
 #[test]
 fn the_signed_cadence_is_exact_and_zero_means_none() {
-    let (t, _) = sample();
-    let recs = parse(&t);
-    let event = recs.iter().find(|r| r.kind == kind::EVENT).unwrap().clone();
-    let checkpoint = recs
-        .iter()
-        .find(|r| r.kind == kind::CHECKPOINT)
-        .unwrap()
-        .clone();
+    let (event, checkpoint) = an_event_and_a_checkpoint();
     let log = |every: u64, events: usize| {
         let mut l = vec![Record {
             every: Some(every),

@@ -230,27 +230,14 @@ pub async fn run(
     .filter_map(move |e| {
         futures::future::ready(match e {
             // The watch event of the controller's own write: already acted on.
-            Ok(watcher::Event::Apply(mk))
-                if own.is_own(
-                    self_writes::Kind::Key,
-                    &mk.namespace().unwrap_or_default(),
-                    &mk.name_any(),
-                    mk.resource_version().as_deref(),
-                ) =>
-            {
-                None
-            }
+            Ok(watcher::Event::Apply(mk)) if own.is_own_object(self_writes::Kind::Key, &mk) => None,
             Ok(watcher::Event::Apply(mk) | watcher::Event::InitApply(mk)) => {
                 recount(&mk);
                 Some(Ok(mk))
             }
             Ok(watcher::Event::Delete(mk)) => {
                 recount(&mk);
-                own.forget(
-                    self_writes::Kind::Key,
-                    &mk.namespace().unwrap_or_default(),
-                    &mk.name_any(),
-                );
+                own.forget_object(self_writes::Kind::Key, &mk);
                 None
             }
             Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
@@ -269,22 +256,11 @@ pub async fn run(
     )
     .filter_map(move |e| {
         futures::future::ready(match e {
-            Ok(watcher::Event::Apply(s))
-                if own.is_own(
-                    self_writes::Kind::Storage,
-                    &s.namespace().unwrap_or_default(),
-                    &s.name_any(),
-                    s.resource_version().as_deref(),
-                ) =>
-            {
+            Ok(watcher::Event::Apply(s)) if own.is_own_object(self_writes::Kind::Storage, &s) => {
                 None
             }
             Ok(watcher::Event::Delete(s)) => {
-                own.forget(
-                    self_writes::Kind::Storage,
-                    &s.namespace().unwrap_or_default(),
-                    &s.name_any(),
-                );
+                own.forget_object(self_writes::Kind::Storage, &s);
                 Some(Ok(s))
             }
             Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => Some(Ok(s)),

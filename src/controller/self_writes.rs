@@ -88,6 +88,21 @@ impl SelfWrites {
         true
     }
 
+    /// [`Self::is_own`] for a watched object.
+    pub fn is_own_object(&self, kind: Kind, o: &impl kube::ResourceExt) -> bool {
+        self.is_own(
+            kind,
+            &o.namespace().unwrap_or_default(),
+            &o.name_any(),
+            o.resource_version().as_deref(),
+        )
+    }
+
+    /// [`Self::forget`] a watched object.
+    pub fn forget_object(&self, kind: Kind, o: &impl kube::ResourceExt) {
+        self.forget(kind, &o.namespace().unwrap_or_default(), &o.name_any());
+    }
+
     /// Forget an object (it was deleted).
     pub fn forget(&self, kind: Kind, ns: &str, name: &str) {
         self.lock()
@@ -176,6 +191,21 @@ mod tests {
         s.record(Kind::Key, "a", "new", Some("1"));
         assert_eq!(s.len(), 1);
         assert!(s.is_own(Kind::Key, "a", "new", Some("1")));
+    }
+
+    #[test]
+    fn watched_objects_are_known_by_namespace_name_and_resource_version() {
+        use crate::crd::{ManagedKey, ManagedKeySpec};
+        let mut mk = ManagedKey::new("k", ManagedKeySpec::default());
+        mk.metadata.namespace = Some("a".into());
+        mk.metadata.resource_version = Some("7".into());
+        let s = SelfWrites::default();
+        s.record(Kind::Key, "a", "k", Some("7"));
+        assert!(!s.is_own_object(Kind::Storage, &mk));
+        assert!(s.is_own_object(Kind::Key, &mk));
+        s.record(Kind::Key, "a", "k", Some("8"));
+        s.forget_object(Kind::Key, &mk);
+        assert!(s.is_empty());
     }
 
     #[test]

@@ -932,3 +932,57 @@ fn cause_texts_are_distinct_and_readable() {
         assert_eq!(c.to_string(), c.as_str());
     }
 }
+
+/// The rotations metric counts a new Active version that replaced another, never a key's first
+/// version, a resumed one, or a state change.
+#[test]
+fn only_replacing_an_active_version_counts_as_a_rotation() {
+    use Cause::*;
+    let all = [
+        FirstVersion,
+        NoActiveVersion,
+        Resumed,
+        RotateNow,
+        PeriodElapsed,
+        DesiredSuspended,
+        DesiredDeactivated,
+        DesiredCompromised,
+        ReplacesCompromised,
+        DeletionWindowEnded,
+        Retention,
+        PrePublish,
+        ExpiredBeforeActivation,
+    ];
+    let rotations: Vec<Cause> = all.into_iter().filter(|c| c.is_rotation()).collect();
+    assert_eq!(
+        rotations,
+        [
+            NoActiveVersion,
+            RotateNow,
+            PeriodElapsed,
+            ReplacesCompromised
+        ]
+    );
+}
+
+/// RSA versions are ~3 KiB stored, the others ~100 bytes: RSA keys may hold material in 64
+/// versions at once, the others in 256, so a key's storage stays far below 1 MiB.
+#[test]
+fn rsa_keys_hold_material_in_fewer_versions() {
+    use crate::crd::KeyAlgorithm;
+    for a in [
+        KeyAlgorithm::Rsa2048,
+        KeyAlgorithm::Rsa3072,
+        KeyAlgorithm::Rsa4096,
+    ] {
+        assert_eq!(material_limit(a), 64, "{a:?}");
+    }
+    for a in [
+        KeyAlgorithm::Aes256,
+        KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::Ed25519,
+    ] {
+        assert_eq!(material_limit(a), MAX_MATERIAL_LIMIT, "{a:?}");
+    }
+    assert_eq!(MAX_MATERIAL_LIMIT, 256);
+}
