@@ -986,3 +986,47 @@ fn rsa_keys_hold_material_in_fewer_versions() {
     }
     assert_eq!(MAX_MATERIAL_LIMIT, 256);
 }
+
+/// Destroying is by legal steps (Active -> Deactivated -> Destroyed, material erased), and
+/// destroying a version already destroyed, or one that does not exist, adds nothing.
+#[test]
+fn destroying_twice_adds_nothing() {
+    let spec = ManagedKeySpec::default();
+    let p = policy("90d");
+    let mut st = StoredState::default();
+    step(&spec, Some(&p), &mut st, None, t(0));
+    let input = PlanInput {
+        spec: &spec,
+        policy: Some(&p),
+        state: &st,
+        rotate_request: None,
+        deleting_since: None,
+        now: t(10),
+    };
+    let mut planner = Planner {
+        input: &input,
+        state: st.clone(),
+        plan: Plan::default(),
+        next_version: 2,
+    };
+    planner.destroy(1, Cause::Retention).unwrap();
+    assert_eq!(
+        planner.plan.actions,
+        [
+            Action::Transition {
+                version: 1,
+                to: KeyState::Deactivated,
+                cause: Cause::Retention
+            },
+            Action::Transition {
+                version: 1,
+                to: KeyState::Destroyed,
+                cause: Cause::Retention
+            },
+            Action::EraseMaterial { version: 1 },
+        ]
+    );
+    planner.destroy(1, Cause::Retention).unwrap();
+    planner.destroy(99, Cause::Retention).unwrap();
+    assert_eq!(planner.plan.actions.len(), 3);
+}
