@@ -1030,3 +1030,33 @@ fn destroying_twice_adds_nothing() {
     planner.destroy(99, Cause::Retention).unwrap();
     assert_eq!(planner.plan.actions.len(), 3);
 }
+
+/// With notifyBeforeExpiry the planner looks again when the notice is due (before the
+/// rotation), and not once that moment has passed.
+#[test]
+fn the_planner_wakes_for_the_rotation_notice() {
+    let p = Policy::from_spec(&RotationPolicySpec {
+        rotation_period: Some("30d".into()),
+        notify_before_expiry: Some("7d".into()),
+        retain_versions: 2,
+        grace_period: "1d".into(),
+        deletion_window_days: 7,
+        ..Default::default()
+    })
+    .unwrap();
+    let spec = ManagedKeySpec::default();
+    let mut st = StoredState::default();
+    let first = step(&spec, Some(&p), &mut st, None, t(0));
+    assert_eq!(first.next_rotation, Some(t(30 * DAY)));
+    assert_eq!(
+        first.requeue_at,
+        Some(t(23 * DAY)),
+        "the notice, 7 days before"
+    );
+    let within = step(&spec, Some(&p), &mut st, None, t(24 * DAY));
+    assert_eq!(
+        within.requeue_at,
+        Some(t(30 * DAY)),
+        "then the rotation itself"
+    );
+}
