@@ -1053,6 +1053,12 @@ fn the_planner_wakes_for_the_rotation_notice() {
         Some(t(23 * DAY)),
         "the notice, 7 days before"
     );
+    let at_notice = step(&spec, Some(&p), &mut st, None, t(23 * DAY));
+    assert_eq!(
+        at_notice.requeue_at,
+        Some(t(30 * DAY)),
+        "the notice is now: not again"
+    );
     let within = step(&spec, Some(&p), &mut st, None, t(24 * DAY));
     assert_eq!(
         within.requeue_at,

@@ -364,3 +364,25 @@ fn backup_tags_depend_on_key_and_body_and_differ_from_storage_tags() {
     assert_ne!(t, a.backup_tag(b"{}"), "another body");
     assert_ne!(t, hmac_sha256(&[9; 32], &[body]), "domain-separated");
 }
+
+/// Integrity failures (a copy that fails its checks, or one missing although saved) are told
+/// apart from every other storage error: only they become the StorageIntegrity condition.
+#[test]
+fn only_tampering_and_loss_are_integrity_failures() {
+    let integrity = StorageError::Integrity {
+        name: "s".into(),
+        detail: "d".into(),
+    };
+    let missing = StorageError::Missing {
+        name: "s".into(),
+        generation: 3,
+    };
+    let material = StorageError::Material {
+        key: "a/k".into(),
+        version: 1,
+        detail: "d".into(),
+    };
+    assert!(integrity.is_integrity());
+    assert!(missing.is_integrity());
+    assert!(!material.is_integrity());
+}
