@@ -386,3 +386,73 @@ fn only_tampering_and_loss_are_integrity_failures() {
     assert!(missing.is_integrity());
     assert!(!material.is_integrity());
 }
+
+/// A storage Secret names its key (annotations), carries the label the controller selects
+/// storage by, and loses its identity when an annotation is missing.
+#[test]
+fn a_storage_secret_names_its_key_and_is_selected_by_the_label() {
+    let s = secret(&stored());
+    assert_eq!(KeyIdentity::of_storage(&s), Some(id()));
+    let (k, v) = label_selector()
+        .split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .unwrap();
+    assert_eq!(s.metadata.labels.as_ref().and_then(|l| l.get(&k)), Some(&v));
+    assert_eq!(label_selector(), "keyward.io/storage=managed-key");
+    for a in [NAMESPACE_ANNOTATION, NAME_ANNOTATION, UID_ANNOTATION] {
+        let mut partial = s.clone();
+        partial.metadata.annotations.as_mut().unwrap().remove(a);
+        assert_eq!(KeyIdentity::of_storage(&partial), None, "{a}");
+    }
+}
+
+/// An unreadable orphan gets its removal time in an annotation, by an optimistic replace of
+/// the Secret (data untouched); the sweeper reads it back.
+#[tokio::test]
+async fn an_orphan_is_marked_with_its_removal_time() {
+    use http_body_util::BodyExt;
+    let (svc, mut handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let client = kube::Client::new(svc, "default");
+    let mut orphan = secret(&stored());
+    orphan.metadata.resource_version = Some("5".into());
+    assert_eq!(orphan_deadline(&orphan), None);
+    let at: jiff::Timestamp = "2027-01-01T00:00:00Z".parse().unwrap();
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), http::Method::PUT);
+        assert_eq!(
+            req.uri().path(),
+            format!(
+                "/api/v1/namespaces/keyward-system/secrets/{}",
+                secret_name(&id().uid)
+            )
+        );
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        send.send_response(
+            http::Response::builder()
+                .body(kube::client::Body::from(body.to_vec()))
+                .unwrap(),
+        );
+        serde_json::from_slice::<Secret>(&body).unwrap()
+    });
+    mark_orphan(&loc(), &client, &orphan, at).await.unwrap();
+    let sent = server.await.unwrap();
+    assert_eq!(orphan_deadline(&sent), Some(at));
+    assert_eq!(
+        sent.metadata.resource_version.as_deref(),
+        Some("5"),
+        "optimistic"
+    );
+    assert_eq!(sent.data, orphan.data, "data untouched");
+    let mut garbled = sent.clone();
+    garbled
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(ORPHAN_DEADLINE_ANNOTATION.into(), "soon".into());
+    assert_eq!(orphan_deadline(&garbled), None);
+}
