@@ -456,3 +456,27 @@ async fn an_orphan_is_marked_with_its_removal_time() {
         .insert(ORPHAN_DEADLINE_ANNOTATION.into(), "soon".into());
     assert_eq!(orphan_deadline(&garbled), None);
 }
+
+/// A key may keep 256 versions with material plus 16 destroyed records (272 in all), not
+/// one more: the bound is the sum, to the record.
+#[test]
+fn the_version_record_bound_is_material_plus_destroyed_records() {
+    let mut s = Stored::default();
+    for v in 1..=16 {
+        s.state.versions.push(version(v, KeyState::Destroyed));
+    }
+    for v in 17..=272 {
+        s.state.versions.push(version(v, KeyState::Deactivated));
+        s.envelopes.insert(v, vec![1; 40]);
+    }
+    assert_eq!(check_invariants(&s.state, &s.envelopes), Ok(()));
+    s.state.versions.insert(0, version(0, KeyState::Destroyed));
+    assert_eq!(
+        check_invariants(&s.state, &s.envelopes),
+        Err(InvariantError::TooMany {
+            what: "version records",
+            count: 273,
+            limit: 272
+        })
+    );
+}
