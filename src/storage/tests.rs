@@ -480,3 +480,34 @@ fn the_version_record_bound_is_material_plus_destroyed_records() {
         })
     );
 }
+
+/// Text and transition bounds accept a value at the limit and refuse one past it.
+#[test]
+fn field_bounds_are_inclusive_limits() {
+    use crate::state::TRANSITIONS_KEPT;
+    let mut s = stored();
+    s.state.last_rotate_request = Some("r".repeat(253));
+    assert_eq!(check_invariants(&s.state, &s.envelopes), Ok(()));
+    s.state.last_rotate_request = Some("r".repeat(254));
+    assert!(matches!(
+        check_invariants(&s.state, &s.envelopes),
+        Err(InvariantError::TooLong {
+            field: "lastRotateRequest",
+            len: 254,
+            limit: 253,
+            ..
+        })
+    ));
+    let mut s = stored();
+    let t = s.state.versions[0].transitions[0].clone();
+    s.state.versions[0].transitions = vec![t.clone(); 2 + TRANSITIONS_KEPT];
+    assert_eq!(check_invariants(&s.state, &s.envelopes), Ok(()));
+    s.state.versions[0].transitions.push(t);
+    assert!(matches!(
+        check_invariants(&s.state, &s.envelopes),
+        Err(InvariantError::TooMany {
+            what: "transitions of one version",
+            ..
+        })
+    ));
+}
