@@ -511,3 +511,24 @@ fn field_bounds_are_inclusive_limits() {
         })
     ));
 }
+
+/// A pruned-records summary cannot claim more dropped versions than numbers below its
+/// highest one; fewer (some numbers never existed or are still listed later) is fine.
+#[test]
+fn a_pruned_summary_counts_at_most_its_highest_number() {
+    use crate::state::Pruned;
+    let mut s = Stored::default();
+    s.state.versions = vec![version(10, KeyState::Active)];
+    s.envelopes.insert(10, vec![1; 40]);
+    for (versions, through, ok) in [(5, 9, true), (9, 9, true), (10, 9, false)] {
+        s.state.pruned = Some(Pruned {
+            versions,
+            through_version: through,
+        });
+        assert_eq!(
+            check_invariants(&s.state, &s.envelopes).is_ok(),
+            ok,
+            "{versions} through {through}"
+        );
+    }
+}
