@@ -393,6 +393,7 @@ fn only_tampering_and_loss_are_integrity_failures() {
 fn a_storage_secret_names_its_key_and_is_selected_by_the_label() {
     let s = secret(&stored());
     assert_eq!(KeyIdentity::of_storage(&s), Some(id()));
+    assert_eq!(s.metadata.namespace.as_deref(), Some("keyward-system"));
     let (k, v) = label_selector()
         .split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -531,4 +532,56 @@ fn a_pruned_summary_counts_at_most_its_highest_number() {
             "{versions} through {through}"
         );
     }
+}
+
+/// Reading storage: none yet is a fresh start, unless the controller already saved a
+/// generation (then it was deleted outside keyward: an integrity failure); a stored copy is
+/// parsed and authenticated.
+#[tokio::test]
+async fn load_tells_a_fresh_key_from_lost_storage() {
+    use http_body_util::BodyExt;
+    let (svc, mut handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let client = kube::Client::new(svc, "default");
+    let saved = secret(&stored());
+    let server = tokio::spawn(async move {
+        let not_found = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "not found", "reason": "NotFound", "code": 404});
+        for reply in [
+            (404, not_found.clone()),
+            (404, not_found),
+            (200, serde_json::to_value(&saved).unwrap()),
+        ] {
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), http::Method::GET);
+            assert_eq!(
+                req.uri().path(),
+                format!(
+                    "/api/v1/namespaces/keyward-system/secrets/{}",
+                    secret_name(&id().uid)
+                )
+            );
+            let _ = req.into_body().collect().await;
+            send.send_response(
+                http::Response::builder()
+                    .status(reply.0)
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&reply.1).unwrap(),
+                    ))
+                    .unwrap(),
+            );
+        }
+    });
+    let fresh = load(&loc(), &client, &id(), 0).await.unwrap();
+    assert!(fresh.state.versions.is_empty() && fresh.resource_version.is_none());
+    assert!(matches!(
+        load(&loc(), &client, &id(), 1).await,
+        Err(StorageError::Missing { generation: 1, .. })
+    ));
+    let read = load(&loc(), &client, &id(), 5).await.unwrap();
+    assert_eq!(read.state, stored().state);
+    assert_eq!(read.envelopes, stored().envelopes);
+    server.await.unwrap();
 }
