@@ -696,28 +696,29 @@ pub async fn save(
     stored: &mut Stored,
 ) -> Result<u64, StorageError> {
     let name = secret_name(&id.uid);
-    stored.state.generation += 1;
-    let secret = match to_secret(loc, id, stored) {
-        Ok(s) => s,
-        Err(e) => {
-            stored.state.generation -= 1;
-            return Err(e);
+    let previous = stored.state.generation;
+    stored.state.generation = previous + 1;
+    let written = match to_secret(loc, id, stored) {
+        Ok(secret) => {
+            let api: Api<Secret> = Api::namespaced(client.clone(), &loc.namespace);
+            let r = if stored.resource_version.is_some() {
+                api.replace(&name, &PostParams::default(), &secret).await
+            } else {
+                api.create(&PostParams::default(), &secret).await
+            };
+            r.map_err(|source| StorageError::Kube { name, source })
         }
+        Err(e) => Err(e),
     };
-    let api: Api<Secret> = Api::namespaced(client.clone(), &loc.namespace);
-    let r = if stored.resource_version.is_some() {
-        api.replace(&name, &PostParams::default(), &secret).await
-    } else {
-        api.create(&PostParams::default(), &secret).await
-    };
-    match r {
+    match written {
         Ok(s) => {
             stored.resource_version = s.metadata.resource_version;
             Ok(stored.state.generation)
         }
-        Err(source) => {
-            stored.state.generation -= 1;
-            Err(StorageError::Kube { name, source })
+        // Nothing was written: the caller may retry from the same state.
+        Err(e) => {
+            stored.state.generation = previous;
+            Err(e)
         }
     }
 }

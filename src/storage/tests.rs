@@ -440,6 +440,7 @@ async fn an_orphan_is_marked_with_its_removal_time() {
         serde_json::from_slice::<Secret>(&body).unwrap()
     });
     mark_orphan(&loc(), &client, &orphan, at).await.unwrap();
+    drop(client);
     let sent = server.await.unwrap();
     assert_eq!(orphan_deadline(&sent), Some(at));
     assert_eq!(
@@ -583,5 +584,105 @@ async fn load_tells_a_fresh_key_from_lost_storage() {
     let read = load(&loc(), &client, &id(), 5).await.unwrap();
     assert_eq!(read.state, stored().state);
     assert_eq!(read.envelopes, stored().envelopes);
+    drop(client);
     server.await.unwrap();
+}
+
+/// Saving: a new key's storage is created, a known one replaced at the resourceVersion read;
+/// the generation goes up by one, and a refused write (a lost race) leaves it as it was.
+/// Deleting: only the copy read when a resourceVersion is given; already gone is done.
+#[tokio::test]
+async fn save_and_delete_write_optimistically() {
+    use http_body_util::BodyExt;
+    let (svc, mut handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let client = kube::Client::new(svc, "default");
+    let path = format!(
+        "/api/v1/namespaces/keyward-system/secrets/{}",
+        secret_name(&id().uid)
+    );
+    let status = |code: u16, reason: &str| {
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": reason, "reason": reason, "code": code})
+    };
+    let expected = vec![
+        (
+            http::Method::POST,
+            "/api/v1/namespaces/keyward-system/secrets".to_string(),
+            201,
+            None,
+        ),
+        (
+            http::Method::PUT,
+            path.clone(),
+            409,
+            Some(status(409, "Conflict")),
+        ),
+        (
+            http::Method::DELETE,
+            path.clone(),
+            404,
+            Some(status(404, "NotFound")),
+        ),
+        (
+            http::Method::DELETE,
+            path.clone(),
+            409,
+            Some(status(409, "Conflict")),
+        ),
+    ];
+    let server = tokio::spawn(async move {
+        let mut bodies = Vec::new();
+        for (method, path, code, reply) in expected {
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!((req.method(), req.uri().path()), (&method, path.as_str()));
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let reply = reply.unwrap_or_else(|| {
+                let mut created = json.clone();
+                created["metadata"]["resourceVersion"] = "7".into();
+                created
+            });
+            send.send_response(
+                http::Response::builder()
+                    .status(code)
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&reply).unwrap(),
+                    ))
+                    .unwrap(),
+            );
+            bodies.push(json);
+        }
+        bodies
+    });
+    let mut s = stored();
+    assert_eq!(save(&loc(), &client, &id(), &mut s).await.unwrap(), 6);
+    assert_eq!(s.state.generation, 6);
+    assert_eq!(s.resource_version.as_deref(), Some("7"));
+    assert!(save(&loc(), &client, &id(), &mut s).await.is_err());
+    assert_eq!(s.state.generation, 6, "a refused write changes nothing");
+    delete(&loc(), &client, &id().uid, Some("7".into()))
+        .await
+        .unwrap();
+    assert!(delete(&loc(), &client, &id().uid, None).await.is_err());
+    // A request not made ends the mock server's wait instead of hanging the test.
+    drop(client);
+    let bodies = server.await.unwrap();
+    let sent_state = |b: &serde_json::Value| -> u64 {
+        let data = b["data"][STATE_ENTRY].as_str().unwrap();
+        let raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data).unwrap();
+        serde_json::from_slice::<StoredState>(&raw)
+            .unwrap()
+            .generation
+    };
+    assert_eq!(sent_state(&bodies[0]), 6);
+    assert_eq!(
+        bodies[1]["metadata"]["resourceVersion"], "7",
+        "replace at the read copy"
+    );
+    assert_eq!(sent_state(&bodies[1]), 7);
+    assert_eq!(bodies[2]["preconditions"]["resourceVersion"], "7");
+    assert!(bodies[3].get("preconditions").is_none_or(|p| p.is_null()));
 }
