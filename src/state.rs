@@ -102,14 +102,12 @@ impl StoredVersion {
             .position(|r| r.to == KeyState::Active)
             .map_or(1, |i| i + 1)
             .min(self.transitions.len());
-        let tail = self.transitions.len() - head;
-        if tail > TRANSITIONS_KEPT {
-            let drop = tail - TRANSITIONS_KEPT;
-            self.transitions.drain(head..head + drop);
-            self.transitions_pruned = self
-                .transitions_pruned
-                .saturating_add(u32::try_from(drop).unwrap_or(u32::MAX));
-        }
+        // Beyond the prefix, keep the last TRANSITIONS_KEPT (dropping none is a no-op).
+        let drop = (self.transitions.len() - head).saturating_sub(TRANSITIONS_KEPT);
+        self.transitions.drain(head..head + drop);
+        self.transitions_pruned = self
+            .transitions_pruned
+            .saturating_add(u32::try_from(drop).unwrap_or(u32::MAX));
     }
 
     /// When the version first became Active: rotation clocks run from here, so suspending a
@@ -416,6 +414,22 @@ mod tests {
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + s).unwrap()
+    }
+
+    /// `transitionsPruned` is stored only when something was pruned (old states, written
+    /// before compaction existed, have no such field and must read the same).
+    #[test]
+    fn transitions_pruned_is_stored_only_when_not_zero() {
+        let mut st = StoredState::default();
+        st.add_version(1, t(0), "fp".into(), None, None);
+        let json = serde_json::to_value(&st).unwrap();
+        assert!(
+            json["versions"][0].get("transitionsPruned").is_none(),
+            "{json}"
+        );
+        st.versions[0].transitions_pruned = 3;
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["versions"][0]["transitionsPruned"], 3);
     }
 
     #[test]

@@ -686,3 +686,27 @@ async fn save_and_delete_write_optimistically() {
     assert_eq!(bodies[2]["preconditions"]["resourceVersion"], "7");
     assert!(bodies[3].get("preconditions").is_none_or(|p| p.is_null()));
 }
+
+/// A key whose status lists versions but never recorded a storage generation still has its
+/// versions in the old layout; one without versions, or with a generation, does not.
+#[test]
+fn old_layout_keys_are_those_with_versions_and_no_storage_generation() {
+    use crate::crd::{ManagedKey, ManagedKeySpec, ManagedKeyStatus};
+    let key = |name: &str, versions: u32, generation: Option<u64>| {
+        let mut mk = ManagedKey::new(name, ManagedKeySpec::default());
+        mk.metadata.namespace = Some("a".into());
+        mk.status = Some(ManagedKeyStatus {
+            version_count: versions,
+            storage_generation: generation,
+            ..Default::default()
+        });
+        mk
+    };
+    let keys = [
+        key("old", 1, None),
+        key("new", 0, None),
+        key("saved", 2, Some(4)),
+        ManagedKey::new("no-status", ManagedKeySpec::default()),
+    ];
+    assert_eq!(old_layout_keys(&keys), ["a/old"]);
+}
