@@ -433,6 +433,35 @@ mod tests {
     }
 
     #[test]
+    fn all_destroyed_needs_a_version_and_every_one_destroyed() {
+        let mut st = StoredState::default();
+        assert!(!st.all_destroyed(), "no versions");
+        st.add_version(1, t(0), "fp".into(), None, None);
+        st.add_version(2, t(0), "fp".into(), None, None);
+        for v in [1, 2] {
+            st.transition(v, KeyState::Destroyed, t(1), "x").unwrap();
+        }
+        assert!(st.all_destroyed());
+        st.add_version(3, t(2), "fp".into(), None, None);
+        assert!(!st.all_destroyed(), "version 3 is not destroyed");
+    }
+
+    /// `deactivated` is when a version first stopped being used: a later Compromised keeps it
+    /// (grace and deletion-window clocks run from there).
+    #[test]
+    fn deactivation_time_is_the_first_one() {
+        let mut st = StoredState::default();
+        st.add_version(1, t(0), "fp".into(), None, None);
+        st.transition(1, KeyState::Active, t(1), "first").unwrap();
+        st.transition(1, KeyState::Deactivated, t(2), "rotated")
+            .unwrap();
+        st.transition(1, KeyState::Compromised, t(3), "leaked")
+            .unwrap();
+        assert_eq!(st.versions[0].deactivated, Some(t(2)));
+        assert_eq!(st.versions[0].state, KeyState::Compromised);
+    }
+
+    #[test]
     fn unparsable_timestamps_are_refused_on_read() {
         let mut st = StoredState::default();
         st.add_version(1, t(0), "fp".into(), None, None);
