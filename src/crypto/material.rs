@@ -71,5 +71,7 @@ mod tests {
         let b = SecretBytes::random(32);
         assert_eq!(a.len(), 32);
         assert_ne!(a.expose(), b.expose());
+        assert!(!a.is_empty());
+        assert!(SecretBytes::from_slice(&[]).is_empty());
     }
 }

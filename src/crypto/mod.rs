@@ -74,3 +74,19 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fingerprint is stored in status and compared on every serve, so its definition is a
+    /// format: SHA-256 over "keyward-fingerprint-v1\0" || material, first 16 bytes, hex
+    /// (expected value from Python's hashlib for material 00..1f).
+    #[test]
+    fn fingerprint_is_the_documented_hash() {
+        let m = SecretBytes::from_slice(&(0u8..32).collect::<Vec<_>>());
+        assert_eq!(fingerprint(&m), "sha256:21bddae0cbf34dc387197b8270169751");
+        let other = SecretBytes::from_slice(&[0u8; 32]);
+        assert_ne!(fingerprint(&other), fingerprint(&m));
+    }
+}
