@@ -173,9 +173,17 @@ fn metadata_schema() -> Value {
 /// The schema SMD sees for a type: the CRD's openAPIV3Schema (lists atomic unless they say
 /// `x-kubernetes-list-type`), or nothing for built-ins (maps granular, lists atomic), with
 /// ObjectMeta's list types either way.
-fn root_schema(rt: &ResType, version: &str) -> Value {
-    let mut root = rt
-        .schema(version)
+fn root_schema<'a>(rt: &'a ResType, version: &str) -> std::borrow::Cow<'a, Value> {
+    match rt.version_schema(version) {
+        Some(s) => std::borrow::Cow::Borrowed(&s.smd),
+        None => std::borrow::Cow::Owned(smd_root(None)),
+    }
+}
+
+/// [`root_schema`] from a version's openAPIV3Schema (None: a built-in), computed once per CRD
+/// version (`types::VersionSchema`).
+pub(crate) fn smd_root(openapi: Option<&Value>) -> Value {
+    let mut root = openapi
         .cloned()
         .filter(Value::is_object)
         .unwrap_or_else(|| json!({"type": "object"}));
@@ -746,7 +754,7 @@ pub(crate) fn track_update(
     compare(
         Some(live.unwrap_or(&empty)),
         Some(new),
-        Some(&schema),
+        Some(&*schema),
         &mut Vec::new(),
         &mut c,
     );
@@ -899,7 +907,7 @@ pub(crate) fn apply_patch(
     }
     let live = cur.clone().unwrap_or_else(|| json!({}));
     let schema = root_schema(rt, version);
-    let s = Some(&schema);
+    let s = Some(&*schema);
     let mut entries = decode(&live);
     let set = restrict(set_of(&cfg, s), rt, sub);
     let sr = sub_name(sub);

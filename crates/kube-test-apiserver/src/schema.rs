@@ -1,7 +1,9 @@
 //! openAPIV3Schema validation and pruning for custom resources, shaped like the real server's
 //! field errors (`spec.x: Unsupported value: ...`).
 
+use crate::types::VersionSchema;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// One field error, as in a Status `details.causes[]` entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -259,8 +261,10 @@ pub fn prune(schema: &Value, v: &mut Value) {
 /// CEL rules of `schema` checked against `obj`, with the rules compiled once per schema (per
 /// thread) instead of on every write: compiling was the largest single cost of a custom
 /// resource write in the controller benchmark. Same semantics as `kube_cel::validate`.
+/// Keyed by the schema's allocation; the entry holds the `Arc`, so that address cannot be
+/// reused by another schema while the entry exists.
 fn validate_cel(
-    schema: &Value,
+    schema: &Arc<VersionSchema>,
     obj: &Value,
     old: Option<&Value>,
 ) -> Result<(), kube_cel::ValidationErrors> {
@@ -269,21 +273,21 @@ fn validate_cel(
     use std::rc::Rc;
     /// Distinct schemas kept per thread (CRD versions in use; cleared when exceeded).
     const MAX_SCHEMAS: usize = 64;
+    type Entry = (Arc<VersionSchema>, Rc<kube_cel::CompiledSchema>);
     thread_local! {
-        static COMPILED: RefCell<HashMap<String, Rc<kube_cel::CompiledSchema>>> =
-            RefCell::new(HashMap::new());
+        static COMPILED: RefCell<HashMap<usize, Entry>> = RefCell::new(HashMap::new());
     }
-    let key = schema.to_string();
+    let key = Arc::as_ptr(schema) as usize;
     let compiled = COMPILED.with(|c| {
         let mut c = c.borrow_mut();
-        if let Some(hit) = c.get(&key) {
+        if let Some((_, hit)) = c.get(&key) {
             return hit.clone();
         }
         if c.len() >= MAX_SCHEMAS {
             c.clear();
         }
-        let fresh = Rc::new(kube_cel::compile_schema(schema));
-        c.insert(key, fresh.clone());
+        let fresh = Rc::new(kube_cel::compile_schema(&schema.openapi));
+        c.insert(key, (schema.clone(), fresh.clone()));
         fresh
     });
     kube_cel::validate_compiled(&compiled, obj, old)
@@ -292,7 +296,7 @@ fn validate_cel(
 /// Validate a whole custom resource: schema (spec/status and the rest), then CEL rules.
 /// Returns the object with defaults applied and unknown fields pruned.
 pub fn check_object(
-    schema: &Value,
+    schema: &Arc<VersionSchema>,
     obj: &Value,
     old: Option<&Value>,
 ) -> Result<Value, Vec<FieldError>> {
@@ -306,19 +310,11 @@ pub fn check_object(
             }
         }
     }
-    let mut stripped = schema.clone();
-    if let Some(p) = stripped
-        .get_mut("properties")
-        .and_then(Value::as_object_mut)
-    {
-        for k in ["apiVersion", "kind", "metadata"] {
-            p.remove(k);
-        }
-    }
-    prune(&stripped, &mut body);
-    let mut body = kube_cel::apply_defaults(&stripped, &body);
+    let stripped = &schema.body;
+    prune(stripped, &mut body);
+    let mut body = kube_cel::apply_defaults(stripped, &body);
     let mut errs = Vec::new();
-    validate(&stripped, &body, "", &mut errs);
+    validate(stripped, &body, "", &mut errs);
     if errs.is_empty() {
         // CEL sees the whole object (self.metadata too).
         let mut full = body.clone();
@@ -370,7 +366,7 @@ mod tests {
     #[test]
     fn errors_name_the_field_like_the_real_server() {
         let bad = json!({"apiVersion":"x/v1","kind":"W","metadata":{"name":"a"},"spec":{"size":11,"color":"green","name":"ABC","extra":1}});
-        let errs = check_object(&schema(), &bad, None).unwrap_err();
+        let errs = check_object(&Arc::new(VersionSchema::new(schema())), &bad, None).unwrap_err();
         let rendered: Vec<String> = errs.iter().map(FieldError::render).collect();
         assert!(rendered.contains(&"spec.size: Invalid value: 11: spec.size in body should be less than or equal to 10".to_string()), "{rendered:?}");
         assert!(
@@ -386,14 +382,19 @@ mod tests {
                 .any(|r| r.starts_with("spec.name: Invalid value: \"ABC\"")),
             "{rendered:?}"
         );
-        let missing = check_object(&schema(), &json!({"spec":{}}), None).unwrap_err();
+        let missing = check_object(
+            &Arc::new(VersionSchema::new(schema())),
+            &json!({"spec":{}}),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(missing[0].render(), "spec.size: Required value");
     }
 
     #[test]
     fn defaults_pruning_and_cel() {
         let ok = check_object(
-            &schema(),
+            &Arc::new(VersionSchema::new(schema())),
             &json!({"metadata":{"name":"a"},"spec":{"size":2,"junk":true}}),
             None,
         )
@@ -401,7 +402,29 @@ mod tests {
         assert_eq!(ok["spec"]["mode"], "fast");
         assert!(ok["spec"].get("junk").is_none());
         assert_eq!(ok["metadata"]["name"], "a");
-        let cel = check_object(&schema(), &json!({"spec":{"size":7}}), None).unwrap_err();
+        let cel = check_object(
+            &Arc::new(VersionSchema::new(schema())),
+            &json!({"spec":{"size":7}}),
+            None,
+        )
+        .unwrap_err();
         assert!(cel[0].message.contains("seven is unlucky"), "{cel:?}");
+    }
+
+    /// The compiled rules are cached per schema: a CRD update (a new `VersionSchema`) is
+    /// checked with its own rules, and the old schema with its own, in any order.
+    #[test]
+    fn each_schema_is_checked_with_its_own_rules() {
+        let sevens = Arc::new(VersionSchema::new(schema()));
+        let mut eights = schema();
+        eights["x-kubernetes-validations"] =
+            json!([{"rule": "self.spec.size != 8", "message": "eight is unlucky"}]);
+        let eights = Arc::new(VersionSchema::new(eights));
+        for _ in 0..2 {
+            assert!(check_object(&sevens, &json!({"spec":{"size":8}}), None).is_ok());
+            let e = check_object(&eights, &json!({"spec":{"size":8}}), None).unwrap_err();
+            assert!(e[0].message.contains("eight is unlucky"), "{e:?}");
+            assert!(check_object(&eights, &json!({"spec":{"size":7}}), None).is_ok());
+        }
     }
 }

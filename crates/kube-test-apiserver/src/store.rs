@@ -472,7 +472,7 @@ impl State {
         // CRD schema; their errors are reported together as the custom resource strategy does.
         let obj = &crate::validation::normalize(t, obj.clone())?;
         let mut errs = crate::validation::check(t, obj, old);
-        let out = match t.schema(version) {
+        let out = match t.version_schema(version) {
             None => obj.clone(),
             Some(schema) => match schema::check_object(schema, obj, old) {
                 Ok(v) => v,
