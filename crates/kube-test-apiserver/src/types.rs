@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 /// One served version's schema and the forms of it the write path needs, derived once when
 /// the type is registered (a CRD write) instead of on every write of a custom resource: at
-/// 10,000 objects, cloning and re-serializing the schema per write was a tenth of the
+/// 10,000 objects, cloning and re-serializing the schema per write was over a tenth of the
 /// server's CPU in the controller benchmark.
 #[derive(Debug)]
 pub struct VersionSchema {
