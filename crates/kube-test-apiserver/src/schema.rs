@@ -354,7 +354,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn schema() -> Value {
+    fn schema() -> Arc<VersionSchema> {
+        Arc::new(VersionSchema::new(schema_json()))
+    }
+
+    fn schema_json() -> Value {
         json!({"type":"object","properties":{"spec":{"type":"object","required":["size"],"properties":{
             "size":{"type":"integer","minimum":1,"maximum":10},
             "color":{"type":"string","enum":["red","blue"]},
@@ -366,7 +370,7 @@ mod tests {
     #[test]
     fn errors_name_the_field_like_the_real_server() {
         let bad = json!({"apiVersion":"x/v1","kind":"W","metadata":{"name":"a"},"spec":{"size":11,"color":"green","name":"ABC","extra":1}});
-        let errs = check_object(&Arc::new(VersionSchema::new(schema())), &bad, None).unwrap_err();
+        let errs = check_object(&schema(), &bad, None).unwrap_err();
         let rendered: Vec<String> = errs.iter().map(FieldError::render).collect();
         assert!(rendered.contains(&"spec.size: Invalid value: 11: spec.size in body should be less than or equal to 10".to_string()), "{rendered:?}");
         assert!(
@@ -382,19 +386,14 @@ mod tests {
                 .any(|r| r.starts_with("spec.name: Invalid value: \"ABC\"")),
             "{rendered:?}"
         );
-        let missing = check_object(
-            &Arc::new(VersionSchema::new(schema())),
-            &json!({"spec":{}}),
-            None,
-        )
-        .unwrap_err();
+        let missing = check_object(&schema(), &json!({"spec":{}}), None).unwrap_err();
         assert_eq!(missing[0].render(), "spec.size: Required value");
     }
 
     #[test]
     fn defaults_pruning_and_cel() {
         let ok = check_object(
-            &Arc::new(VersionSchema::new(schema())),
+            &schema(),
             &json!({"metadata":{"name":"a"},"spec":{"size":2,"junk":true}}),
             None,
         )
@@ -402,12 +401,7 @@ mod tests {
         assert_eq!(ok["spec"]["mode"], "fast");
         assert!(ok["spec"].get("junk").is_none());
         assert_eq!(ok["metadata"]["name"], "a");
-        let cel = check_object(
-            &Arc::new(VersionSchema::new(schema())),
-            &json!({"spec":{"size":7}}),
-            None,
-        )
-        .unwrap_err();
+        let cel = check_object(&schema(), &json!({"spec":{"size":7}}), None).unwrap_err();
         assert!(cel[0].message.contains("seven is unlucky"), "{cel:?}");
     }
 
@@ -415,8 +409,8 @@ mod tests {
     /// checked with its own rules, and the old schema with its own, in any order.
     #[test]
     fn each_schema_is_checked_with_its_own_rules() {
-        let sevens = Arc::new(VersionSchema::new(schema()));
-        let mut eights = schema();
+        let sevens = schema();
+        let mut eights = schema_json();
         eights["x-kubernetes-validations"] =
             json!([{"rule": "self.spec.size != 8", "message": "eight is unlucky"}]);
         let eights = Arc::new(VersionSchema::new(eights));
